@@ -1,0 +1,64 @@
+"""The shared preprocessing function and its parity between training and serving."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.conftest import png_bytes, synthetic_radiograph
+from utils.preprocess import (INPUT_SIZE, crop_uniform_border, letterbox_resize, load_and_preprocess,
+                              preprocess, stretch_contrast)
+
+
+def test_output_shape_dtype_and_full_range(radiograph):
+    out = preprocess(radiograph)
+    assert out.shape == (INPUT_SIZE, INPUT_SIZE, 1) and out.dtype == np.uint8
+    assert out.min() == 0 and out.max() >= 245
+
+
+def test_border_bars_are_cropped():
+    inner = synthetic_radiograph(200, 150)
+    padded = np.pad(inner, ((30, 50), (10, 0)), constant_values=0.5)
+    assert crop_uniform_border(padded).shape == inner.shape
+
+
+def test_blank_image_does_not_crash():
+    out = preprocess(np.zeros((100, 100), np.float32))
+    assert out.shape == (INPUT_SIZE, INPUT_SIZE, 1) and out.max() == 0
+
+
+def test_contrast_stretch_is_invariant_to_exposure(radiograph):
+    a = stretch_contrast(radiograph)
+    b = stretch_contrast(radiograph * 0.5 + 0.2)
+    assert np.abs(a - b).max() < 1e-4
+
+
+def test_letterbox_keeps_aspect_ratio_with_black_padding():
+    tall = np.ones((200, 100), np.float32)
+    out = letterbox_resize(tall, 100)
+    assert out[:, :20].max() == 0 and out[:, -20:].max() == 0
+    assert out[:, 30:70].min() > 0.99
+
+
+def test_same_picture_same_input_whatever_the_encoding(radiograph):
+    eight = (radiograph * 255).astype(np.uint8)
+    sixteen = eight.astype(np.uint16) * 257
+    a, _ = load_and_preprocess(png_bytes(eight))
+    b, _ = load_and_preprocess(png_bytes(sixteen))
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_training_cache_equals_serving_input(tmp_path):
+    """The training image cache and the app's model input come out byte-identical."""
+    import hashlib
+
+    from training.features import build_image_cache
+
+    rows = []
+    for i in range(3):
+        data = png_bytes((synthetic_radiograph(300 + 20 * i, 250, seed=i) * 255).astype(np.uint8))
+        (tmp_path / f"{i}.png").write_bytes(data)
+        rows.append({"path": f"{i}.png", "sha256": hashlib.sha256(data).hexdigest()})
+    cached = build_image_cache(rows, tmp_path, tmp_path / "cache", workers=1)
+    for i, row in enumerate(rows):
+        served, _ = load_and_preprocess((tmp_path / row["path"]).read_bytes())
+        np.testing.assert_array_equal(cached[i], served[..., 0])

@@ -1,0 +1,1 @@
+"""Training pipeline: data preparation, pretrained weights, training, evaluation, export."""

@@ -1,0 +1,47 @@
+"""Temperature scaling and decision thresholds, fitted on validation logits only."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from utils.inference import calibrated_probabilities
+
+# Issue 4's fracture-sensitive preset: recall of "any fracture" on validation at least this.
+SENSITIVE_TARGET_RECALL = 0.95
+
+
+def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    probs = calibrated_probabilities(logits, temperature)
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    result = minimize_scalar(lambda log_t: negative_log_likelihood(logits, labels, np.exp(log_t)),
+                             bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(result.x))
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Top-label ECE with equal-width confidence bins."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for low, high in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > low) & (confidence <= high)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+def any_fracture_threshold(probs: np.ndarray, labels: np.ndarray,
+                           target_recall: float = SENSITIVE_TARGET_RECALL) -> float:
+    """Largest threshold on P(fractured) + P(beyond_repair) whose recall of any fracture on
+    these (validation) images is at least target_recall."""
+    p_any = probs[:, 1] + probs[:, 2]
+    positives = np.sort(p_any[labels > 0])
+    if positives.size == 0:
+        return 0.5
+    index = int(np.floor((1.0 - target_recall) * positives.size))
+    return float(positives[min(index, positives.size - 1)])

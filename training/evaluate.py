@@ -1,0 +1,257 @@
+"""Evaluate a trained model on the test split: JSON + Markdown + PNG plots.
+
+The test logits come from the saved `.keras` model run on the cached preprocessed images,
+so what is evaluated is the file that ships. Calibration (temperature) and thresholds are
+fitted on validation logits only, then applied once to the test split.
+
+Usage: python -m training.evaluate --run artifacts/run_nsfwjs [--out artifacts/run_nsfwjs/eval]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Bootstrap resamples often miss a class; sklearn warns about each, which says nothing here.
+warnings.filterwarnings("ignore", module="sklearn")
+
+from training.calibrate import (SENSITIVE_TARGET_RECALL, any_fracture_threshold,  # noqa: E402
+                                expected_calibration_error, fit_temperature)
+from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split  # noqa: E402
+from training.features import build_image_cache  # noqa: E402
+from training.pretrained import default_cache_dir  # noqa: E402
+from utils.inference import calibrated_probabilities, decide, to_model_input  # noqa: E402
+
+BODY_PART_FLAGS = ("hand", "leg", "hip", "shoulder", "mixed", "hardware")
+BOOTSTRAP_ROUNDS = 1000
+DEFAULT_MIN_CONFIDENCE = 0.5
+
+
+def model_logits(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    out = [np.asarray(model(to_model_input(images[i:i + batch_size, ..., None]), training=False))
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out).astype(np.float64)
+
+
+def labels_from(probs: np.ndarray, preset: dict) -> np.ndarray:
+    return np.array([CLASSES.index(decide(p, preset)[0]) for p in probs])
+
+
+def core_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray) -> dict:
+    from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score,
+                                 precision_recall_fscore_support, roc_auc_score)
+
+    out = {"n": int(len(y)), "accuracy": float(accuracy_score(y, pred))}
+    present = np.unique(y)
+    out["balanced_accuracy"] = float(balanced_accuracy_score(y, pred)) if len(y) else float("nan")
+    out["macro_f1"] = float(f1_score(y, pred, labels=present, average="macro", zero_division=0))
+    precision, recall, _, support = precision_recall_fscore_support(
+        y, pred, labels=range(len(CLASSES)), zero_division=0)
+    for c, name in enumerate(CLASSES):
+        out[f"precision_{name}"] = float(precision[c])
+        out[f"recall_{name}"] = float(recall[c])
+        out[f"support_{name}"] = int(support[c])
+        if 0 < (y == c).sum() < len(y):
+            out[f"auroc_{name}"] = float(roc_auc_score(y == c, probs[:, c]))
+    aucs = [out[f"auroc_{n}"] for n in CLASSES if f"auroc_{n}" in out]
+    out["macro_auroc"] = float(np.mean(aucs)) if aucs else float("nan")
+    any_fracture = y > 0
+    if 0 < any_fracture.sum() < len(y):
+        out["binary_auroc"] = float(roc_auc_score(any_fracture, probs[:, 1] + probs[:, 2]))
+        out["binary_recall_any_fracture"] = float(((pred > 0) & any_fracture).sum() / any_fracture.sum())
+        out["binary_specificity"] = float(((pred == 0) & ~any_fracture).sum() / (~any_fracture).sum())
+    return out
+
+
+def bootstrap_ci(y, probs, pred, rounds=BOOTSTRAP_ROUNDS, seed=0) -> dict:
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list] = {}
+    for _ in range(rounds):
+        idx = rng.integers(0, len(y), len(y))
+        for key, value in core_metrics(y[idx], probs[idx], pred[idx]).items():
+            if isinstance(value, float) and np.isfinite(value):
+                samples.setdefault(key, []).append(value)
+    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+            for k, v in samples.items() if len(v) >= rounds // 2}
+
+
+def with_ci(y, probs, pred, rounds=BOOTSTRAP_ROUNDS) -> dict:
+    point = core_metrics(y, probs, pred)
+    ci = bootstrap_ci(y, probs, pred, rounds) if len(y) >= 10 else {}
+    return {"point": point, "ci95": ci}
+
+
+def read_body_part_flags(data_dir: Path) -> dict[str, dict]:
+    path = data_dir / "fracatlas" / "dataset.csv"
+    if not path.exists():
+        return {}
+    with open(path, newline="") as handle:
+        return {row["image_id"]: row for row in csv.DictReader(handle)}
+
+
+def plots(out_dir: Path, y, probs_raw, probs_cal, pred) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+
+    names = []
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ConfusionMatrixDisplay.from_predictions(y, pred, labels=range(3), display_labels=CLASSES, ax=ax,
+                                            colorbar=False, xticks_rotation=20)
+    ax.set_title("Test confusion matrix (balanced preset)")
+    fig.tight_layout(); fig.savefig(out_dir / "confusion_matrix.png", dpi=110); plt.close(fig)
+    names.append("confusion_matrix.png")
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for c, name in enumerate(CLASSES):
+        RocCurveDisplay.from_predictions(y == c, probs_cal[:, c], name=name, ax=ax)
+    RocCurveDisplay.from_predictions(y > 0, probs_cal[:, 1] + probs_cal[:, 2], name="any fracture", ax=ax)
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set_title("Test ROC curves (one-vs-rest)")
+    fig.tight_layout(); fig.savefig(out_dir / "roc_curves.png", dpi=110); plt.close(fig)
+    names.append("roc_curves.png")
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    edges = np.linspace(0, 1, 11)
+    for probs, label in ((probs_raw, "before calibration"), (probs_cal, "after temperature scaling")):
+        conf, correct = probs.max(1), probs.argmax(1) == y
+        xs, ys = [], []
+        for low, high in zip(edges[:-1], edges[1:]):
+            sel = (conf > low) & (conf <= high)
+            if sel.sum() >= 5:
+                xs.append(conf[sel].mean()); ys.append(correct[sel].mean())
+        ax.plot(xs, ys, "o-", label=label)
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set_xlabel("confidence (top probability)"); ax.set_ylabel("accuracy")
+    ax.set_title("Test reliability diagram"); ax.legend()
+    fig.tight_layout(); fig.savefig(out_dir / "reliability_diagram.png", dpi=110); plt.close(fig)
+    names.append("reliability_diagram.png")
+    return names
+
+
+def evaluate(run_dir: Path, out_dir: Path, data_dir: Path, split_file: Path, cache_dir: Path,
+             quick: bool = False) -> dict:
+    import keras
+
+    from training.train import quick_subset
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = read_split(split_file)
+    if quick:
+        rows = quick_subset(rows)
+    test_rows = [r for r in rows if r["split"] == "test"]
+    images = build_image_cache(test_rows, data_dir, cache_dir)
+    y = np.array([CLASSES.index(r["label"]) for r in test_rows])
+
+    val = np.load(run_dir / "val_logits.npz")
+    temperature = fit_temperature(val["logits"], val["labels"])
+    val_probs = calibrated_probabilities(val["logits"], temperature)
+    presets = {
+        "balanced": {"any_fracture_threshold": None, "min_confidence": DEFAULT_MIN_CONFIDENCE},
+        "fracture_sensitive": {"any_fracture_threshold": any_fracture_threshold(val_probs, val["labels"]),
+                               "min_confidence": DEFAULT_MIN_CONFIDENCE,
+                               "target_val_recall_any_fracture": SENSITIVE_TARGET_RECALL},
+    }
+
+    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    logits = model_logits(model, images)
+    probs_raw = calibrated_probabilities(logits, 1.0)
+    probs = calibrated_probabilities(logits, temperature)
+    pred = labels_from(probs, presets["balanced"])
+    pred_sensitive = labels_from(probs, presets["fracture_sensitive"])
+
+    rounds = 200 if quick else BOOTSTRAP_ROUNDS
+    sources = np.array([r["source"] for r in test_rows])
+    flags = read_body_part_flags(data_dir)
+    report = {
+        "n_test": int(len(y)),
+        "temperature": temperature,
+        "presets": presets,
+        "ece_before": expected_calibration_error(probs_raw, y),
+        "ece_after": expected_calibration_error(probs, y),
+        "val_ece_before": expected_calibration_error(calibrated_probabilities(val["logits"], 1.0), val["labels"]),
+        "val_ece_after": expected_calibration_error(val_probs, val["labels"]),
+        "majority_class_baseline": core_metrics(y, np.tile(np.eye(3)[np.bincount(y, minlength=3).argmax()], (len(y), 1)),
+                                                np.full(len(y), np.bincount(y, minlength=3).argmax())),
+        "overall": with_ci(y, probs, pred, rounds),
+        "overall_fracture_sensitive": with_ci(y, probs, pred_sensitive, rounds),
+        "by_source": {}, "fracatlas_by_body_part": {},
+    }
+    for source in ("fracatlas", "bone_break"):
+        sel = sources == source
+        if sel.any():
+            report["by_source"][source] = with_ci(y[sel], probs[sel], pred[sel], rounds)
+            report["by_source"][source + "_fracture_sensitive"] = with_ci(
+                y[sel], probs[sel], pred_sensitive[sel], rounds)
+    for flag in BODY_PART_FLAGS:
+        sel = np.array([s == "fracatlas" and flags.get(Path(r["path"]).name, {}).get(flag) == "1"
+                        for s, r in zip(sources, test_rows)])
+        if sel.sum() >= 5:
+            report["fracatlas_by_body_part"][flag] = core_metrics(y[sel], probs[sel], pred[sel])
+    report["plots"] = plots(out_dir, y, probs_raw, probs, pred)
+    np.savez(out_dir / "test_logits.npz", logits=logits, labels=y,
+             sha256=np.array([r["sha256"] for r in test_rows]))
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "metrics.md").write_text(markdown_report(report))
+    return report
+
+
+def _fmt(block: dict, key: str) -> str:
+    value = block["point"].get(key)
+    if value is None:
+        return "n/a"
+    ci = block.get("ci95", {}).get(key)
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
+
+
+def markdown_report(report: dict) -> str:
+    keys = ["accuracy", "balanced_accuracy", "macro_f1", "macro_auroc", "binary_auroc",
+            "binary_recall_any_fracture", "binary_specificity"] + \
+        [f"{m}_{c}" for c in CLASSES for m in ("precision", "recall", "auroc")]
+    columns = [("all test", report["overall"]), ("all, fracture-sensitive", report["overall_fracture_sensitive"])]
+    columns += [(name.replace("_", " "), block) for name, block in report["by_source"].items()]
+    lines = [f"Test split: {report['n_test']} images. Values: point estimate [bootstrap 95% CI].", "",
+             "| metric | " + " | ".join(name for name, _ in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for key in keys:
+        lines.append(f"| {key} | " + " | ".join(_fmt(block, key) for _, block in columns) + " |")
+    base = report["majority_class_baseline"]
+    lines += ["", f"Majority-class baseline (always `{CLASSES[int(np.argmax([base[f'support_{c}'] for c in CLASSES]))]}`): "
+              f"accuracy {base['accuracy']:.3f}, balanced accuracy {base['balanced_accuracy']:.3f}.",
+              f"Temperature {report['temperature']:.3f} (fitted on validation). Test ECE "
+              f"{report['ece_before']:.3f} before, {report['ece_after']:.3f} after temperature scaling.",
+              f"Fracture-sensitive threshold on P(any fracture): "
+              f"{report['presets']['fracture_sensitive']['any_fracture_threshold']:.3f} "
+              f"(validation recall of any fracture >= {SENSITIVE_TARGET_RECALL}).", "",
+              "FracAtlas test images by body-part flag (balanced preset):", "",
+              "| flag | n | accuracy | binary AUROC | recall any fracture |", "|---|---|---|---|---|"]
+    for flag, m in report["fracatlas_by_body_part"].items():
+        lines.append(f"| {flag} | {m['n']} | {m['accuracy']:.3f} | {m.get('binary_auroc', float('nan')):.3f} | "
+                     f"{m.get('binary_recall_any_fracture', float('nan')):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
+    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    report = evaluate(args.run, args.out or args.run / "eval", args.data_dir, args.split,
+                      args.cache_dir, args.quick)
+    print(markdown_report(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Write the model bundle: the .keras file, metadata.json and MODEL_CARD.md, plus eval plots.
+
+Usage: python -m training.export --run artifacts/run_nsfwjs [--control artifacts/run_random]
+       [--bundle-dir model] [--command "..."]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import shutil
+from pathlib import Path
+
+from training.data import CLASSES, DEFAULT_SPLIT_FILE
+from training.pretrained import NSFWJS_SPEC, NSFWJS_TGZ_SHA256, sha256_file
+from utils.bundle import DEFAULT_BUNDLE_DIR, METADATA_FILE
+from utils.preprocess import INPUT_SIZE, PREPROCESSING_SPEC
+
+MODEL_FILE = "bone_xray_inceptionv3.keras"
+TARGETS = {"fracatlas_binary_auroc": 0.92, "fracatlas_sensitive_recall_any_fracture": 0.85,
+           "balanced_accuracy": 0.82, "recall_beyond_repair": 0.80,
+           "precision_beyond_repair": 0.40, "ece_after": 0.05}
+
+DATA_PROVENANCE = [
+    {"name": "FracAtlas", "licence": "CC BY 4.0",
+     "citation": "Abedeen I., Rahman M.A., Prottyasha F.Z., et al., \"FracAtlas: A Dataset for Fracture "
+                 "Classification, Localization and Segmentation of Musculoskeletal Radiographs\", "
+                 "Scientific Data 10, 521 (2023).",
+     "use": "healthy (Non_fractured) and fractured (Fractured)"},
+    {"name": "Bone Break Classification", "licence": "CC BY 4.0",
+     "citation": "Kaggle dataset by pkdarabi, exported from the Roboflow Universe project "
+                 "curso-rphcb/bone-break-classification.",
+     "use": "beyond_repair (Comminuted fracture folder, a proxy); fractured (the other nine types)"},
+]
+
+
+def target_check(test: dict) -> dict:
+    fa = test["by_source"].get("fracatlas", {}).get("point", {})
+    fa_sensitive = test["by_source"].get("fracatlas_fracture_sensitive", {}).get("point", {})
+    overall = test["overall"]["point"]
+    values = {"fracatlas_binary_auroc": fa.get("binary_auroc"),
+              "fracatlas_sensitive_recall_any_fracture": fa_sensitive.get("binary_recall_any_fracture"),
+              "balanced_accuracy": overall.get("balanced_accuracy"),
+              "recall_beyond_repair": overall.get("recall_beyond_repair"),
+              "precision_beyond_repair": overall.get("precision_beyond_repair"),
+              "ece_after": test.get("ece_after")}
+    met = {k: (v is not None and (v <= TARGETS[k] if k == "ece_after" else v >= TARGETS[k]))
+           for k, v in values.items()}
+    return {"targets": TARGETS, "values": values, "met": met}
+
+
+def build_metadata(run_dir: Path, eval_report: dict, model_path: Path, command: str,
+                   control_report: dict | None, version: str) -> dict:
+    import keras
+    import tensorflow as tf
+
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    args = summary["args"]
+    val_best = next(h for h in summary["history"] if h["epoch"] == summary["best_epoch"])
+    metadata = {
+        "name": "bone-xray-inception-v3",
+        "version": version,
+        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "model_file": model_path.name,
+        "sha256": sha256_file(model_path),
+        "size_bytes": model_path.stat().st_size,
+        "classes": list(CLASSES),
+        "input": {"shape": [None, INPUT_SIZE, INPUT_SIZE, 3], "dtype": "float32", "range": [0.0, 1.0],
+                  "preprocessing": PREPROCESSING_SPEC,
+                  "code": "utils.preprocess.load_and_preprocess -> utils.inference.to_model_input"},
+        "output": {"kind": "logits", "shape": [None, len(CLASSES)],
+                   "probabilities": "softmax(logits / temperature)"},
+        "temperature": eval_report["temperature"],
+        "presets": eval_report["presets"],
+        "architecture": {"backbone": "InceptionV3 (keras.applications, weights=None)",
+                         "cut": args["cut"], "frozen_until": args["frozen_until"],
+                         "head": "GlobalAveragePooling2D -> Dropout -> Dense(3)",
+                         "parameters": int(keras.saving.load_model(model_path, compile=False).count_params())},
+        "initialisation": {"source": NSFWJS_SPEC if args["init"] == "nsfwjs" else "random",
+                           "source_sha256": NSFWJS_TGZ_SHA256 if args["init"] == "nsfwjs" else None,
+                           "note": "npm package nsfwjs (MIT): InceptionV3 whose layers up to about mixed6 "
+                                   "keep ImageNet weights; converted by training/pretrained.py"},
+        "training": {"command": command, "date": dt.date.today().isoformat(),
+                     "best_epoch": summary["best_epoch"], "epochs_run": len(summary["history"]),
+                     "val_macro_auroc": summary["best_val_macro_auroc"],
+                     "val_balanced_accuracy_at_best": val_best["balanced_accuracy"],
+                     "train_counts": dict(zip(CLASSES, summary["train_counts"])),
+                     "class_weights": dict(zip(CLASSES, summary["class_weights"])),
+                     "augmentation": summary["augmentation"],
+                     "hyperparameters": {k: args[k] for k in ("views", "epochs", "batch_size", "lr",
+                                                               "weight_decay", "dropout", "seed")},
+                     "wall_seconds": summary["wall_seconds"]},
+        "data": {"sources": DATA_PROVENANCE, "split_file": "training/split.csv",
+                 "split_sha256": sha256_file(DEFAULT_SPLIT_FILE) if DEFAULT_SPLIT_FILE.exists() else None,
+                 "split": "by manifest overlap_group, stratified by (source, label), 70/15/15, seed 20261125",
+                 "cleaning": "images whose overlap group carries a more severe label are dropped (22); "
+                             "truncated JPEGs are decoded and their grey-filled bottom rows cropped"},
+        "metrics": {"test": {"overall": eval_report["overall"],
+                             "overall_fracture_sensitive": eval_report["overall_fracture_sensitive"],
+                             "by_source": eval_report["by_source"],
+                             "fracatlas_by_body_part": eval_report["fracatlas_by_body_part"],
+                             "majority_class_baseline": eval_report["majority_class_baseline"],
+                             "ece_before": eval_report["ece_before"], "ece_after": eval_report["ece_after"]},
+                    "validation": {"ece_before": eval_report["val_ece_before"],
+                                   "ece_after": eval_report["val_ece_after"]},
+                    "targets": target_check(eval_report)},
+        "software": {"tensorflow": tf.__version__, "keras": keras.__version__,
+                     "python": platform.python_version()},
+    }
+    if control_report is not None:
+        metadata["metrics"]["random_init_control"] = {
+            "overall": control_report["overall"]["point"],
+            "fracatlas": control_report["by_source"].get("fracatlas", {}).get("point")}
+    return metadata
+
+
+def model_card(metadata: dict, eval_markdown: str) -> str:
+    targets = metadata["metrics"]["targets"]
+    target_lines = "\n".join(
+        f"| {k} | {'<=' if k == 'ece_after' else '>='} {v} | "
+        f"{'n/a' if targets['values'][k] is None else format(targets['values'][k], '.3f')} | "
+        f"{'yes' if targets['met'][k] else 'no'} |" for k, v in targets["targets"].items())
+    control = metadata["metrics"].get("random_init_control")
+    control_text = "Not run for this bundle." if not control else (
+        f"Same recipe from random initialisation: test balanced accuracy "
+        f"{control['overall']['balanced_accuracy']:.3f}, macro-AUROC {control['overall']['macro_auroc']:.3f}"
+        + (f", FracAtlas binary AUROC {control['fracatlas']['binary_auroc']:.3f}"
+           if control.get("fracatlas") and "binary_auroc" in control["fracatlas"] else "") + ".")
+    training = metadata["training"]
+    return f"""# Model card: {metadata['name']} {metadata['version']}
+
+**Not a medical device.** This model is an educational and triage-support demonstration. It
+must not be used for diagnosis or treatment decisions; a qualified clinician reads the image.
+
+## What it does
+Classifies one bone radiograph as `healthy`, `fractured` or `beyond_repair` and gives a
+calibrated probability for each (softmax of logits / temperature {metadata['temperature']:.3f}).
+Input: any JPEG/PNG/DICOM, converted by `utils.preprocess` (grayscale, border crop,
+percentile contrast stretch, black letterbox to {INPUT_SIZE} x {INPUT_SIZE}).
+
+Body parts seen in training: hand, wrist, forearm, elbow, humerus, shoulder, hip, leg
+(FracAtlas), plus web figures of many bones (Bone Break Classification).
+
+## The `beyond_repair` class is a proxy
+No public dataset we know of labels non-union, pseudoarthrosis or crushed/shattered bone.
+`beyond_repair` was trained only on the Bone Break Classification *Comminuted fracture* folder
+({metadata['training']['train_counts']['beyond_repair']} training images; about 98 distinct pictures in
+all, collected from the web). Treat this class as a demonstration, not a clinical signal.
+
+## Model
+InceptionV3 (Keras) cut at `{metadata['architecture']['cut']}`, global average pooling, dropout, dense
+logits; {metadata['architecture']['parameters']:,} parameters. Initialisation: {metadata['initialisation']['source']}
+(sha256 `{str(metadata['initialisation']['source_sha256'])[:16]}...`), layers up to
+`{metadata['architecture']['frozen_until']}` frozen, the blocks above and the head fine-tuned with
+class-weighted cross-entropy, AdamW, cosine schedule, augmentation (rotation +-10 deg, shift,
+zoom 0.9-1.1, horizontal flip, brightness/contrast; no shear). Best epoch
+{training['best_epoch']} of {training['epochs_run']} by validation macro-AUROC
+({training['val_macro_auroc']:.3f}). Wall time {training['wall_seconds'] / 60:.0f} min on this machine.
+
+Reproduce: `{training['command']}`
+
+## Data
+Split by the manifest's `overlap_group` (near-duplicates and crops stay on one side),
+stratified by source and label, 70/15/15, fixed seed (`training/split.csv`).
+{metadata['data']['cleaning']}.
+
+- FracAtlas (CC BY 4.0): {DATA_PROVENANCE[0]['citation']}
+- Bone Break Classification (CC BY 4.0): {DATA_PROVENANCE[1]['citation']}
+
+Known limits: FracAtlas comes from one group of hospitals; Bone Break images are web figures
+with arrows, captions and crops, and every one of them is a fracture, so "any fracture" is
+easy to guess from image style there. The honest fracture-detection figure is on the
+FracAtlas test images. Hardware (plates, screws) is almost always fractured in FracAtlas.
+
+## Test results (reported once)
+{eval_markdown}
+
+Plots: [confusion matrix](eval/confusion_matrix.png), [ROC curves](eval/roc_curves.png),
+[reliability diagram](eval/reliability_diagram.png).
+
+## Targets
+| target | goal | measured | met |
+|---|---|---|---|
+{target_lines}
+
+## What pretraining brings
+{control_text}
+"""
+
+
+def export(run_dir: Path, bundle_dir: Path, command: str, control_dir: Path | None = None,
+           version: str = "1.0.0") -> dict:
+    eval_dir = run_dir / "eval"
+    eval_report = json.loads((eval_dir / "metrics.json").read_text())
+    control = json.loads((control_dir / "eval" / "metrics.json").read_text()) if control_dir else None
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    model_path = bundle_dir / MODEL_FILE
+    shutil.copyfile(run_dir / "model.keras", model_path)
+    (bundle_dir / "eval").mkdir(exist_ok=True)
+    for name in eval_report["plots"]:
+        shutil.copyfile(eval_dir / name, bundle_dir / "eval" / name)
+    metadata = build_metadata(run_dir, eval_report, model_path, command, control, version)
+    (bundle_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=1) + "\n")
+    (bundle_dir / "MODEL_CARD.md").write_text(model_card(metadata, (eval_dir / "metrics.md").read_text()))
+    return metadata
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--control", type=Path)
+    parser.add_argument("--bundle-dir", type=Path, default=DEFAULT_BUNDLE_DIR)
+    parser.add_argument("--command", default="python -m training.pipeline")
+    parser.add_argument("--version", default="1.0.0")
+    args = parser.parse_args(argv)
+    metadata = export(args.run, args.bundle_dir, args.command, args.control, args.version)
+    print(json.dumps(metadata["metrics"]["targets"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The one command from ../shared/data to the model bundle in model/.
+
+Steps: check the committed split against the manifest -> fetch/convert the pretrained
+weights -> train (resumable) -> evaluate on the test split -> optional random-init control ->
+export model/. Re-running resumes from the caches and checkpoints.
+
+Usage: python -m training.pipeline [--quick] [--control] [--bundle-dir model]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from training.data import DEFAULT_SPLIT_FILE, default_data_dir, make_split, read_split, write_split
+from training.pretrained import default_cache_dir
+from utils.bundle import DEFAULT_BUNDLE_DIR
+
+
+def check_split(data_dir: Path, split_file: Path) -> None:
+    """The split file is derived from the manifest; regenerate it and insist they agree."""
+    rows, _ = make_split(data_dir)
+    if not split_file.exists():
+        write_split(rows, split_file)
+        return
+    expected = {(r["sha256"], r["split"]) for r in rows}
+    committed = {(r["sha256"], r["split"]) for r in read_split(split_file)}
+    if expected != committed:
+        raise SystemExit(f"{split_file} does not match the split derived from {data_dir}/manifest.csv; "
+                         "regenerate it with python -m training.data")
+
+
+def main(argv=None) -> None:
+    from training import evaluate, export, train
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
+    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    parser.add_argument("--runs-dir", type=Path, default=Path("artifacts"))
+    parser.add_argument("--bundle-dir", type=Path, default=DEFAULT_BUNDLE_DIR)
+    parser.add_argument("--init", choices=("nsfwjs", "random"), default="nsfwjs")
+    parser.add_argument("--control", action="store_true", help="also train the random-init control")
+    parser.add_argument("--quick", action="store_true", help="tiny subset end to end, for tests")
+    args = parser.parse_args(argv)
+    started = time.time()
+    if not (args.data_dir / "manifest.csv").exists():
+        raise SystemExit(f"No manifest at {args.data_dir}/manifest.csv; pass --data-dir.")
+    check_split(args.data_dir, args.split)
+
+    common = ["--data-dir", str(args.data_dir), "--split", str(args.split),
+              "--cache-dir", str(args.cache_dir)] + (["--quick"] if args.quick else [])
+    runs = [(args.init, args.runs_dir / f"run_{args.init}{'_quick' if args.quick else ''}")]
+    if args.control and args.init != "random":
+        runs.append(("random", args.runs_dir / f"run_random{'_quick' if args.quick else ''}"))
+    for init, run_dir in runs:
+        train.main(common + ["--init", init, "--out", str(run_dir)])
+        evaluate.main(["--run", str(run_dir)] + common)
+
+    main_run = runs[0][1]
+    command = "python -m training.pipeline " + " ".join(a for a in (argv or sys.argv[1:]))
+    export.export(main_run, args.bundle_dir, command.strip(),
+                  runs[1][1] if len(runs) > 1 else None)
+    print(f"bundle written to {args.bundle_dir} in {time.time() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Fine-tune the InceptionV3 classifier on cached trunk features; resumable from checkpoints.
+
+The trunk up to `--frozen-until` keeps its pretrained weights and its outputs are cached
+(K augmented views per training image); the blocks above it and the new head are trained
+with class-weighted cross-entropy. The checkpoint with the best validation macro-AUROC is
+kept. Writes <out>/model.keras (no optimizer state) and <out>/train_summary.json.
+
+Usage: python -m training.train [--init nsfwjs|random] [--quick] [--out artifacts/run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split  # noqa: E402
+from training.features import AUGMENTATION, build_image_cache, cached_features, spec_hash  # noqa: E402
+from training.model import DEFAULT_CUT, DEFAULT_FROZEN_UNTIL, build_classifier, split_at  # noqa: E402
+from training.pretrained import default_cache_dir, pretrained_weights_path  # noqa: E402
+
+
+def class_weights(labels: np.ndarray, n_classes: int = len(CLASSES)) -> np.ndarray:
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    return counts.sum() / (n_classes * np.maximum(counts, 1))
+
+
+def validation_scores(labels: np.ndarray, logits: np.ndarray) -> dict:
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    from utils.inference import softmax
+
+    probs = softmax(logits)
+    present = np.unique(labels)
+    aucs = [roc_auc_score(labels == c, probs[:, c]) for c in present] if len(present) > 1 else [0.5]
+    return {"macro_auroc": float(np.mean(aucs)),
+            "balanced_accuracy": float(balanced_accuracy_score(labels, probs.argmax(1)))}
+
+
+def predict_tail(tail, features: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    out = [np.asarray(tail(features[i:i + batch_size].astype(np.float32), training=False))
+           for i in range(0, len(features), batch_size)]
+    return np.concatenate(out).astype(np.float64)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
+    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    parser.add_argument("--out", type=Path, default=Path("artifacts/run"))
+    parser.add_argument("--init", choices=("nsfwjs", "random"), default="nsfwjs")
+    parser.add_argument("--cut", default=DEFAULT_CUT)
+    parser.add_argument("--frozen-until", default=DEFAULT_FROZEN_UNTIL)
+    parser.add_argument("--views", type=int, default=4, help="augmented views per training image")
+    parser.add_argument("--epochs", type=int, default=24)
+    parser.add_argument("--patience", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--dropout", type=float, default=0.3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny subset, 2 views, 2 epochs: checks the whole pipeline in minutes")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.views, args.epochs = min(args.views, 2), min(args.epochs, 2)
+    return args
+
+
+def quick_subset(rows: list[dict], per_class_split: int = 6, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    picked = []
+    for split in ("train", "val", "test"):
+        for label in CLASSES:
+            pool = [r for r in rows if r["split"] == split and r["label"] == label]
+            take = rng.permutation(len(pool))[:per_class_split]
+            picked += [pool[i] for i in sorted(take)]
+    return picked
+
+
+def train(args) -> dict:
+    import keras
+    import tensorflow as tf
+
+    started = time.time()
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_file = open(args.out / "train.log", "a")
+
+    def log(message: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    rows = read_split(args.split)
+    if args.quick:
+        rows = quick_subset(rows, seed=args.seed)
+    images = build_image_cache(rows, args.data_dir, args.cache_dir)
+    labels = np.array([CLASSES.index(r["label"]) for r in rows])
+    split_of = np.array([r["split"] for r in rows])
+    log(f"{len(rows)} images: " + ", ".join(f"{s} {int((split_of == s).sum())}" for s in ("train", "val", "test")))
+
+    weights_path = pretrained_weights_path(args.cache_dir) if args.init == "nsfwjs" else None
+    model = build_classifier(weights_path, cut=args.cut, dropout=args.dropout, seed=args.seed)
+    trunk, tail = split_at(model, args.frozen_until)
+    tag = spec_hash(args.init, args.frozen_until, AUGMENTATION, args.seed,
+                    [r["sha256"] for r in rows])
+    train_idx, val_idx = np.flatnonzero(split_of == "train"), np.flatnonzero(split_of == "val")
+    feats_train = cached_features(trunk, images[train_idx], args.cache_dir, f"{tag}_train_v{args.views}",
+                                  args.views, args.seed, log)
+    feats_val = cached_features(trunk, images[val_idx], args.cache_dir, f"{tag}_val", 0, args.seed, log)[:, 0]
+    y_train, y_val = labels[train_idx], labels[val_idx]
+    log(f"features ready after {time.time() - started:.0f} s: train {feats_train.shape}, val {feats_val.shape}")
+
+    weights = tf.constant(class_weights(y_train), dtype=tf.float32)
+    steps_per_epoch = int(np.ceil(len(train_idx) / args.batch_size))
+    schedule = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=max(1, steps_per_epoch * args.epochs),
+                                                     warmup_target=None)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=args.weight_decay)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            logits = tail(x, training=True)
+            loss = tf.reduce_mean(loss_fn(y, logits) * tf.gather(weights, y))
+        grads = tape.gradient(loss, tail.trainable_variables)
+        optimizer.apply_gradients(zip(grads, tail.trainable_variables))
+        return loss
+
+    state_path, last_ckpt, best_ckpt = args.out / "state.json", args.out / "last.weights.h5", args.out / "best.weights.h5"
+    state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "history": [], "wall_seconds": 0.0}
+    if state_path.exists() and last_ckpt.exists():
+        state = json.loads(state_path.read_text())
+    earlier_seconds = state.get("wall_seconds", 0.0)
+    if state["epoch"] > 0:
+        tail.load_weights(last_ckpt)
+        optimizer.iterations.assign(state["epoch"] * steps_per_epoch)  # resumes the LR schedule
+        log(f"resumed after epoch {state['epoch']} (optimizer moments restart)")
+
+    for epoch in range(state["epoch"] + 1, args.epochs + 1):
+        if epoch - state["best_epoch"] > args.patience and state["best_epoch"] > 0:
+            log(f"early stop: no validation gain for {args.patience} epochs")
+            break
+        t0 = time.time()
+        rng = np.random.default_rng([args.seed, epoch])
+        order = rng.permutation(len(train_idx))
+        views = rng.integers(0, feats_train.shape[1], size=len(order))
+        losses = []
+        for start in range(0, len(order), args.batch_size):
+            batch = order[start:start + args.batch_size]
+            x = feats_train[batch, views[start:start + args.batch_size]].astype(np.float32)
+            losses.append(float(train_step(tf.constant(x), tf.constant(y_train[batch]))))
+        scores = validation_scores(y_val, predict_tail(tail, feats_val))
+        score = scores["macro_auroc"]
+        entry = {"epoch": epoch, "loss": float(np.mean(losses)), **scores, "seconds": round(time.time() - t0, 1)}
+        state["history"].append(entry)
+        tail.save_weights(last_ckpt)
+        if score > state["best_score"]:
+            state.update(best_score=score, best_epoch=epoch)
+            tail.save_weights(best_ckpt)
+        state["epoch"] = epoch
+        # Wall time of all invocations so far, feature caching included.
+        state["wall_seconds"] = round(earlier_seconds + time.time() - started, 1)
+        state_path.write_text(json.dumps(state, indent=1))
+        log(json.dumps(entry))
+
+    tail.load_weights(best_ckpt)
+    model.save(args.out / "model.keras", include_optimizer=False)
+    val_logits = predict_tail(tail, feats_val)
+    np.savez(args.out / "val_logits.npz", logits=val_logits, labels=y_val,
+             sha256=np.array([rows[i]["sha256"] for i in val_idx]))
+    summary = {"args": {k: str(v) for k, v in vars(args).items()}, "best_epoch": state["best_epoch"],
+               "best_val_macro_auroc": state["best_score"], "history": state["history"],
+               "train_counts": np.bincount(y_train, minlength=3).tolist(),
+               "class_weights": class_weights(y_train).tolist(), "augmentation": AUGMENTATION,
+               "wall_seconds": round(earlier_seconds + time.time() - started, 1)}
+    (args.out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    log(f"done: best epoch {state['best_epoch']} val macro-AUROC {state['best_score']:.4f}; "
+        f"{time.time() - started:.0f} s")
+    return summary
+
+
+def main(argv=None) -> None:
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Bone X-ray Classifier: decoding, preprocessing, model loading, inference and CLI."""

@@ -1,0 +1,95 @@
+"""Load the model bundle (`model/`): metadata.json plus the .keras file it names.
+
+The file's sha256 is checked against metadata before Keras reads it, so a missing, partial
+or altered model stops with a clear message instead of a traceback or wrong predictions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parents[1] / "model"
+METADATA_FILE = "metadata.json"
+
+
+class ModelBundleError(RuntimeError):
+    """The bundled model cannot be used; str(error) says why and what to do."""
+
+
+@dataclass
+class Bundle:
+    model: object  # keras.Model
+    metadata: dict
+    directory: Path
+
+    @property
+    def temperature(self) -> float:
+        return float(self.metadata["temperature"])
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.metadata["classes"])
+
+    def preset(self, name: str) -> dict:
+        presets = self.metadata["presets"]
+        if name not in presets:
+            raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
+        return presets[name]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def bundle_dir() -> Path:
+    return Path(os.environ.get("BONE_XRAY_MODEL_DIR", DEFAULT_BUNDLE_DIR))
+
+
+def read_metadata(directory: Path) -> dict:
+    path = directory / METADATA_FILE
+    try:
+        metadata = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelBundleError(f"No model metadata at {path}. Reinstall the app or run the "
+                               "training pipeline to create the model bundle.") from None
+    except json.JSONDecodeError as exc:
+        raise ModelBundleError(f"{path} is not valid JSON ({exc.msg}); restore it from the repository.") from None
+    missing = [k for k in ("model_file", "sha256", "classes", "temperature", "presets") if k not in metadata]
+    if missing:
+        raise ModelBundleError(f"{path} lacks {', '.join(missing)}; restore it from the repository.")
+    return metadata
+
+
+def verify_model_file(directory: Path, metadata: dict) -> Path:
+    path = directory / metadata["model_file"]
+    if not path.exists():
+        raise ModelBundleError(f"The model file {path} is missing. If you cloned the repository, "
+                               "check that the file was fetched completely.")
+    actual = sha256_of(path)
+    if actual != metadata["sha256"]:
+        raise ModelBundleError(f"The model file {path.name} does not match its metadata "
+                               f"(sha256 {actual[:12]}... instead of {metadata['sha256'][:12]}...): it is "
+                               "damaged or was replaced. Restore it from the repository.")
+    return path
+
+
+def load_bundle(directory: Path | None = None) -> Bundle:
+    directory = Path(directory or bundle_dir())
+    metadata = read_metadata(directory)
+    path = verify_model_file(directory, metadata)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for a bad archive
+        raise ModelBundleError(f"Keras could not load {path.name}: {type(exc).__name__}.") from None
+    return Bundle(model=model, metadata=metadata, directory=directory)

@@ -1,0 +1,168 @@
+"""Decode uploaded bytes (JPEG, PNG, other Pillow formats, DICOM) into a grayscale float image.
+
+Every decoder returns a `DecodedImage`: a 2-D float32 array in [0, 1] where bright means
+dense (bone), plus human-readable warnings. Anything that cannot be read raises `InputError`
+with a one-line message that says what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Refuse huge images from their header, before any pixel is decoded (decompression bombs).
+MAX_PIXELS = 60_000_000
+MIN_SIDE = 16
+MAX_ASPECT_RATIO = 20.0
+DICOM_MAGIC_OFFSET = 128
+# Pillow fills the rows a truncated JPEG lacks with this grey level.
+TRUNCATED_FILL_VALUE = 128
+
+# LOAD_TRUNCATED_IMAGES is a module-wide Pillow switch; the lock keeps it on only while one
+# decode holds it, so no other decode is silently made permissive.
+_pillow_lock = threading.Lock()
+
+
+class InputError(ValueError):
+    """An input the app cannot use; str(error) is a one-line message for the user."""
+
+
+@dataclass
+class DecodedImage:
+    pixels: np.ndarray  # 2-D float32 in [0, 1]
+    source_format: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def is_dicom(data: bytes) -> bool:
+    """DICOM Part 10 files carry 'DICM' at byte 128, whatever their name."""
+    return len(data) >= DICOM_MAGIC_OFFSET + 4 and \
+        data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == b"DICM"
+
+
+def decode_image_bytes(data: bytes) -> DecodedImage:
+    """Decode any supported upload (detected by content, not by file name)."""
+    if not data:
+        raise InputError("The file is empty. Upload a JPEG, PNG or DICOM radiograph.")
+    if is_dicom(data):
+        from utils.dicom import decode_dicom
+        return decode_dicom(data)
+    return decode_raster(data)
+
+
+def check_dimensions(width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise InputError(f"The image is {width} x {height} pixels, more than the "
+                         f"{MAX_PIXELS // 1_000_000} megapixels this app accepts; downscale it first.")
+    if min(width, height) < MIN_SIDE:
+        raise InputError(f"The image is only {width} x {height} pixels; "
+                         f"upload a radiograph at least {MIN_SIDE} pixels on each side.")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise InputError(f"The image is {width} x {height} pixels, too elongated to be a "
+                         "radiograph of one bone; crop it to the region of interest.")
+
+
+def decode_raster(data: bytes) -> DecodedImage:
+    """Decode a Pillow-readable image: EXIF orientation, bit depth, alpha, palette, CMYK."""
+    warnings: list[str] = []
+    with _pillow_lock:
+        try:
+            image = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError:
+            raise InputError(f"The image has more than {MAX_PIXELS // 1_000_000} megapixels, more than "
+                             "this app accepts; downscale it first.") from None
+        except UnidentifiedImageError:
+            raise InputError("This file is not an image this app can read. "
+                             "Upload a JPEG, PNG or DICOM radiograph.") from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise InputError(f"The image header is damaged ({exc}). Re-export the image.") from None
+        check_dimensions(*image.size)
+        fmt = image.format or "image"
+        if getattr(image, "n_frames", 1) > 1:
+            warnings.append(f"The {fmt} has {image.n_frames} frames; only the first was used.")
+        truncated = False
+        try:
+            image.load()
+        except OSError as exc:
+            if "truncated" not in str(exc):
+                raise InputError(f"The {fmt} file is damaged and cannot be decoded ({exc}).") from None
+            truncated = True
+            image = _load_truncated(data)
+        except (ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise InputError(f"The {fmt} file cannot be decoded ({exc}).") from None
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block must not cost the image
+        warnings.append("The EXIF orientation tag could not be read; the image is shown as stored.")
+    pixels = pil_to_gray(image, warnings)
+    if truncated:
+        pixels = crop_truncated_rows(pixels)
+        warnings.append("The file is truncated; the missing bottom part was cropped off.")
+        if pixels.shape[0] < MIN_SIDE:
+            raise InputError("The file is truncated so early that almost no image is left.")
+    return DecodedImage(pixels=pixels, source_format=fmt, warnings=warnings)
+
+
+def _load_truncated(data: bytes) -> Image.Image:
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image
+    except Exception as exc:
+        raise InputError(f"The file is truncated and cannot be decoded ({exc}).") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def pil_to_gray(image: Image.Image, warnings: list[str]) -> np.ndarray:
+    """Convert any Pillow mode to 2-D float32 in [0, 1], keeping high bit depths."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        array = np.asarray(image, dtype=np.uint16).astype(np.float32)
+        return _scale_to_unit(array, 65535.0)
+    if mode in ("I", "F"):
+        array = np.asarray(image, dtype=np.float32)
+        high = 65535.0 if array.max(initial=0) > 255 else 255.0
+        return _scale_to_unit(array, high)
+    if mode in ("1", "L"):
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("LA", "RGBA", "PA"):
+        # Flatten transparency onto black, the background of a radiograph.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba).convert("RGB")
+        warnings.append("Transparency was flattened onto black.")
+    elif mode == "CMYK":
+        image = image.convert("RGB")
+    elif mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+
+
+def _scale_to_unit(array: np.ndarray, high: float) -> np.ndarray:
+    return np.clip(array / high, 0.0, 1.0).astype(np.float32)
+
+
+def crop_truncated_rows(pixels: np.ndarray, min_run: int = 8) -> np.ndarray:
+    """Drop the bottom rows that a truncated JPEG filled with flat grey.
+
+    Truncation stops mid-row of 8/16-px blocks, so the lowest decoded band is grey from some
+    column to the right edge; cut at the first row from which every row ends in such a run.
+    """
+    fill = np.isclose(pixels, TRUNCATED_FILL_VALUE / 255.0, atol=0.5 / 255.0)
+    # Length of the run of fill pixels at the right end of each row.
+    not_fill_from_right = ~fill[:, ::-1]
+    run = np.where(not_fill_from_right.any(axis=1), not_fill_from_right.argmax(axis=1),
+                   pixels.shape[1])
+    cut = pixels.shape[0]
+    while cut > 0 and run[cut - 1] >= min_run:
+        cut -= 1
+    return pixels[:cut]

@@ -1,0 +1,42 @@
+"""Model input, calibrated probabilities and the decision rule shared by app, CLI and evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+CLASSES = ("healthy", "fractured", "beyond_repair")
+
+
+def to_model_input(batch_uint8: np.ndarray) -> np.ndarray:
+    """(N, S, S, 1) uint8 from `preprocess` -> (N, S, S, 3) float32 in [0, 1] (the net saw x/255)."""
+    x = np.asarray(batch_uint8, dtype=np.float32) / 255.0
+    return np.repeat(x, 3, axis=-1)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
+    return softmax(np.asarray(logits, dtype=np.float64) / float(temperature))
+
+
+def decide(probs: np.ndarray, preset: dict) -> tuple[str, bool]:
+    """(label, uncertain) for one image's calibrated probabilities under a threshold preset.
+
+    preset["any_fracture_threshold"]: when set, P(fractured) + P(beyond_repair) at or above it
+    means a fracture (the more likely fracture class), below it means healthy; when None the
+    most probable class wins. preset["min_confidence"]: a verdict whose own probability is
+    below it is flagged uncertain.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    threshold = preset.get("any_fracture_threshold")
+    if threshold is None:
+        index = int(np.argmax(probs))
+    elif probs[1] + probs[2] >= threshold:
+        index = 1 + int(np.argmax(probs[1:]))
+    else:
+        index = 0
+    return CLASSES[index], bool(probs[index] < preset.get("min_confidence", 0.0))

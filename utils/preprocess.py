@@ -1,0 +1,74 @@
+"""The one preprocessing function shared by training and serving.
+
+decoded grayscale [0, 1] -> crop uniform borders -> percentile contrast stretch ->
+letterbox to a square (black padding) -> resize to INPUT_SIZE -> uint8.
+
+The model's first layer rescales by 1/255, so the uint8 array *is* the model input: the
+training cache and the app feed the network identical values.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+INPUT_SIZE = 299
+BORDER_STD_TOLERANCE = 0.01
+CONTRAST_PERCENTILES = (0.5, 99.5)
+
+PREPROCESSING_SPEC = {
+    "input": "2-D grayscale float in [0, 1], bright = dense",
+    "steps": [
+        f"crop edge rows/columns whose standard deviation is below {BORDER_STD_TOLERANCE}",
+        f"stretch the {CONTRAST_PERCENTILES[0]}th..{CONTRAST_PERCENTILES[1]}th percentiles to 0..1",
+        "pad with black to a centred square",
+        f"resize to {INPUT_SIZE} x {INPUT_SIZE} with area interpolation",
+        "round to uint8 (0..255); the model rescales by 1/255 and repeats the channel 3 times",
+    ],
+    "output": f"uint8 array of shape ({INPUT_SIZE}, {INPUT_SIZE}, 1)",
+}
+
+
+def crop_uniform_border(pixels: np.ndarray, tolerance: float = BORDER_STD_TOLERANCE) -> np.ndarray:
+    """Remove flat bars at the edges (padding, grey fill of truncated files, blank margins)."""
+    rows = np.flatnonzero(pixels.std(axis=1) > tolerance)
+    cols = np.flatnonzero(pixels.std(axis=0) > tolerance)
+    if rows.size < 2 or cols.size < 2:
+        return pixels  # blank image: nothing sensible to crop
+    return pixels[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
+def stretch_contrast(pixels: np.ndarray, percentiles=CONTRAST_PERCENTILES) -> np.ndarray:
+    low, high = np.percentile(pixels, percentiles)
+    if high - low < 1e-6:
+        return np.zeros_like(pixels, dtype=np.float32)
+    return np.clip((pixels - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def letterbox_resize(pixels: np.ndarray, size: int) -> np.ndarray:
+    height, width = pixels.shape
+    side = max(height, width)
+    square = np.zeros((side, side), dtype=np.float32)
+    top, left = (side - height) // 2, (side - width) // 2
+    square[top:top + height, left:left + width] = pixels
+    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return cv2.resize(square, (size, size), interpolation=interpolation)
+
+
+def preprocess(pixels: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """Turn a decoded grayscale image into the model input: uint8 of shape (size, size, 1)."""
+    if pixels.ndim != 2:
+        raise ValueError(f"expected a 2-D grayscale array, got shape {pixels.shape}")
+    pixels = np.asarray(pixels, dtype=np.float32)
+    pixels = crop_uniform_border(pixels)
+    pixels = stretch_contrast(pixels)
+    pixels = letterbox_resize(pixels, size)
+    return np.round(pixels * 255.0).astype(np.uint8)[..., np.newaxis]
+
+
+def load_and_preprocess(data: bytes, size: int = INPUT_SIZE):
+    """bytes -> (model input uint8 (size, size, 1), warnings). Raises InputError."""
+    from utils.decode import decode_image_bytes
+
+    decoded = decode_image_bytes(data)
+    return preprocess(decoded.pixels, size), decoded.warnings
