@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import streamlit as st
 
-from utils.bundle import ModelBundleError, load_bundle
+from utils.bundle import ModelBundleError, bundle_dir, load_bundle
 from utils.classifier import Classifier
 from utils.inference import CLASSES, decide
 
@@ -23,8 +23,8 @@ PRESET_TEXT = {
 
 
 @st.cache_resource(show_spinner="Loading the model (once per server)...")
-def get_classifier() -> Classifier:
-    return Classifier(load_bundle())
+def get_classifier(directory: str) -> Classifier:
+    return Classifier(load_bundle(directory))
 
 
 def confidence_colour(probability: float) -> str:
@@ -115,7 +115,7 @@ def main() -> None:
     st.set_page_config(page_title="Bone X-ray Classifier", page_icon="🦴", layout="wide")
     show_header()
     try:
-        classifier = get_classifier()
+        classifier = get_classifier(str(bundle_dir()))
     except ModelBundleError as exc:
         st.error(f"The model cannot be loaded: {exc}")
         st.stop()
