@@ -24,7 +24,10 @@ PRESET_TEXT = {
 
 @st.cache_resource(show_spinner="Loading the model (once per server)...")
 def get_classifier(directory: str) -> Classifier:
-    return Classifier(load_bundle(directory))
+    classifier = Classifier(load_bundle(directory))
+    # One line per process: the browser load test counts these to prove the model is shared.
+    print(f"bone-xray: model {classifier.bundle.metadata['sha256'][:12]} loaded", flush=True)
+    return classifier
 
 
 def confidence_colour(probability: float) -> str:

@@ -43,18 +43,21 @@ def wait_healthy(url: str, process, timeout: float = 120) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(bundle_dir):
+def server(bundle_dir, tmp_path_factory):
     port = free_port()
-    env = dict(os.environ, BONE_XRAY_MODEL_DIR=str(bundle_dir))
+    env = dict(os.environ, BONE_XRAY_MODEL_DIR=str(bundle_dir), PYTHONUNBUFFERED="1")
+    log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
+    log = open(log_path, "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, process)
-        yield url
+        yield url, log_path
     finally:
+        log.close()
         process.terminate()
         try:
             process.wait(timeout=20)
@@ -72,16 +75,40 @@ def browser():
         instance.close()
 
 
-def test_upload_in_a_browser_shows_the_verdict(server, browser, tmp_path):
-    page = browser.new_page()
-    page.goto(server, wait_until="domcontentloaded")
-    page.get_by_text("Not a medical device").wait_for(timeout=120_000)
-    upload = {"name": "wrist.png", "mimeType": "image/png",
-              "buffer": png_bytes((synthetic_radiograph(seed=5) * 255).astype(np.uint8))}
+def upload_synthetic(page, seed: int) -> None:
+    upload = {"name": f"wrist{seed}.png", "mimeType": "image/png",
+              "buffer": png_bytes((synthetic_radiograph(seed=seed) * 255).astype(np.uint8))}
     page.locator("input[type=file]").set_input_files(upload)
-    page.get_by_text("Verdict:").wait_for(timeout=120_000)
+
+
+def test_upload_in_a_browser_shows_the_verdict(server, browser, tmp_path):
+    url, _ = server
+    page = browser.new_page()
+    page.goto(url, wait_until="domcontentloaded")
+    page.get_by_text("Not a medical device and not for diagnosis").wait_for(timeout=120_000)
+    upload_synthetic(page, seed=5)
+    page.get_by_text("Verdict:").first.wait_for(timeout=120_000)
     body = page.inner_text("body")
     for name in ("healthy:", "fractured:", "beyond repair:"):
         assert name in body
     page.screenshot(path=os.environ.get("BONE_XRAY_SCREENSHOT", str(tmp_path / "verdict.png")), full_page=True)
     page.close()
+
+
+def test_four_concurrent_sessions_share_one_model(server, browser):
+    url, log_path = server
+    contexts = [browser.new_context() for _ in range(4)]  # separate cookies: separate sessions
+    pages = [context.new_page() for context in contexts]
+    for page in pages:
+        page.goto(url, wait_until="domcontentloaded")
+    for page in pages:
+        page.get_by_text("Not a medical device and not for diagnosis").wait_for(timeout=120_000)
+    for seed, page in enumerate(pages):
+        upload_synthetic(page, seed=10 + seed)  # all four uploads in flight together
+    for page in pages:
+        page.get_by_text("Verdict:").first.wait_for(timeout=180_000)
+        assert "healthy:" in page.inner_text("body")
+    for context in contexts:
+        context.close()
+    loads = [line for line in log_path.read_text().splitlines() if line.startswith("bone-xray: model")]
+    assert len(loads) == 1, loads
