@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
+import datetime as dt
 
 import numpy as np
 import streamlit as st
 
 from utils.bundle import ModelBundleError, bundle_dir, load_bundle
 from utils.classifier import Classifier
+from utils.heatmap import colorize_heatmap, overlay_heatmap, upsample_heatmap
 from utils.inference import CLASSES, decide
+from utils.report import build_pdf, records_to_csv
 
 CLASS_TEXT = {
     "healthy": "no fracture seen.",
@@ -20,6 +22,7 @@ PRESET_TEXT = {
     "balanced": "Balanced: the most probable class wins.",
     "fracture_sensitive": "Fracture-sensitive: calls a fracture at a lower probability, so fewer fractures are missed.",
 }
+BATCH_SIZE = 8
 
 
 @st.cache_resource(show_spinner="Loading the model (once per server)...")
@@ -34,21 +37,41 @@ def confidence_colour(probability: float) -> str:
     return "green" if probability >= 0.70 else "orange" if probability >= 0.40 else "red"
 
 
+def pretty(label: str) -> str:
+    return label.replace("_", " ")
+
+
 def show_header() -> None:
     st.title("Bone X-ray Classifier")
-    st.write("Upload a bone radiograph (JPEG, PNG or DICOM). A fine-tuned InceptionV3 network says "
+    st.write("Upload bone radiographs (JPEG, PNG or DICOM). A fine-tuned InceptionV3 network says "
              "whether the bone looks **healthy**, **fractured** or **beyond repair**, with a calibrated "
              "probability for each. Trained on radiographs of the hand, wrist, forearm, elbow, humerus, "
              "shoulder, hip and leg.")
-    st.markdown("\n".join(f"- **{name.replace('_', ' ')}**: {text}" for name, text in CLASS_TEXT.items()))
+    st.markdown("\n".join(f"- **{pretty(name)}**: {text}" for name, text in CLASS_TEXT.items()))
     st.warning("Educational and triage aid only. **Not a medical device and not for diagnosis**: "
                "a qualified clinician must read every image.", icon="⚠️")
+
+
+def clear_history() -> None:
+    st.session_state["history"] = []
+
+
+def show_history(box) -> None:
+    """Filled at the end of a run, so it lists this run's verdicts too."""
+    history = st.session_state.get("history", [])
+    with box:
+        st.header(f"This session ({len(history)})")
+        if history:
+            st.markdown("\n".join(f"- {h['time']} {h['name']}: **{pretty(h['label'])}**" for h in history[-50:]))
+            st.button("Clear history", on_click=clear_history)
+        else:
+            st.caption("Verdicts of this session appear here; nothing is kept after you leave.")
 
 
 def show_sidebar(classifier: Classifier) -> str:
     metadata = classifier.bundle.metadata
     with st.sidebar:
-        preset = st.radio("Decision preset", list(metadata["presets"]), format_func=lambda p: p.replace("_", " "),
+        preset = st.radio("Decision preset", list(metadata["presets"]), format_func=pretty,
                           help="\n\n".join(PRESET_TEXT.get(p, p) for p in metadata["presets"]))
         st.header("Model")
         st.markdown(f"**{metadata['name']}** v{metadata['version']}  \n"
@@ -69,49 +92,144 @@ def show_sidebar(classifier: Classifier) -> str:
     return preset
 
 
-def classify_uploads(classifier: Classifier, uploads) -> list[dict]:
-    """Classify each upload once per session (keyed by content hash); bytes stay in memory."""
-    cache = st.session_state.setdefault("results", {})
-    fresh = []
-    for upload in uploads:
-        data = upload.getvalue()
-        key = hashlib.sha256(data).hexdigest()
-        if key not in cache:
-            fresh.append((key, upload.name, data))
+def classify_uploads(classifier: Classifier, uploads) -> list:
+    """Classify each upload once per session; only the small model input is kept, not the bytes."""
+    results = st.session_state.setdefault("results", {})
+    fresh = [u for u in uploads if u.file_id not in results]
     if fresh:
-        with st.spinner(f"Classifying {len(fresh)} image(s)..."):
-            predictions = classifier.predict_many([(name, data) for _, name, data in fresh])
-        for (key, _, _), prediction in zip(fresh, predictions):
-            cache[key] = prediction
-    keys = [hashlib.sha256(u.getvalue()).hexdigest() for u in uploads]
-    # Forget results of files the user removed from the uploader.
-    for stale in set(cache) - set(keys):
-        del cache[stale]
-    return [(upload.name, cache[key]) for upload, key in zip(uploads, keys)]
+        bar = st.progress(0.0, text=f"Classifying {len(fresh)} image(s)...")
+        history = st.session_state.setdefault("history", [])
+        for start in range(0, len(fresh), BATCH_SIZE):
+            chunk = fresh[start:start + BATCH_SIZE]
+            predictions = classifier.predict_many([(u.name, u.getvalue()) for u in chunk], batch_size=BATCH_SIZE)
+            for upload, prediction in zip(chunk, predictions):
+                results[upload.file_id] = prediction
+                if prediction.label:
+                    history.append({"time": dt.datetime.now().strftime("%H:%M:%S"), "name": upload.name,
+                                    "label": prediction.label})
+            done = min(start + BATCH_SIZE, len(fresh))
+            bar.progress(done / len(fresh), text=f"Classified {done} of {len(fresh)}")
+        bar.empty()
+    current = {u.file_id for u in uploads}
+    for stale in set(results) - current:  # files the user removed
+        del results[stale]
+    return [(u.file_id, results[u.file_id]) for u in uploads]
 
 
-def show_prediction(name: str, prediction, preset: dict) -> None:
-    st.subheader(name)
+def verdict_of(prediction, preset: dict) -> tuple[str | None, bool]:
+    if prediction.error:
+        return None, False
+    return decide(np.array([prediction.probabilities[c] for c in CLASSES]), preset)
+
+
+def records_for(items, preset: dict) -> list[dict]:
+    records = []
+    for _, prediction in items:
+        record = prediction.as_record()
+        record["label"], record["uncertain"] = verdict_of(prediction, preset)
+        records.append(record)
+    return records
+
+
+def heatmap_for(classifier: Classifier, file_id: str, prediction, class_name: str) -> np.ndarray:
+    cache = st.session_state.setdefault("heatmaps", {})
+    key = (file_id, class_name)
+    if key not in cache:
+        cache[key] = classifier.heatmap(prediction.model_input, class_name)
+    return cache[key]
+
+
+def report_entries(classifier: Classifier, items, preset: dict) -> list[dict]:
+    entries = []
+    for (file_id, prediction), record in zip(items, records_for(items, preset)):
+        overlay = None
+        if not prediction.error:
+            overlay = overlay_heatmap(prediction.model_input,
+                                      heatmap_for(classifier, file_id, prediction, record["label"]))
+        entries.append({**record, "name": prediction.name, "model_input": prediction.model_input,
+                        "overlay": overlay})
+    return entries
+
+
+def pdf_bytes(classifier: Classifier, items, preset_name: str):
+    """A callable for st.download_button: the PDF is built only when asked for."""
+    def build() -> bytes:
+        preset = classifier.bundle.preset(preset_name)
+        return build_pdf(report_entries(classifier, items, preset), classifier.bundle.metadata,
+                         preset_name, st.session_state.get("reference", ""))
+    return build
+
+
+def show_single(classifier: Classifier, file_id: str, prediction, preset_name: str) -> None:
+    preset = classifier.bundle.preset(preset_name)
+    st.subheader(prediction.name)
     if prediction.error:
         st.error(prediction.error)
         return
-    probs = np.array([prediction.probabilities[c] for c in CLASSES])
-    label, uncertain = decide(probs, preset)
+    label, uncertain = verdict_of(prediction, preset)
     left, right = st.columns([1, 1])
     with left:
-        st.image(prediction.model_input, caption="The image as the model saw it", clamp=True, width=320)
+        show_heatmap = st.toggle("Show heatmap", value=True, key=f"hm_{file_id}")
+        if show_heatmap:
+            opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key=f"op_{file_id}")
+            target = st.selectbox("Heatmap for class", ["predicted"] + list(CLASSES), format_func=pretty,
+                                  key=f"cls_{file_id}")
+            heatmap = heatmap_for(classifier, file_id, prediction, label if target == "predicted" else target)
+            st.image(overlay_heatmap(prediction.model_input, heatmap, opacity),
+                     caption="The image as the model saw it, with the Grad-CAM heatmap", width=360)
+            st.image(colorize_heatmap(upsample_heatmap(heatmap, (120, 120))), caption="Raw heatmap", width=120)
+        else:
+            st.image(prediction.model_input, caption="The image as the model saw it", clamp=True, width=360)
     with right:
         probability = prediction.probabilities[label]
-        colour = confidence_colour(probability)
-        verdict = label.replace("_", " ").upper()
-        st.markdown(f"### Verdict: :{colour}[{verdict}] ({probability:.0%})")
+        st.markdown(f"### Verdict: :{confidence_colour(probability)}[{pretty(label).upper()}] ({probability:.0%})")
         if uncertain:
-            st.markdown(":orange[**Uncertain: needs review.**] No class is clearly ahead.")
+            st.markdown(":orange[**Uncertain: needs review.**] The verdict's probability is low.")
         for cls in CLASSES:
             st.progress(float(prediction.probabilities[cls]),
-                        text=f"{cls.replace('_', ' ')}: {prediction.probabilities[cls]:.1%}")
+                        text=f"{pretty(cls)}: {prediction.probabilities[cls]:.1%}")
         for warning in prediction.warnings:
             st.caption(f"Note: {warning}")
+        st.download_button("PDF report for this image", pdf_bytes(classifier, [(file_id, prediction)], preset_name),
+                           file_name="bone-xray-report.pdf", mime="application/pdf", key=f"pdf_{file_id}",
+                           on_click="ignore")
+
+
+def show_batch(classifier: Classifier, items, preset_name: str):
+    """Results table with filter, CSV and PDF downloads; returns the selected item."""
+    preset = classifier.bundle.preset(preset_name)
+    records = records_for(items, preset)
+    verdict_names = [pretty(c) for c in CLASSES] + ["not classified"]
+    shown = st.multiselect("Show verdicts", verdict_names, default=verdict_names)
+    rows = []
+    for index, record in enumerate(records):
+        verdict = pretty(record["label"]) if record["label"] else "not classified"
+        if verdict not in shown:
+            continue
+        probs = record["probabilities"] or {}
+        rows.append({"#": index, "file": record["path"], "verdict": verdict,
+                     **{f"P({pretty(c)})": probs.get(c) for c in CLASSES},
+                     "uncertain": record["uncertain"],
+                     "notes": record["error"] or " | ".join(record["warnings"])})
+    column_config = {f"P({pretty(c)})": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)
+                     for c in CLASSES}
+    event = st.dataframe(rows, hide_index=True, column_config=column_config, on_select="rerun",
+                         selection_mode="single-row", key="results_table")
+    for record in records:
+        if record["error"]:
+            st.error(f"{record['path']}: {record['error']}")
+    col_csv, col_pdf = st.columns(2)
+    with col_csv:
+        st.download_button("Download table (CSV)", records_to_csv(records), file_name="bone-xray-results.csv",
+                           mime="text/csv", on_click="ignore")
+    with col_pdf:
+        st.download_button(f"PDF report for all {len(items)} images", pdf_bytes(classifier, items, preset_name),
+                           file_name="bone-xray-batch-report.pdf", mime="application/pdf", on_click="ignore")
+    selected = event.selection.rows if event is not None else []
+    if selected and selected[0] < len(rows):
+        return items[rows[selected[0]]["#"]]
+    st.caption("Click a row to open that image below.")
+    return items[rows[0]["#"]] if rows else None
 
 
 def main() -> None:
@@ -123,14 +241,26 @@ def main() -> None:
         st.error(f"The model cannot be loaded: {exc}")
         st.stop()
     preset_name = show_sidebar(classifier)
+    history_box = st.sidebar.container()
+    try:
+        show_main(classifier, preset_name)
+    finally:
+        show_history(history_box)
+
+
+def show_main(classifier: Classifier, preset_name: str) -> None:
+    folder_mode = st.toggle("Upload a whole folder", help="Pick a folder; every file in it is classified.")
     uploads = st.file_uploader("Radiographs (JPEG, PNG, DICOM; files without an extension are fine)",
-                               accept_multiple_files=True)
+                               accept_multiple_files="directory" if folder_mode else True)
+    st.text_input("Study / patient reference for PDF reports (optional, typed by you)", key="reference",
+                  max_chars=120)
     if not uploads:
         st.info("Upload one or more images to classify them.")
         return
-    preset = classifier.bundle.preset(preset_name)
-    for name, prediction in classify_uploads(classifier, uploads):
-        show_prediction(name, prediction, preset)
+    items = classify_uploads(classifier, uploads)
+    selected = items[0] if len(items) == 1 else show_batch(classifier, items, preset_name)
+    if selected is not None:
+        show_single(classifier, *selected, preset_name)
 
 
 main()

@@ -54,7 +54,45 @@ def test_upload_gives_verdict_and_three_probabilities(app):
     assert [t.split(":")[0] for t in texts] == ["healthy", "fractured", "beyond repair"]
     total = sum(float(t.split(":")[1].strip().rstrip("%")) for t in texts)
     assert total == pytest.approx(100.0, abs=0.2)
-    assert len(app.get("image")) == 1  # the image as the model saw it
+    assert len(app.get("image")) == 2  # the model input with its heatmap, and the raw heatmap
+    app.toggle(key=next(t.key for t in app.toggle if t.key and t.key.startswith("hm_"))).set_value(False)
+    app.run()
+    assert not app.exception and len(app.get("image")) == 1
+
+
+def test_heatmap_opacity_and_class_controls(app):
+    app.file_uploader[0].upload("hip.png", png_bytes((synthetic_radiograph(seed=8) * 255).astype(np.uint8)),
+                                "image/png")
+    app.run()
+    app.slider[0].set_value(0.9)
+    app.selectbox[0].set_value("beyond_repair")
+    app.run()
+    assert not app.exception
+    assert len(app.get("image")) == 2
+
+
+def test_many_files_give_a_table_downloads_and_history(app):
+    files = [(f"img{i}.png", png_bytes((synthetic_radiograph(seed=20 + i) * 255).astype(np.uint8)), "image/png")
+             for i in range(3)] + [("broken.jpg", b"\xff\xd8\xff garbage", "image/jpeg")]
+    app.file_uploader[0].set_value(files)
+    app.run()
+    assert not app.exception
+    table = app.dataframe[0].value
+    assert list(table["file"]) == [f[0] for f in files]
+    assert list(table["verdict"])[-1] == "not classified"
+    labels = [b.proto.label for b in app.get("download_button")]
+    assert "Download table (CSV)" in labels and "PDF report for all 4 images" in labels
+    assert len(verdicts(app)) == 1  # the first row opens in the single-image view
+    assert any(h.value == "This session (3)" for h in app.sidebar.header)
+
+    app.multiselect[0].set_value(["not classified"])
+    app.run()
+    assert list(app.dataframe[0].value["file"]) == ["broken.jpg"]
+    assert any("cannot" in e.value or "not an image" in e.value or "damaged" in e.value for e in app.error)
+
+    app.sidebar.button[0].click()
+    app.run()
+    assert any(h.value == "This session (0)" for h in app.sidebar.header)
 
 
 def test_bad_file_gets_a_message_and_the_app_keeps_working(app):
@@ -63,11 +101,12 @@ def test_bad_file_gets_a_message_and_the_app_keeps_working(app):
     assert not app.exception
     assert any("not an image" in e.value for e in app.error)
     # Next, the same bad file beside a DICOM without an extension: one message, one verdict.
-    app.file_uploader[0].set_value([("notes.png", b"this is text, not an image", "image/png"),
-                                    ("arm", dicom_bytes(make_dicom(ramp(400, 300))), "application/octet-stream")])
+    app.file_uploader[0].set_value([("arm", dicom_bytes(make_dicom(ramp(400, 300))), "application/octet-stream"),
+                                    ("notes.png", b"this is text, not an image", "image/png")])
     app.run()
     assert not app.exception
     assert len(verdicts(app)) == 1 and len(app.error) == 1
+    assert app.error[0].value.startswith("notes.png: ")
     assert SECRET_PATIENT_NAME.split("^")[0] not in all_text(app)
 
 

@@ -112,3 +112,30 @@ def test_four_concurrent_sessions_share_one_model(server, browser):
         context.close()
     loads = [line for line in log_path.read_text().splitlines() if line.startswith("bone-xray: model")]
     assert len(loads) == 1, loads
+
+
+def test_batch_upload_csv_and_pdf_downloads(server, browser, tmp_path):
+    import csv
+    import io
+
+    from pypdf import PdfReader
+
+    url, _ = server
+    page = browser.new_page()
+    page.goto(url, wait_until="domcontentloaded")
+    page.get_by_text("Not a medical device and not for diagnosis").wait_for(timeout=120_000)
+    files = [{"name": f"batch{i}.png", "mimeType": "image/png",
+              "buffer": png_bytes((synthetic_radiograph(seed=30 + i) * 255).astype(np.uint8))} for i in range(3)]
+    page.locator("input[type=file]").set_input_files(files)
+    page.get_by_text("PDF report for all 3 images").wait_for(timeout=180_000)
+
+    with page.expect_download(timeout=120_000) as download_info:
+        page.get_by_text("Download table (CSV)").click()
+    rows = list(csv.DictReader(io.StringIO(open(download_info.value.path()).read())))
+    assert [r["path"] for r in rows] == [f["name"] for f in files]
+    assert all(r["label"] in ("healthy", "fractured", "beyond_repair") for r in rows)
+
+    with page.expect_download(timeout=180_000) as download_info:
+        page.get_by_text("PDF report for all 3 images").click()
+    assert len(PdfReader(download_info.value.path()).pages) == 3
+    page.close()

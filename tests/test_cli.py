@@ -98,3 +98,20 @@ def test_runs_as_a_module(folder, bundle_dir):
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0
     assert json.loads(result.stdout)["label"] in CLASSES
+
+
+def test_heatmaps_and_pdf_report(folder, tmp_path, capsys, bundle_dir):
+    from pypdf import PdfReader
+
+    (folder / "bad.png").write_bytes(b"nope")
+    heatmaps, report = tmp_path / "heatmaps", tmp_path / "report.pdf"
+    code, _, _ = run_cli(["predict", str(folder), "--heatmaps", str(heatmaps), "--report", str(report),
+                          "--reference", "Study 7"], capsys)
+    assert code == 1
+    pngs = sorted(p.name for p in heatmaps.iterdir())
+    assert len(pngs) == 2 and all(p.endswith("_heatmap.png") for p in pngs)
+    pages = PdfReader(str(report)).pages
+    assert len(pages) == 3  # one page per input, the failed one included
+    text = pages[0].extract_text()
+    assert "Study 7" in text and "Not a medical device" in text and "Verdict" in text
+    assert "Not classified" in "".join(p.extract_text() for p in pages)

@@ -36,10 +36,21 @@ class Classifier:
         import tensorflow as tf
 
         self.bundle = bundle
+        self._grad_model = None
         model = bundle.model
         self._forward = tf.function(
             lambda x: model(x, training=False), reduce_retracing=True,
             input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.float32)])
+
+    def heatmap(self, model_input: np.ndarray, class_name: str | None = None) -> np.ndarray:
+        """Grad-CAM of one (S, S) uint8 model input, for class_name or the predicted class."""
+        from utils.heatmap import build_gradcam_model, make_gradcam_heatmap
+
+        if self._grad_model is None:
+            self._grad_model = build_gradcam_model(self.bundle.model, self.bundle.metadata.get(
+                "heatmap_layer", "mixed7"))
+        index = None if class_name is None else self.bundle.classes.index(class_name)
+        return make_gradcam_heatmap(to_model_input(model_input[None, ..., None]), self._grad_model, index)
 
     def logits(self, batch_uint8: np.ndarray) -> np.ndarray:
         return np.asarray(self._forward(to_model_input(batch_uint8)), dtype=np.float64)

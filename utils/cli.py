@@ -2,6 +2,7 @@
 
     python -m utils.cli predict PATH [PATH ...] [--format jsonl|csv] [--output FILE]
                                 [--preset balanced|fracture_sensitive] [--batch-size N]
+                                [--heatmaps DIR] [--report report.pdf] [--reference TEXT]
 
 Folders are searched recursively. One record per input: path, label, probabilities,
 uncertain, warnings, error. Exit status: 0 every input predicted, 1 some failed (the rest are
@@ -18,11 +19,10 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from utils.inference import CLASSES
+from utils.report import CSV_COLUMNS, csv_row
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
 PROGRESS_MIN_FILES = 4
-CSV_COLUMNS = ["path", "label"] + [f"p_{c}" for c in CLASSES] + ["uncertain", "warnings", "error"]
 
 
 def expand_paths(paths: list[str]) -> list[Path]:
@@ -56,9 +56,9 @@ def read_input(path: Path) -> bytes:
         raise InputError(f"The file cannot be read ({exc.strerror or exc}).") from None
 
 
-def predict_records(classifier, paths: list[Path], preset: str, batch_size: int,
-                    progress=None) -> Iterator[dict]:
-    """Yield one record per path, reading and classifying batch_size files at a time."""
+def predict_paths(classifier, paths: list[Path], preset: str, batch_size: int,
+                  progress=None) -> Iterator:
+    """Yield one Prediction per path, reading and classifying batch_size files at a time."""
     from utils.classifier import Prediction
     from utils.decode import InputError
 
@@ -69,33 +69,53 @@ def predict_records(classifier, paths: list[Path], preset: str, batch_size: int,
             try:
                 readable.append((str(path), read_input(path)))
             except InputError as exc:
-                records[str(path)] = Prediction(name=str(path), error=str(exc)).as_record()
+                records[str(path)] = Prediction(name=str(path), error=str(exc))
         for prediction in classifier.predict_many(readable, preset=preset, batch_size=batch_size):
-            records[prediction.name] = prediction.as_record()
+            records[prediction.name] = prediction
         for path in chunk:
             yield records[str(path)]
         if progress is not None:
             progress.update(len(chunk))
 
 
-def write_records(records: Iterator[dict], fmt: str, handle) -> list[dict]:
-    written = []
-    writer = None
-    if fmt == "csv":
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-    for record in records:
-        if writer is None:
-            handle.write(json.dumps(record) + "\n")
+def heatmap_file_name(path: str, index: int) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(path).name)[:80]
+    return f"{index:05d}_{stem}_heatmap.png"
+
+
+class Outputs:
+    """Writes each prediction as it arrives: records (JSONL/CSV), heatmap PNGs, PDF entries."""
+
+    def __init__(self, classifier, fmt: str, handle, heatmap_dir: Path | None, want_report: bool):
+        self.classifier, self.fmt, self.handle = classifier, fmt, handle
+        self.heatmap_dir, self.want_report = heatmap_dir, want_report
+        self.failed, self.count, self.report_entries = 0, 0, []
+        self.writer = None
+        if fmt == "csv":
+            self.writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+            self.writer.writeheader()
+
+    def add(self, prediction) -> None:
+        from utils.heatmap import overlay_heatmap
+
+        record = prediction.as_record()
+        if self.writer is None:
+            self.handle.write(json.dumps(record) + "\n")
         else:
-            probs = record["probabilities"] or {}
-            writer.writerow({"path": record["path"], "label": record["label"] or "",
-                             **{f"p_{c}": f"{probs[c]:.6f}" if c in probs else "" for c in CLASSES},
-                             "uncertain": str(record["uncertain"]).lower(),
-                             "warnings": " | ".join(record["warnings"]), "error": record["error"] or ""})
-        handle.flush()
-        written.append(record)
-    return written
+            self.writer.writerow(csv_row(record))
+        self.handle.flush()
+        self.count += 1
+        self.failed += bool(prediction.error)
+        overlay = None
+        if prediction.error is None and (self.heatmap_dir or self.want_report):
+            overlay = overlay_heatmap(prediction.model_input, self.classifier.heatmap(prediction.model_input))
+            if self.heatmap_dir:
+                from PIL import Image
+
+                Image.fromarray(overlay).save(self.heatmap_dir / heatmap_file_name(prediction.name, self.count))
+        if self.want_report:
+            self.report_entries.append({**record, "name": prediction.name,
+                                        "model_input": prediction.model_input, "overlay": overlay})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--preset", choices=("balanced", "fracture_sensitive"), default="balanced")
     predict.add_argument("--batch-size", type=int, default=8)
     predict.add_argument("--model-dir", type=Path, help="model bundle folder (default: model/)")
+    predict.add_argument("--heatmaps", type=Path, metavar="DIR", help="write Grad-CAM overlay PNGs here")
+    predict.add_argument("--report", type=Path, metavar="PDF", help="write a PDF report, one page per image")
+    predict.add_argument("--reference", default="", help="study/patient reference printed in the PDF")
     return parser
 
 
@@ -132,18 +155,25 @@ def main(argv=None) -> int:
 
     progress = tqdm(total=len(paths), unit="image", file=sys.stderr,
                     disable=len(paths) < PROGRESS_MIN_FILES)
+    if args.heatmaps:
+        args.heatmaps.mkdir(parents=True, exist_ok=True)
     handle = open(args.output, "w", newline="") if args.output else sys.stdout
+    outputs = Outputs(classifier, args.format, handle, args.heatmaps, args.report is not None)
     try:
-        records = write_records(predict_records(classifier, paths, args.preset, args.batch_size, progress),
-                                args.format, handle)
+        for prediction in predict_paths(classifier, paths, args.preset, args.batch_size, progress):
+            outputs.add(prediction)
     finally:
         progress.close()
         if args.output:
             handle.close()
-    failed = sum(1 for r in records if r["error"])
-    if failed:
-        print(f"{failed} of {len(records)} inputs could not be classified", file=sys.stderr)
-    return 1 if failed else 0
+    if args.report:
+        from utils.report import build_pdf
+
+        args.report.write_bytes(build_pdf(outputs.report_entries, classifier.bundle.metadata,
+                                          args.preset, args.reference))
+    if outputs.failed:
+        print(f"{outputs.failed} of {outputs.count} inputs could not be classified", file=sys.stderr)
+    return 1 if outputs.failed else 0
 
 
 if __name__ == "__main__":

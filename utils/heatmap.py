@@ -1,0 +1,51 @@
+"""Grad-CAM: where the network looked, after the keras-io example, as pure functions."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+DEFAULT_LAST_CONV_LAYER = "mixed7"
+
+
+def build_gradcam_model(model, last_conv_layer_name: str = DEFAULT_LAST_CONV_LAYER):
+    """A model mapping the input to (last conv block activations, logits)."""
+    import keras
+
+    return keras.Model(model.inputs, [model.get_layer(last_conv_layer_name).output, model.output])
+
+
+def make_gradcam_heatmap(img_array: np.ndarray, grad_model, class_index: int | None = None) -> np.ndarray:
+    """Grad-CAM for one image: (1, S, S, 3) float model input -> (h, w) heatmap in [0, 1].
+
+    class_index None means the predicted class.
+    """
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        conv_output, logits = grad_model(tf.convert_to_tensor(img_array, tf.float32), training=False)
+        index = int(tf.argmax(logits[0])) if class_index is None else int(class_index)
+        score = logits[:, index]
+    grads = tape.gradient(score, conv_output)
+    weights = tf.reduce_mean(grads, axis=(0, 1, 2))
+    cam = tf.nn.relu(tf.reduce_sum(conv_output[0] * weights, axis=-1)).numpy()
+    peak = cam.max()
+    return (cam / peak if peak > 0 else cam).astype(np.float32)
+
+
+def upsample_heatmap(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a heatmap to (height, width) of the image it explains."""
+    return cv2.resize(heatmap, (size[1], size[0]), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+
+
+def colorize_heatmap(heatmap: np.ndarray) -> np.ndarray:
+    """(h, w) in [0, 1] -> (h, w, 3) uint8 RGB with the 'jet' colour map."""
+    bgr = cv2.applyColorMap(np.uint8(np.round(heatmap * 255)), cv2.COLORMAP_JET)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def overlay_heatmap(gray_uint8: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4) -> np.ndarray:
+    """Blend a heatmap over the grayscale model input: (S, S) uint8 -> (S, S, 3) uint8 RGB."""
+    base = np.repeat(gray_uint8[..., None], 3, axis=-1).astype(np.float32)
+    colour = colorize_heatmap(upsample_heatmap(heatmap, gray_uint8.shape)).astype(np.float32)
+    return np.clip((1 - opacity) * base + opacity * colour, 0, 255).astype(np.uint8)

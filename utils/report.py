@@ -1,0 +1,99 @@
+"""Result tables (CSV) and PDF reports, built in memory."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+
+import numpy as np
+
+from utils.inference import CLASSES
+
+CSV_COLUMNS = ["path", "label"] + [f"p_{c}" for c in CLASSES] + ["uncertain", "warnings", "error"]
+DISCLAIMER = ("Educational and triage aid only. Not a medical device and not for diagnosis: "
+              "a qualified clinician must read every image.")
+
+
+def csv_row(record: dict) -> dict:
+    """A prediction record (utils.classifier.Prediction.as_record) as one CSV row."""
+    probs = record.get("probabilities") or {}
+    return {"path": record["path"], "label": record["label"] or "",
+            **{f"p_{c}": f"{probs[c]:.6f}" if c in probs else "" for c in CLASSES},
+            "uncertain": str(bool(record["uncertain"])).lower(),
+            "warnings": " | ".join(record["warnings"]), "error": record["error"] or ""}
+
+
+def records_to_csv(records: list[dict]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(csv_row(r) for r in records)
+    return buffer.getvalue().encode("utf-8")
+
+
+def _latin1(text: str) -> str:
+    """fpdf2's core fonts speak latin-1; anything else becomes '?' rather than failing."""
+    return str(text).encode("latin-1", "replace").decode("latin-1")
+
+
+def _png_image(array: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(array)
+
+
+def build_pdf(entries: list[dict], metadata: dict, preset_name: str, reference: str = "",
+              created: dt.datetime | None = None) -> bytes:
+    """One page per entry. An entry: name, label, probabilities, uncertain, warnings, error,
+    model_input ((S, S) uint8 or None) and overlay ((S, S, 3) uint8 heatmap overlay or None)."""
+    from fpdf import FPDF
+
+    created = created or dt.datetime.now(dt.timezone.utc)
+    stamp = created.strftime("%Y-%m-%d %H:%M:%S UTC")
+    pdf = FPDF(format="A4")
+    pdf.set_auto_page_break(auto=False)
+    pdf.set_title("Bone X-ray Classifier report")
+    for entry in entries:
+        pdf.add_page()
+        pdf.set_font("Helvetica", "B", 16)
+        pdf.cell(0, 10, "Bone X-ray Classifier report", new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font("Helvetica", "", 10)
+        lines = [f"File: {entry['name']}", f"Created: {stamp}",
+                 f"Model: {metadata.get('name', '?')} v{metadata.get('version', '?')}, "
+                 f"sha256 {metadata.get('sha256', '?')}",
+                 f"Decision preset: {preset_name.replace('_', ' ')}"]
+        if reference.strip():
+            lines.insert(1, f"Study / patient reference: {reference.strip()}")
+        for line in lines:
+            pdf.multi_cell(0, 5, _latin1(line), new_x="LMARGIN", new_y="NEXT")
+        top = pdf.get_y() + 4
+        if entry.get("model_input") is not None:
+            pdf.image(_png_image(entry["model_input"]), x=10, y=top, w=90)
+        if entry.get("overlay") is not None:
+            pdf.image(_png_image(entry["overlay"]), x=110, y=top, w=90)
+            pdf.set_xy(110, top + 91)
+            pdf.set_font("Helvetica", "I", 8)
+            pdf.cell(90, 4, "Grad-CAM heatmap: where the network looked")
+        pdf.set_xy(10, top + 100)
+        pdf.set_font("Helvetica", "B", 13)
+        if entry.get("error"):
+            pdf.multi_cell(0, 7, _latin1(f"Not classified: {entry['error']}"), new_x="LMARGIN", new_y="NEXT")
+        else:
+            verdict = entry["label"].replace("_", " ").upper()
+            suffix = " (uncertain: needs review)" if entry.get("uncertain") else ""
+            pdf.cell(0, 8, _latin1(f"Verdict: {verdict}{suffix}"), new_x="LMARGIN", new_y="NEXT")
+            pdf.set_font("Helvetica", "", 11)
+            for cls in CLASSES:
+                p = entry["probabilities"][cls]
+                pdf.cell(45, 7, cls.replace("_", " "))
+                pdf.cell(20, 7, f"{p:.1%}")
+                pdf.set_fill_color(76, 155, 232)
+                pdf.cell(max(0.1, 100 * p), 5, "", fill=True, new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font("Helvetica", "", 9)
+        for warning in entry.get("warnings") or []:
+            pdf.multi_cell(0, 5, _latin1(f"Note: {warning}"), new_x="LMARGIN", new_y="NEXT")
+        pdf.set_xy(10, 270)
+        pdf.set_font("Helvetica", "B", 9)
+        pdf.multi_cell(0, 5, DISCLAIMER, new_x="LMARGIN", new_y="NEXT")
+    return bytes(pdf.output())
