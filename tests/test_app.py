@@ -130,3 +130,13 @@ def test_tampered_model_shows_an_error_page(bundle_dir, tmp_path, monkeypatch):
     at.run()
     assert not at.exception
     assert any("does not match" in e.value for e in at.error)
+
+
+def test_model_card_page_renders_card_and_plots(bundle_dir, monkeypatch):
+    monkeypatch.setenv("BONE_XRAY_MODEL_DIR", str(bundle_dir))
+    at = AppTest.from_file(str(REPO / "pages" / "1_Model_card.py"), default_timeout=60)
+    at.run()
+    assert not at.exception
+    text = "\n".join(m.value for m in at.markdown)
+    assert "Model card" in text and "beyond_repair" in text and "CC BY 4.0" in text
+    assert len(at.get("image")) == 3

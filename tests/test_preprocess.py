@@ -62,3 +62,13 @@ def test_training_cache_equals_serving_input(tmp_path):
     for i, row in enumerate(rows):
         served, _ = load_and_preprocess((tmp_path / row["path"]).read_bytes())
         np.testing.assert_array_equal(cached[i], served[..., 0])
+
+
+def test_large_images_are_brought_to_training_scale(radiograph):
+    from utils.preprocess import MAX_WORKING_SIDE, limit_size
+
+    big = np.kron(radiograph, np.ones((6, 6), np.float32))  # 2880 x 2400
+    assert max(limit_size(big).shape) == MAX_WORKING_SIDE
+    assert limit_size(radiograph) is radiograph  # training-sized images pass untouched
+    a, b = preprocess(big), preprocess(radiograph)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 3

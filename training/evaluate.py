@@ -154,9 +154,15 @@ def evaluate(run_dir: Path, out_dir: Path, data_dir: Path, split_file: Path, cac
     val = np.load(run_dir / "val_logits.npz")
     temperature = fit_temperature(val["logits"], val["labels"])
     val_probs = calibrated_probabilities(val["logits"], temperature)
+    # Balanced-error rule: weigh calibrated probabilities by 1 / training prior.
+    train_counts = np.array(json.loads((run_dir / "train_summary.json").read_text())["train_counts"], float)
+    inverse_prior = train_counts.sum() / np.maximum(train_counts, 1)
+    weights = (inverse_prior / inverse_prior.sum()).round(6).tolist()
     presets = {
-        "balanced": {"any_fracture_threshold": None, "min_confidence": DEFAULT_MIN_CONFIDENCE},
-        "fracture_sensitive": {"any_fracture_threshold": any_fracture_threshold(val_probs, val["labels"]),
+        "balanced": {"class_weights": weights, "any_fracture_threshold": None,
+                     "min_confidence": DEFAULT_MIN_CONFIDENCE},
+        "fracture_sensitive": {"class_weights": weights,
+                               "any_fracture_threshold": any_fracture_threshold(val_probs, val["labels"]),
                                "min_confidence": DEFAULT_MIN_CONFIDENCE,
                                "target_val_recall_any_fracture": SENSITIVE_TARGET_RECALL},
     }

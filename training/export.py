@@ -161,6 +161,16 @@ zoom 0.9-1.1, horizontal flip, brightness/contrast; no shear). Best epoch
 
 Reproduce: `{training['command']}`
 
+## Decisions
+Probabilities are calibrated by temperature scaling on the validation split. The verdict
+follows a preset stored in `metadata.json`:
+- *balanced*: each calibrated probability is multiplied by 1 / (its class's share of the
+  training split) and the largest product wins, so the rare classes are not drowned out
+  (the verdict is not always the most probable class);
+- *fracture-sensitive*: "fracture" when P(fractured) + P(beyond_repair) reaches the threshold
+  that keeps 95% recall of any fracture on validation.
+A verdict whose own probability is below 0.5 is flagged "uncertain: needs review".
+
 ## Data
 Split by the manifest's `overlap_group` (near-duplicates and crops stay on one side),
 stratified by source and label, 70/15/15, fixed seed (`training/split.csv`).

@@ -24,19 +24,22 @@ def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarr
 
 
 def decide(probs: np.ndarray, preset: dict) -> tuple[str, bool]:
-    """(label, uncertain) for one image's calibrated probabilities under a threshold preset.
+    """(label, uncertain) for one image's calibrated probabilities under a decision preset.
 
-    preset["any_fracture_threshold"]: when set, P(fractured) + P(beyond_repair) at or above it
-    means a fracture (the more likely fracture class), below it means healthy; when None the
-    most probable class wins. preset["min_confidence"]: a verdict whose own probability is
-    below it is flagged uncertain.
+    preset["class_weights"]: each probability is multiplied by its weight before comparing
+    (1 / training prior gives the balanced-error rule, so rare classes are not drowned out);
+    absent means plain argmax. preset["any_fracture_threshold"]: when set, P(fractured) +
+    P(beyond_repair) at or above it means a fracture (the higher-weighted fracture class),
+    below it means healthy. preset["min_confidence"]: a verdict whose own calibrated
+    probability is below it is flagged uncertain.
     """
     probs = np.asarray(probs, dtype=np.float64)
+    scores = probs * np.asarray(preset.get("class_weights") or np.ones(len(probs)), dtype=np.float64)
     threshold = preset.get("any_fracture_threshold")
     if threshold is None:
-        index = int(np.argmax(probs))
+        index = int(np.argmax(scores))
     elif probs[1] + probs[2] >= threshold:
-        index = 1 + int(np.argmax(probs[1:]))
+        index = 1 + int(np.argmax(scores[1:]))
     else:
         index = 0
     return CLASSES[index], bool(probs[index] < preset.get("min_confidence", 0.0))

@@ -13,12 +13,17 @@ import cv2
 import numpy as np
 
 INPUT_SIZE = 299
+# Training images are at most 1024 px on their longer side (FracAtlas' larger films were
+# downscaled to 1024 by the dataset's curators), so larger uploads are brought to that scale
+# first: it matches the training data and keeps the later steps cheap.
+MAX_WORKING_SIDE = 1024
 BORDER_STD_TOLERANCE = 0.01
 CONTRAST_PERCENTILES = (0.5, 99.5)
 
 PREPROCESSING_SPEC = {
     "input": "2-D grayscale float in [0, 1], bright = dense",
     "steps": [
+        f"downscale (area interpolation) so the longer side is at most {MAX_WORKING_SIDE} px",
         f"crop edge rows/columns whose standard deviation is below {BORDER_STD_TOLERANCE}",
         f"stretch the {CONTRAST_PERCENTILES[0]}th..{CONTRAST_PERCENTILES[1]}th percentiles to 0..1",
         "pad with black to a centred square",
@@ -27,6 +32,15 @@ PREPROCESSING_SPEC = {
     ],
     "output": f"uint8 array of shape ({INPUT_SIZE}, {INPUT_SIZE}, 1)",
 }
+
+
+def limit_size(pixels: np.ndarray, max_side: int = MAX_WORKING_SIDE) -> np.ndarray:
+    height, width = pixels.shape
+    scale = max_side / max(height, width)
+    if scale >= 1.0:
+        return pixels
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
 
 
 def crop_uniform_border(pixels: np.ndarray, tolerance: float = BORDER_STD_TOLERANCE) -> np.ndarray:
@@ -59,7 +73,7 @@ def preprocess(pixels: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     """Turn a decoded grayscale image into the model input: uint8 of shape (size, size, 1)."""
     if pixels.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale array, got shape {pixels.shape}")
-    pixels = np.asarray(pixels, dtype=np.float32)
+    pixels = limit_size(np.asarray(pixels, dtype=np.float32))
     pixels = crop_uniform_border(pixels)
     pixels = stretch_contrast(pixels)
     pixels = letterbox_resize(pixels, size)
