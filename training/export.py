@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 
 from training.data import CLASSES, DEFAULT_SPLIT_FILE
-from training.pretrained import NSFWJS_SPEC, NSFWJS_TGZ_SHA256, sha256_file
+from training.pretrained import NSFWJS_SPEC, NSFWJS_TGZ_SHA256
+from utils.bundle import sha256_of as sha256_file
 from utils.bundle import DEFAULT_BUNDLE_DIR, METADATA_FILE
 from utils.preprocess import INPUT_SIZE, PREPROCESSING_SPEC
 

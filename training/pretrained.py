@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import json
 import os
 import subprocess
@@ -26,6 +25,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from utils.bundle import sha256_of as sha256_file
 
 NSFWJS_SPEC = "nsfwjs@4.3.0"
 NSFWJS_TGZ_NAME = "nsfwjs-4.3.0.tgz"
@@ -50,14 +51,6 @@ def default_cache_dir() -> Path:
     root = os.environ.get("BONE_XRAY_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "bone-xray")
     return Path(root)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch_nsfwjs(cache_dir: Path) -> Path:
