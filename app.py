@@ -19,8 +19,8 @@ CLASS_TEXT = {
     "beyond_repair": "shattered or crushed bone, segmental and comminuted fractures, pseudoarthrosis, non-union.",
 }
 PRESET_TEXT = {
-    "balanced": "Balanced: each probability is weighed against how common its class was in training, "
-                "so the rare classes are not drowned out.",
+    "balanced": "Balanced: each probability is weighed by a class weight chosen on validation data for "
+                "balanced accuracy, so the rare classes are not drowned out.",
     "fracture_sensitive": "Fracture-sensitive: calls a fracture at a lower probability, so fewer fractures are missed.",
 }
 BATCH_SIZE = 8

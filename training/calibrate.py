@@ -45,3 +45,19 @@ def any_fracture_threshold(probs: np.ndarray, labels: np.ndarray,
         return 0.5
     index = int(np.floor((1.0 - target_recall) * positives.size))
     return float(positives[min(index, positives.size - 1)])
+
+
+def fit_class_weights(probs: np.ndarray, labels: np.ndarray, grid=np.geomspace(0.1, 30.0, 31)) -> list[float]:
+    """Decision weights [1, a, b] maximising balanced accuracy of argmax(probs * weights) on
+    these (validation) images; ties go to the weights closest to 1 (the plain argmax)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    best, best_key = [1.0, 1.0, 1.0], None
+    for a in grid:
+        for b in grid:
+            weights = np.array([1.0, a, b])
+            score = balanced_accuracy_score(labels, np.argmax(probs * weights, axis=1))
+            key = (round(score, 6), -abs(np.log(a)) - abs(np.log(b)))
+            if best_key is None or key > best_key:
+                best, best_key = weights.tolist(), key
+    return [round(w, 4) for w in best]

@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", module="sklearn")
 
 from training.calibrate import (SENSITIVE_TARGET_RECALL, any_fracture_threshold,  # noqa: E402
-                                expected_calibration_error, fit_temperature)
+                                expected_calibration_error, fit_class_weights, fit_temperature)
 from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split  # noqa: E402
 from training.features import build_image_cache  # noqa: E402
 from training.pretrained import default_cache_dir  # noqa: E402
@@ -154,10 +154,8 @@ def evaluate(run_dir: Path, out_dir: Path, data_dir: Path, split_file: Path, cac
     val = np.load(run_dir / "val_logits.npz")
     temperature = fit_temperature(val["logits"], val["labels"])
     val_probs = calibrated_probabilities(val["logits"], temperature)
-    # Balanced-error rule: weigh calibrated probabilities by 1 / training prior.
-    train_counts = np.array(json.loads((run_dir / "train_summary.json").read_text())["train_counts"], float)
-    inverse_prior = train_counts.sum() / np.maximum(train_counts, 1)
-    weights = (inverse_prior / inverse_prior.sum()).round(6).tolist()
+    # Decision weights chosen on validation for balanced accuracy (the rare classes' say).
+    weights = fit_class_weights(val_probs, val["labels"])
     presets = {
         "balanced": {"class_weights": weights, "any_fracture_threshold": None,
                      "min_confidence": DEFAULT_MIN_CONFIDENCE},

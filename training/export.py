@@ -165,9 +165,10 @@ Reproduce: `{training['command']}`
 ## Decisions
 Probabilities are calibrated by temperature scaling on the validation split. The verdict
 follows a preset stored in `metadata.json`:
-- *balanced*: each calibrated probability is multiplied by 1 / (its class's share of the
-  training split) and the largest product wins, so the rare classes are not drowned out
-  (the verdict is not always the most probable class);
+- *balanced*: each calibrated probability is multiplied by a class weight chosen on the
+  validation split for balanced accuracy, and the largest product wins, so the rare classes
+  are not drowned out (the verdict is not always the most probable class); weights
+  {metadata['presets']['balanced'].get('class_weights')};
 - *fracture-sensitive*: "fracture" when P(fractured) + P(beyond_repair) reaches the threshold
   that keeps 95% recall of any fracture on validation.
 A verdict whose own probability is below 0.5 is flagged "uncertain: needs review".

@@ -4,7 +4,9 @@ Steps: check the committed split against the manifest -> fetch/convert the pretr
 weights -> train (resumable) -> evaluate on the test split -> optional random-init control ->
 export model/. Re-running resumes from the caches and checkpoints.
 
-Usage: python -m training.pipeline [--quick] [--control] [--bundle-dir model]
+Usage: python -m training.pipeline [--quick] [--control] [--bundle-dir model] [training options]
+
+Options it does not know (e.g. --epochs 4 --lr 2e-4) go to training.train.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def main(argv=None) -> None:
     parser.add_argument("--init", choices=("nsfwjs", "random"), default="nsfwjs")
     parser.add_argument("--control", action="store_true", help="also train the random-init control")
     parser.add_argument("--quick", action="store_true", help="tiny subset end to end, for tests")
-    args = parser.parse_args(argv)
+    args, train_options = parser.parse_known_args(argv)
     started = time.time()
     if not (args.data_dir / "manifest.csv").exists():
         raise SystemExit(f"No manifest at {args.data_dir}/manifest.csv; pass --data-dir.")
@@ -52,11 +54,12 @@ def main(argv=None) -> None:
 
     common = ["--data-dir", str(args.data_dir), "--split", str(args.split),
               "--cache-dir", str(args.cache_dir)] + (["--quick"] if args.quick else [])
-    runs = [(args.init, args.runs_dir / f"run_{args.init}{'_quick' if args.quick else ''}")]
+    suffix = ("_quick" if args.quick else "") + "".join(train_options).replace("--", "_")
+    runs = [(args.init, args.runs_dir / f"run_{args.init}{suffix}")]
     if args.control and args.init != "random":
-        runs.append(("random", args.runs_dir / f"run_random{'_quick' if args.quick else ''}"))
+        runs.append(("random", args.runs_dir / f"run_random{suffix}"))
     for init, run_dir in runs:
-        train.main(common + ["--init", init, "--out", str(run_dir)])
+        train.main(common + train_options + ["--init", init, "--out", str(run_dir)])
         evaluate.main(["--run", str(run_dir)] + common)
 
     main_run = runs[0][1]
