@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy.optimize import minimize_scalar
 
@@ -56,7 +58,9 @@ def fit_class_weights(probs: np.ndarray, labels: np.ndarray, grid=np.geomspace(0
     for a in grid:
         for b in grid:
             weights = np.array([1.0, a, b])
-            score = balanced_accuracy_score(labels, np.argmax(probs * weights, axis=1))
+            with warnings.catch_warnings():  # some weights predict a class absent from labels
+                warnings.simplefilter("ignore")
+                score = balanced_accuracy_score(labels, np.argmax(probs * weights, axis=1))
             key = (round(score, 6), -abs(np.log(a)) - abs(np.log(b)))
             if best_key is None or key > best_key:
                 best, best_key = weights.tolist(), key

@@ -92,7 +92,8 @@ def build_metadata(run_dir: Path, eval_report: dict, model_path: Path, command: 
                      "augmentation": summary["augmentation"],
                      "hyperparameters": {k: args[k] for k in ("views", "epochs", "batch_size", "lr",
                                                                "weight_decay", "dropout", "seed")},
-                     "wall_seconds": summary["wall_seconds"]},
+                     "wall_seconds": summary["wall_seconds"],
+                     "features_from_cache": summary.get("features_from_cache")},
         "data": {"sources": DATA_PROVENANCE, "split_file": "training/split.csv",
                  "split_sha256": sha256_file(DEFAULT_SPLIT_FILE) if DEFAULT_SPLIT_FILE.exists() else None,
                  "split": "by manifest overlap_group, stratified by (source, label), 70/15/15, seed 20261125",
@@ -113,7 +114,8 @@ def build_metadata(run_dir: Path, eval_report: dict, model_path: Path, command: 
     if control_report is not None:
         metadata["metrics"]["random_init_control"] = {
             "overall": control_report["overall"]["point"],
-            "fracatlas": control_report["by_source"].get("fracatlas", {}).get("point")}
+            "fracatlas": control_report["by_source"].get("fracatlas", {}).get("point"),
+            "wall_seconds": control_report.get("wall_seconds")}
     return metadata
 
 
@@ -130,6 +132,11 @@ def model_card(metadata: dict, eval_markdown: str) -> str:
         + (f", FracAtlas binary AUROC {control['fracatlas']['binary_auroc']:.3f}"
            if control.get("fracatlas") and "binary_auroc" in control["fracatlas"] else "") + ".")
     training = metadata["training"]
+    features_note = {True: " (trunk features were already cached)",
+                     False: " (trunk feature caching included)"}.get(training.get("features_from_cache"), "")
+    control_seconds = (control or {}).get("wall_seconds")
+    control_time = (f"; the random-init control, which computed its trunk features from scratch with "
+                    f"the same recipe, took {control_seconds / 60:.0f} min") if control_seconds else ""
     return f"""# Model card: {metadata['name']} {metadata['version']}
 
 **Not a medical device.** This model is an educational and triage-support demonstration. It
@@ -158,7 +165,7 @@ logits; {metadata['architecture']['parameters']:,} parameters. Initialisation: {
 class-weighted cross-entropy, AdamW, cosine schedule, augmentation (rotation +-10 deg, shift,
 zoom 0.9-1.1, horizontal flip, brightness/contrast; no shear). Best epoch
 {training['best_epoch']} of {training['epochs_run']} by validation macro-AUROC
-({training['val_macro_auroc']:.3f}). Wall time {training['wall_seconds'] / 60:.0f} min on this machine.
+({training['val_macro_auroc']:.3f}). Training wall time on 2 CPU cores: {training['wall_seconds'] / 60:.0f} min{features_note}{control_time}.
 
 Reproduce: `{training['command']}`
 
@@ -176,7 +183,7 @@ A verdict whose own probability is below 0.5 is flagged "uncertain: needs review
 ## Data
 Split by the manifest's `overlap_group` (near-duplicates and crops stay on one side),
 stratified by source and label, 70/15/15, fixed seed (`training/split.csv`).
-{metadata['data']['cleaning']}.
+Cleaning: {metadata['data']['cleaning']}.
 
 - FracAtlas (CC BY 4.0): {DATA_PROVENANCE[0]['citation']}
 - Bone Break Classification (CC BY 4.0): {DATA_PROVENANCE[1]['citation']}
@@ -206,7 +213,10 @@ def export(run_dir: Path, bundle_dir: Path, command: str, control_dir: Path | No
            version: str = "1.0.0") -> dict:
     eval_dir = run_dir / "eval"
     eval_report = json.loads((eval_dir / "metrics.json").read_text())
-    control = json.loads((control_dir / "eval" / "metrics.json").read_text()) if control_dir else None
+    control = None
+    if control_dir:
+        control = json.loads((control_dir / "eval" / "metrics.json").read_text())
+        control["wall_seconds"] = json.loads((control_dir / "train_summary.json").read_text())["wall_seconds"]
     bundle_dir.mkdir(parents=True, exist_ok=True)
     model_path = bundle_dir / MODEL_FILE
     shutil.copyfile(run_dir / "model.keras", model_path)

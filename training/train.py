@@ -21,7 +21,8 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split  # noqa: E402
-from training.features import AUGMENTATION, build_image_cache, cached_features, spec_hash  # noqa: E402
+from training.features import (AUGMENTATION, CHUNK, build_image_cache, cached_features,  # noqa: E402
+                               spec_hash)
 from training.model import DEFAULT_CUT, DEFAULT_FROZEN_UNTIL, build_classifier, split_at  # noqa: E402
 from training.pretrained import default_cache_dir, pretrained_weights_path  # noqa: E402
 
@@ -59,10 +60,10 @@ def parse_args(argv=None):
     parser.add_argument("--cut", default=DEFAULT_CUT)
     parser.add_argument("--frozen-until", default=DEFAULT_FROZEN_UNTIL)
     parser.add_argument("--views", type=int, default=4, help="augmented views per training image")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--patience", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--dropout", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
@@ -113,6 +114,9 @@ def train(args) -> dict:
     tag = spec_hash(args.init, args.frozen_until, AUGMENTATION, args.seed,
                     [r["sha256"] for r in rows])
     train_idx, val_idx = np.flatnonzero(split_of == "train"), np.flatnonzero(split_of == "val")
+    features_from_cache = all(
+        len(list((args.cache_dir / f"features_{tag}{suffix}").glob("[0-9]*[0-9].npy"))) == -(-n // CHUNK)
+        for suffix, n in ((f"_train_v{args.views}", len(train_idx)), ("_val", len(val_idx))))
     feats_train = cached_features(trunk, images[train_idx], args.cache_dir, f"{tag}_train_v{args.views}",
                                   args.views, args.seed, log)
     feats_val = cached_features(trunk, images[val_idx], args.cache_dir, f"{tag}_val", 0, args.seed, log)[:, 0]
@@ -181,7 +185,8 @@ def train(args) -> dict:
                "best_val_macro_auroc": state["best_score"], "history": state["history"],
                "train_counts": np.bincount(y_train, minlength=3).tolist(),
                "class_weights": class_weights(y_train).tolist(), "augmentation": AUGMENTATION,
-               "wall_seconds": round(earlier_seconds + time.time() - started, 1)}
+               "wall_seconds": round(earlier_seconds + time.time() - started, 1),
+               "features_from_cache": features_from_cache}
     (args.out / "train_summary.json").write_text(json.dumps(summary, indent=1))
     log(f"done: best epoch {state['best_epoch']} val macro-AUROC {state['best_score']:.4f}; "
         f"{time.time() - started:.0f} s")

@@ -1,0 +1,67 @@
+"""The app as a person meets it: time from `streamlit run` to the first verdict in a real
+browser, and the server's memory after ten predictions.
+
+Usage: python -m benchmarks.app_session   (needs Debian chromium, as the browser test does)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> dict:
+    import psutil
+    from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(REPO))
+    from tests.conftest import png_bytes, synthetic_radiograph
+    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, free_port, wait_healthy
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    started = time.perf_counter()
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                               "--server.address", "127.0.0.1", "--server.headless", "true"],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    figures = {"cores": os.cpu_count()}
+    try:
+        wait_healthy(url, server)
+        figures["server_healthy_s"] = time.perf_counter() - started
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(url, wait_until="domcontentloaded")
+            page.get_by_text("Not a medical device and not for diagnosis").wait_for(timeout=300_000)
+            for i in range(10):
+                upload = {"name": f"x{i}.png", "mimeType": "image/png",
+                          "buffer": png_bytes((synthetic_radiograph(2500, 2000, seed=i) * 255).astype(np.uint8))}
+                page.locator("input[type=file]").set_input_files(upload)
+                page.get_by_text(f"This session ({i + 1})").wait_for(timeout=300_000)
+                page.get_by_text("Verdict:").first.wait_for(timeout=300_000)
+                if i == 0:
+                    figures["start_to_first_verdict_s"] = time.perf_counter() - started
+            browser.close()
+        process = psutil.Process(server.pid)
+        figures["server_rss_after_10_mb"] = process.memory_info().rss / 2**20
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    print(f"{figures['cores']} cores: server healthy after {figures['server_healthy_s']:.1f} s, first verdict "
+          f"{figures['start_to_first_verdict_s']:.1f} s after `streamlit run`, server RSS after 10 "
+          f"predictions {figures['server_rss_after_10_mb']:.0f} MB")
+    print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()}))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
