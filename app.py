@@ -186,6 +186,11 @@ def show_single(classifier: Classifier, file_id: str, prediction, preset_name: s
         st.markdown(f"### Verdict: :{confidence_colour(probability)}[{pretty(label).upper()}] ({probability:.0%})")
         if uncertain:
             st.markdown(":orange[**Uncertain: needs review.**] The verdict's probability is low.")
+        most_probable = max(CLASSES, key=lambda c: prediction.probabilities[c])
+        if most_probable != label:
+            st.caption(f"The {pretty(preset_name)} preset chose {pretty(label)} although {pretty(most_probable)} is "
+                       f"more probable ({prediction.probabilities[most_probable]:.0%}): it weighs rarer classes up "
+                       "so that they are not missed. See the model card.")
         for cls in CLASSES:
             st.progress(float(prediction.probabilities[cls]),
                         text=f"{pretty(cls)}: {prediction.probabilities[cls]:.1%}")

@@ -83,7 +83,7 @@ def upload_synthetic(page, seed: int) -> None:
 
 def test_upload_in_a_browser_shows_the_verdict(server, browser, tmp_path):
     url, _ = server
-    page = browser.new_page()
+    page = browser.new_page(viewport={"width": 1280, "height": 1150})
     page.goto(url, wait_until="domcontentloaded")
     page.get_by_text("Not a medical device and not for diagnosis").wait_for(timeout=120_000)
     upload_synthetic(page, seed=5)
