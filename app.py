@@ -93,7 +93,7 @@ def show_sidebar(classifier: Classifier) -> str:
     return preset
 
 
-def classify_uploads(classifier: Classifier, uploads) -> list:
+def classify_uploads(classifier: Classifier, uploads, preset_name: str) -> list:
     """Classify each upload once per session; only the small model input is kept, not the bytes."""
     results = st.session_state.setdefault("results", {})
     fresh = [u for u in uploads if u.file_id not in results]
@@ -102,7 +102,8 @@ def classify_uploads(classifier: Classifier, uploads) -> list:
         history = st.session_state.setdefault("history", [])
         for start in range(0, len(fresh), BATCH_SIZE):
             chunk = fresh[start:start + BATCH_SIZE]
-            predictions = classifier.predict_many([(u.name, u.getvalue()) for u in chunk], batch_size=BATCH_SIZE)
+            predictions = classifier.predict_many([(u.name, u.getvalue()) for u in chunk], preset=preset_name,
+                                                  batch_size=BATCH_SIZE)
             for upload, prediction in zip(chunk, predictions):
                 results[upload.file_id] = prediction
                 if prediction.label:
@@ -112,8 +113,11 @@ def classify_uploads(classifier: Classifier, uploads) -> list:
             bar.progress(done / len(fresh), text=f"Classified {done} of {len(fresh)}")
         bar.empty()
     current = {u.file_id for u in uploads}
-    for stale in set(results) - current:  # files the user removed
+    for stale in set(results) - current:  # files the user removed: drop what was derived from them
         del results[stale]
+    heatmaps = st.session_state.setdefault("heatmaps", {})
+    for key in [k for k in heatmaps if k[0] not in current]:
+        del heatmaps[key]
     return [(u.file_id, results[u.file_id]) for u in uploads]
 
 
@@ -263,7 +267,7 @@ def show_main(classifier: Classifier, preset_name: str) -> None:
     if not uploads:
         st.info("Upload one or more images to classify them.")
         return
-    items = classify_uploads(classifier, uploads)
+    items = classify_uploads(classifier, uploads, preset_name)
     selected = items[0] if len(items) == 1 else show_batch(classifier, items, preset_name)
     if selected is not None:
         show_single(classifier, *selected, preset_name)
