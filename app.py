@@ -10,7 +10,7 @@ import streamlit as st
 from utils.bundle import ModelBundleError, bundle_dir, load_bundle
 from utils.classifier import Classifier
 from utils.heatmap import colorize_heatmap, overlay_heatmap, upsample_heatmap
-from utils.inference import CLASSES, decide
+from utils.inference import CLASSES
 from utils.report import build_pdf, records_to_csv
 
 CLASS_TEXT = {
@@ -30,7 +30,8 @@ BATCH_SIZE = 8
 def get_classifier(directory: str) -> Classifier:
     classifier = Classifier(load_bundle(directory))
     # One line per process: the browser load test counts these to prove the model is shared.
-    print(f"bone-xray: model {classifier.bundle.metadata['sha256'][:12]} loaded", flush=True)
+    print(f"bone-xray: model {classifier.bundle.metadata['sha256'][:12]} loaded ({classifier.engine.name})",
+          flush=True)
     return classifier
 
 
@@ -77,7 +78,8 @@ def show_sidebar(classifier: Classifier) -> str:
         st.header("Model")
         st.markdown(f"**{metadata['name']}** v{metadata['version']}  \n"
                     f"sha256 `{metadata['sha256'][:12]}`  \n"
-                    f"TensorFlow {metadata['software']['tensorflow']}, trained {metadata['training']['date']}")
+                    f"TensorFlow {metadata['software']['tensorflow']}, trained {metadata['training']['date']}  \n"
+                    f"runs on {'LiteRT' if classifier.engine.name == 'litert' else 'Keras'}")
         test = metadata["metrics"]["test"]
         overall = test["overall"]["point"]
         fracatlas = test["by_source"].get("fracatlas", {}).get("point", {})
@@ -115,16 +117,11 @@ def classify_uploads(classifier: Classifier, uploads, preset_name: str) -> list:
     current = {u.file_id for u in uploads}
     for stale in set(results) - current:  # files the user removed: drop what was derived from them
         del results[stale]
-    heatmaps = st.session_state.setdefault("heatmaps", {})
-    for key in [k for k in heatmaps if k[0] not in current]:
-        del heatmaps[key]
     return [(u.file_id, results[u.file_id]) for u in uploads]
 
 
 def verdict_of(prediction, preset: dict) -> tuple[str | None, bool]:
-    if prediction.error:
-        return None, False
-    return decide(np.array([prediction.probabilities[c] for c in CLASSES]), preset)
+    return prediction.verdict(preset)
 
 
 def records_for(items, preset: dict) -> list[dict]:
@@ -136,12 +133,9 @@ def records_for(items, preset: dict) -> list[dict]:
     return records
 
 
-def heatmap_for(classifier: Classifier, file_id: str, prediction, class_name: str) -> np.ndarray:
-    cache = st.session_state.setdefault("heatmaps", {})
-    key = (file_id, class_name)
-    if key not in cache:
-        cache[key] = classifier.heatmap(prediction.model_input, class_name)
-    return cache[key]
+def heatmap_for(prediction, class_name: str) -> np.ndarray:
+    """Grad-CAM maps of every class come with the prediction (one forward pass)."""
+    return prediction.heatmap(class_name)
 
 
 def report_entries(classifier: Classifier, items, preset: dict) -> list[dict]:
@@ -150,7 +144,7 @@ def report_entries(classifier: Classifier, items, preset: dict) -> list[dict]:
         overlay = None
         if not prediction.error:
             overlay = overlay_heatmap(prediction.model_input,
-                                      heatmap_for(classifier, file_id, prediction, record["label"]))
+                                      heatmap_for(prediction, record["label"]))
         entries.append({**record, "name": prediction.name, "model_input": prediction.model_input,
                         "overlay": overlay})
     return entries
@@ -179,7 +173,7 @@ def show_single(classifier: Classifier, file_id: str, prediction, preset_name: s
             opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key=f"op_{file_id}")
             target = st.selectbox("Heatmap for class", ["predicted"] + list(CLASSES), format_func=pretty,
                                   key=f"cls_{file_id}")
-            heatmap = heatmap_for(classifier, file_id, prediction, label if target == "predicted" else target)
+            heatmap = heatmap_for(prediction, label if target == "predicted" else target)
             st.image(overlay_heatmap(prediction.model_input, heatmap, opacity),
                      caption="The image as the model saw it, with the Grad-CAM heatmap", width=360)
             st.image(colorize_heatmap(upsample_heatmap(heatmap, (120, 120))), caption="Raw heatmap", width=120)
@@ -187,9 +181,16 @@ def show_single(classifier: Classifier, file_id: str, prediction, preset_name: s
             st.image(prediction.model_input, caption="The image as the model saw it", clamp=True, width=360)
     with right:
         probability = prediction.probabilities[label]
-        st.markdown(f"### Verdict: :{confidence_colour(probability)}[{pretty(label).upper()}] ({probability:.0%})")
-        if uncertain:
-            st.markdown(":orange[**Uncertain: needs review.**] The verdict's probability is low.")
+        if prediction.not_xray:
+            st.error(f"**Not a bone radiograph?** {prediction.not_xray}")
+            st.markdown("### Verdict: :orange[UNCERTAIN: NEEDS REVIEW]")
+            st.caption(f"The model's probabilities are shown below but mean little for this input "
+                       f"(its pick would be {pretty(label)}).")
+        else:
+            st.markdown(f"### Verdict: :{confidence_colour(probability)}[{pretty(label).upper()}] ({probability:.0%})")
+        if uncertain and not prediction.not_xray:
+            st.markdown(":orange[**Uncertain: needs review.**] The verdict's probability, or its lead over "
+                        "the next class, is below this preset's threshold (chosen on validation images).")
         most_probable = max(CLASSES, key=lambda c: prediction.probabilities[c])
         if most_probable != label:
             st.caption(f"The {pretty(preset_name)} preset chose {pretty(label)} although {pretty(most_probable)} is "
@@ -199,7 +200,8 @@ def show_single(classifier: Classifier, file_id: str, prediction, preset_name: s
             st.progress(float(prediction.probabilities[cls]),
                         text=f"{pretty(cls)}: {prediction.probabilities[cls]:.1%}")
         for warning in prediction.warnings:
-            st.caption(f"Note: {warning}")
+            if warning != prediction.not_xray:
+                st.caption(f"Note: {warning}")
         st.download_button("PDF report for this image", pdf_bytes(classifier, [(file_id, prediction)], preset_name),
                            file_name="bone-xray-report.pdf", mime="application/pdf", key=f"pdf_{file_id}",
                            on_click="ignore")
@@ -219,7 +221,7 @@ def show_batch(classifier: Classifier, items, preset_name: str):
         probs = record["probabilities"] or {}
         rows.append({"#": index, "file": record["path"], "verdict": verdict,
                      **{f"P({pretty(c)})": probs.get(c) for c in CLASSES},
-                     "uncertain": record["uncertain"],
+                     "uncertain": record["uncertain"], "not an X-ray?": record["not_xray"],
                      "notes": record["error"] or " | ".join(record["warnings"])})
     column_config = {f"P({pretty(c)})": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)
                      for c in CLASSES}

@@ -5,7 +5,8 @@ Usage: python -m benchmarks.inference [--repeats 30] [--model-dir model]
 All figures come from one run on this machine, after warm-up, as medians over --repeats:
 1. the original app's path (tf.image decode, resize, /255, model.predict) as the baseline;
 2. this project's single-image path, bytes to calibrated probabilities (16-bit PNG and 12-bit DICOM);
-3. Grad-CAM for one image;
+3. Grad-CAM for one image (every class's map from the serving forward pass), and the
+   GradientTape reference implementation for comparison;
 4. batch throughput at the CLI's batch size vs batch size 1;
 5. cold start: a fresh process from import to first verdict;
 6. peak RSS over 200 sequential predictions in a fresh process, RSS after 20 vs 200;
@@ -145,7 +146,7 @@ def main(argv=None) -> dict:
     classifier = Classifier(bundle)
     r = args.repeats
     figures = {"cores": os.cpu_count(), "tensorflow": tf.__version__, "repeats": r,
-               "image": f"{WIDTH}x{HEIGHT}"}
+               "image": f"{WIDTH}x{HEIGHT}", "engine": classifier.engine.name}
     figures["baseline_s"] = median_seconds(lambda: baseline_path(bundle.model, inputs["png16"]), r)
     figures["single_png16_s"] = median_seconds(lambda: classifier.predict_bytes("x", inputs["png16"]), r)
     figures["single_dicom12_s"] = median_seconds(lambda: classifier.predict_bytes("x", inputs["dicom12"]), r)
@@ -153,6 +154,12 @@ def main(argv=None) -> dict:
     figures["decode_preprocess_s"] = median_seconds(lambda: load_and_preprocess(inputs["png16"]), r)
     figures["model_only_s"] = median_seconds(lambda: classifier.probabilities(model_input[None]), r)
     figures["heatmap_s"] = median_seconds(lambda: classifier.heatmap(model_input[..., 0]), r)
+    from utils.heatmap import build_gradcam_model, make_gradcam_heatmap
+    from utils.inference import to_model_input
+
+    grad_model = build_gradcam_model(bundle.model)
+    x = to_model_input(model_input[None])
+    figures["heatmap_gradient_tape_s"] = median_seconds(lambda: make_gradcam_heatmap(x, grad_model), r)
     batch = np.repeat(model_input[None], CLI_BATCH_SIZE, axis=0)
     figures["batch_size"] = CLI_BATCH_SIZE
     figures["throughput_batch1_ips"] = 1.0 / median_seconds(lambda: classifier.probabilities(batch[:1]), r)
@@ -181,7 +188,8 @@ def main(argv=None) -> dict:
             ("single image, 12-bit DICOM, end to end", figures["single_dicom12_s"] * 1e3, "ms"),
             ("  of which decode + preprocess", figures["decode_preprocess_s"] * 1e3, "ms"),
             ("  of which model + calibration", figures["model_only_s"] * 1e3, "ms"),
-            ("Grad-CAM heatmap", figures["heatmap_s"] * 1e3, "ms"),
+            ("Grad-CAM heatmap (serving: from the forward pass)", figures["heatmap_s"] * 1e3, "ms"),
+            ("Grad-CAM with tf.GradientTape (reference)", figures["heatmap_gradient_tape_s"] * 1e3, "ms"),
             ("throughput, batch 1", figures["throughput_batch1_ips"], "img/s"),
             (f"throughput, batch {CLI_BATCH_SIZE}", figures["throughput_batch_ips"], "img/s"),
             ("cold start to first verdict (in process)", figures["cold_start_in_process_s"], "s"),
@@ -194,7 +202,8 @@ def main(argv=None) -> dict:
             ("speed-up vs baseline", figures["speedup_vs_baseline"], "x"),
             ("single image / floor", figures["single_vs_floor"], "x"),
             ("heatmap / single image", figures["heatmap_vs_single"], "x")]
-    print(f"{os.cpu_count()} cores, TensorFlow {tf.__version__}, medians of {r}")
+    print(f"{os.cpu_count()} cores, TensorFlow {tf.__version__}, serving engine {classifier.engine.name}, "
+          f"medians of {r}")
     for name, value, unit in rows:
         print(f"{name:<45} {value:>10.2f} {unit}")
     print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in figures.items()}))

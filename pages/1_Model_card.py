@@ -24,6 +24,7 @@ st.markdown(re.sub(r"\[([^\]]+)\]\(eval/[^)]+\)", r"\1", card.read_text()))
 plots = sorted((directory / "eval").glob("*.png"))
 if plots:
     st.header("Evaluation plots")
-    columns = st.columns(len(plots))
-    for column, plot in zip(columns, plots):
-        column.image(str(plot), caption=plot.stem.replace("_", " "))
+    per_row = 3
+    for start in range(0, len(plots), per_row):
+        for column, plot in zip(st.columns(per_row), plots[start:start + per_row]):
+            column.image(str(plot), caption=plot.stem.replace("_", " "))

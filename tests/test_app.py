@@ -60,6 +60,19 @@ def test_upload_gives_verdict_and_three_probabilities(app):
     assert not app.exception and len(app.get("image")) == 1
 
 
+def test_colour_photo_is_flagged_as_not_an_xray(app):
+    from tests.test_guard import colourful_photo, rgb_png
+
+    app.file_uploader[0].upload("holiday.png", rgb_png(colourful_photo()), "image/png")
+    app.run()
+    assert not app.exception
+    assert any("Not a bone radiograph?" in e.value and "colour photo" in e.value for e in app.error)
+    assert verdicts(app) == ["### Verdict: :orange[UNCERTAIN: NEEDS REVIEW]"]
+    app.sidebar.radio[0].set_value("fracture_sensitive")  # no preset turns it into a confident verdict
+    app.run()
+    assert verdicts(app) == ["### Verdict: :orange[UNCERTAIN: NEEDS REVIEW]"]
+
+
 def test_heatmap_opacity_and_class_controls(app):
     app.file_uploader[0].upload("hip.png", png_bytes((synthetic_radiograph(seed=8) * 255).astype(np.uint8)),
                                 "image/png")
@@ -105,8 +118,9 @@ def test_bad_file_gets_a_message_and_the_app_keeps_working(app):
                                     ("notes.png", b"this is text, not an image", "image/png")])
     app.run()
     assert not app.exception
-    assert len(verdicts(app)) == 1 and len(app.error) == 1
-    assert app.error[0].value.startswith("notes.png: ")
+    file_errors = [e.value for e in app.error if "Not a bone radiograph?" not in e.value]  # a ramp is no X-ray
+    assert len(verdicts(app)) == 1 and len(file_errors) == 1
+    assert file_errors[0].startswith("notes.png: ")
     assert SECRET_PATIENT_NAME.split("^")[0] not in all_text(app)
 
 
@@ -139,4 +153,5 @@ def test_model_card_page_renders_card_and_plots(bundle_dir, monkeypatch):
     assert not at.exception
     text = "\n".join(m.value for m in at.markdown)
     assert "Model card" in text and "beyond_repair" in text and "CC BY 4.0" in text
-    assert len(at.get("image")) == 3
+    assert "Pointing game" in text and "Not-an-X-ray guard" in text and "test coverage" in text
+    assert len(at.get("image")) == 5  # confusion, ROC, reliability, guard distances, pointing game

@@ -95,6 +95,20 @@ def test_upload_in_a_browser_shows_the_verdict(server, browser, tmp_path):
     page.close()
 
 
+def test_not_an_xray_warning_in_the_browser(server, browser):
+    from tests.test_guard import colourful_photo, rgb_png
+
+    url, _ = server
+    page = browser.new_page(viewport={"width": 1280, "height": 1150})
+    page.goto(url, wait_until="domcontentloaded")
+    page.get_by_text("Not a medical device and not for diagnosis").wait_for(timeout=120_000)
+    page.locator("input[type=file]").set_input_files(
+        {"name": "holiday.png", "mimeType": "image/png", "buffer": rgb_png(colourful_photo())})
+    page.get_by_text("Not a bone radiograph?").first.wait_for(timeout=120_000)
+    assert "UNCERTAIN: NEEDS REVIEW" in page.inner_text("body")
+    page.close()
+
+
 def test_four_concurrent_sessions_share_one_model(server, browser):
     url, log_path = server
     contexts = [browser.new_context() for _ in range(4)]  # separate cookies: separate sessions

@@ -63,3 +63,14 @@ def test_bundled_model_passes_and_a_flipped_byte_fails(bundle_dir, tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ModelBundleError, match="does not match"):
         load_bundle(copy)
+
+
+def test_altered_guard_file_fails(bundle_dir, tmp_path):
+    bundle = load_bundle(bundle_dir)
+    assert bundle.guard is not None
+    copy = tmp_path / "model"
+    shutil.copytree(bundle_dir, copy)
+    path = copy / bundle.metadata["guard"]["file"]
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ModelBundleError, match="guard file"):
+        load_bundle(copy)

@@ -48,3 +48,19 @@ def test_class_weights_help_a_rare_class():
     assert weights[0] == 1.0 and weights[2] > 1.0
     recall_rare = (np.argmax(probs * weights, axis=1)[labels == 2] == 2).mean()
     assert recall_rare > 0.8
+
+
+def test_uncertainty_thresholds_reach_the_covered_accuracy():
+    from training.calibrate import fit_uncertainty_thresholds
+    from utils.inference import decide
+
+    logits, labels = overconfident_logits(n=2000, seed=3)
+    probs = calibrated_probabilities(logits, fit_temperature(logits, labels))
+    preset = {"class_weights": None, "any_fracture_threshold": None}
+    thresholds = fit_uncertainty_thresholds(probs, labels, preset, target_accuracy=0.85)
+    decisions = [decide(p, dict(preset, **thresholds)) for p in probs]
+    kept = ~np.array([u for _, u in decisions])
+    predicted = np.array([["healthy", "fractured", "beyond_repair"].index(label) for label, _ in decisions])
+    assert (predicted[kept] == labels[kept]).mean() >= 0.85
+    assert (predicted == labels).mean() < 0.85  # the flag had work to do
+    assert thresholds["val_coverage"] == kept.mean() and 0.05 < kept.mean() < 1.0

@@ -36,7 +36,7 @@ def test_jsonl_contract_and_exit_0(folder, capsys, bundle_dir):
     assert code == 0
     assert [r["path"] for r in records] == [str(folder / "a.png"), str(folder / "sub" / "b_no_extension")]
     for record in records:
-        assert set(record) == {"path", "label", "probabilities", "uncertain", "warnings", "error"}
+        assert set(record) == {"path", "label", "probabilities", "uncertain", "not_xray", "warnings", "error"}
         assert record["label"] in CLASSES and record["error"] is None
         assert set(record["probabilities"]) == set(CLASSES)
         assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)

@@ -27,3 +27,10 @@ def test_temperature_softens_without_changing_the_order():
     sharp, soft = calibrated_probabilities(logits, 0.5), calibrated_probabilities(logits, 2.0)
     assert sharp.argmax() == soft.argmax() == 0
     assert soft.max() < sharp.max() and np.allclose(soft.sum(), 1.0)
+
+
+def test_small_lead_over_the_next_class_is_uncertain():
+    preset = {"min_confidence": 0.4, "min_margin": 0.2}
+    assert decide(np.array([0.52, 0.40, 0.08]), preset) == ("healthy", True)  # lead 0.12
+    assert decide(np.array([0.70, 0.20, 0.10]), preset) == ("healthy", False)  # lead 0.50
+    assert decide(np.array([0.38, 0.31, 0.31]), {"min_confidence": 0.4})[1] is True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.conftest import png_bytes, synthetic_radiograph
 from utils.preprocess import (INPUT_SIZE, crop_uniform_border, letterbox_resize, load_and_preprocess,
@@ -72,3 +73,21 @@ def test_large_images_are_brought_to_training_scale(radiograph):
     assert limit_size(radiograph) is radiograph  # training-sized images pass untouched
     a, b = preprocess(big), preprocess(radiograph)
     assert np.abs(a.astype(int) - b.astype(int)).mean() < 3
+
+
+def test_geometry_maps_image_points_into_the_model_input():
+    """A bright dot lands where Geometry.to_model says, through downscale, crop and letterbox."""
+    from utils.preprocess import preprocess_with_geometry
+
+    rng = np.random.default_rng(0)
+    image = np.zeros((1500, 2400), dtype=np.float32)  # larger than the working size
+    image[200:1300, 300:2100] = 0.2 + 0.05 * rng.random((1100, 1800))  # content inside flat borders
+    y, x = 900, 700
+    image[y - 12:y + 12, x - 12:x + 12] = 1.0
+    model_input, geometry = preprocess_with_geometry(image)
+    mx, my = geometry.to_model(np.array([x]), np.array([y]))
+    peak = np.unravel_index(np.argmax(model_input[..., 0]), model_input.shape[:2])
+    assert abs(peak[1] - mx[0]) <= 2 and abs(peak[0] - my[0]) <= 2
+    x0, y0, x1, y1 = geometry.content_box()
+    assert x0 == 0 and x1 == pytest.approx(INPUT_SIZE) and 0 < y0 < y1 < INPUT_SIZE
+    assert model_input[: int(y0) - 1].max() == 0  # the letterbox padding is black

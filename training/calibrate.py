@@ -11,6 +11,10 @@ from utils.inference import calibrated_probabilities
 
 # Issue 4's fracture-sensitive preset: recall of "any fracture" on validation at least this.
 SENSITIVE_TARGET_RECALL = 0.95
+# Verdicts not flagged "uncertain" should be right at least this often on validation.
+TARGET_COVERED_ACCURACY = 0.90
+CONFIDENCE_GRID = np.round(np.arange(0.34, 0.96, 0.02), 2)
+MARGIN_GRID = np.round(np.arange(-0.2, 0.81, 0.02), 2)
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -65,3 +69,34 @@ def fit_class_weights(probs: np.ndarray, labels: np.ndarray, grid=np.geomspace(0
             if best_key is None or key > best_key:
                 best, best_key = weights.tolist(), key
     return [round(w, 4) for w in best]
+
+
+def fit_uncertainty_thresholds(probs: np.ndarray, labels: np.ndarray, preset: dict,
+                               target_accuracy: float = TARGET_COVERED_ACCURACY,
+                               min_covered: int = 10) -> dict:
+    """min_confidence and min_margin for a preset, chosen on these (validation) images: the
+    pair that keeps the most verdicts (coverage) while the kept ones are right at least
+    target_accuracy of the time. When no pair reaches it, the most accurate pair with at
+    least min_covered kept images."""
+    from utils.inference import CLASSES, decide, verdict_margin
+
+    base = dict(preset, min_confidence=0.0, min_margin=float("-inf"))
+    verdicts = np.array([CLASSES.index(decide(p, base)[0]) for p in probs])
+    confidence = probs[np.arange(len(probs)), verdicts]
+    margin = np.array([verdict_margin(p, v) for p, v in zip(probs, verdicts)])
+    correct = verdicts == labels
+    best, best_key = (float(CONFIDENCE_GRID[0]), float(MARGIN_GRID[0])), None
+    for c in CONFIDENCE_GRID:
+        for m in MARGIN_GRID:
+            kept = (confidence >= c) & (margin >= m)
+            if kept.sum() < min_covered:
+                continue
+            accuracy = correct[kept].mean()
+            key = (accuracy >= target_accuracy, kept.mean() if accuracy >= target_accuracy else accuracy,
+                   -c - m)  # ties: the milder thresholds
+            if best_key is None or key > best_key:
+                best, best_key = (float(c), float(m)), key
+    kept = (confidence >= best[0]) & (margin >= best[1])
+    return {"min_confidence": best[0], "min_margin": best[1], "target_val_covered_accuracy": target_accuracy,
+            "val_coverage": float(kept.mean()),
+            "val_covered_accuracy": float(correct[kept].mean()) if kept.any() else float("nan")}

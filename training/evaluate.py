@@ -23,7 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", module="sklearn")
 
 from training.calibrate import (SENSITIVE_TARGET_RECALL, any_fracture_threshold,  # noqa: E402
-                                expected_calibration_error, fit_class_weights, fit_temperature)
+                                expected_calibration_error, fit_class_weights, fit_temperature,
+                                fit_uncertainty_thresholds)
 from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split  # noqa: E402
 from training.features import build_image_cache  # noqa: E402
 from training.pretrained import default_cache_dir  # noqa: E402
@@ -31,7 +32,6 @@ from utils.inference import calibrated_probabilities, decide, to_model_input  # 
 
 BODY_PART_FLAGS = ("hand", "leg", "hip", "shoulder", "mixed", "hardware")
 BOOTSTRAP_ROUNDS = 1000
-DEFAULT_MIN_CONFIDENCE = 0.5
 
 
 def model_logits(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -86,6 +86,27 @@ def with_ci(y, probs, pred, rounds=BOOTSTRAP_ROUNDS) -> dict:
     point = core_metrics(y, probs, pred)
     ci = bootstrap_ci(y, probs, pred, rounds) if len(y) >= 10 else {}
     return {"point": point, "ci95": ci}
+
+
+def selective_metrics(y: np.ndarray, probs: np.ndarray, preset: dict, rounds: int = BOOTSTRAP_ROUNDS,
+                      seed: int = 0) -> dict:
+    """Coverage (share not flagged uncertain) and accuracy on the covered images, with CIs."""
+    decisions = [decide(p, preset) for p in probs]
+    pred = np.array([CLASSES.index(label) for label, _ in decisions])
+    covered = ~np.array([uncertain for _, uncertain in decisions], dtype=bool)
+    correct = pred == y
+
+    def figures(idx):
+        kept = covered[idx]
+        return kept.mean(), (correct[idx][kept].mean() if kept.any() else np.nan)
+
+    rng = np.random.default_rng(seed)
+    samples = np.array([figures(rng.integers(0, len(y), len(y))) for _ in range(rounds)])
+    coverage, accuracy = figures(np.arange(len(y)))
+    return {"n": int(len(y)), "n_covered": int(covered.sum()), "coverage": float(coverage),
+            "covered_accuracy": float(accuracy), "accuracy_all": float(correct.mean()),
+            "ci95": {"coverage": np.nanpercentile(samples[:, 0], [2.5, 97.5]).tolist(),
+                     "covered_accuracy": np.nanpercentile(samples[:, 1], [2.5, 97.5]).tolist()}}
 
 
 def read_body_part_flags(data_dir: Path) -> dict[str, dict]:
@@ -157,13 +178,13 @@ def evaluate(run_dir: Path, out_dir: Path, data_dir: Path, split_file: Path, cac
     # Decision weights chosen on validation for balanced accuracy (the rare classes' say).
     weights = fit_class_weights(val_probs, val["labels"])
     presets = {
-        "balanced": {"class_weights": weights, "any_fracture_threshold": None,
-                     "min_confidence": DEFAULT_MIN_CONFIDENCE},
+        "balanced": {"class_weights": weights, "any_fracture_threshold": None},
         "fracture_sensitive": {"class_weights": weights,
                                "any_fracture_threshold": any_fracture_threshold(val_probs, val["labels"]),
-                               "min_confidence": DEFAULT_MIN_CONFIDENCE,
                                "target_val_recall_any_fracture": SENSITIVE_TARGET_RECALL},
     }
+    for preset in presets.values():  # "uncertain: needs review" thresholds, also from validation
+        preset.update(fit_uncertainty_thresholds(val_probs, val["labels"], preset))
 
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
     logits = model_logits(model, images)
@@ -200,6 +221,8 @@ def evaluate(run_dir: Path, out_dir: Path, data_dir: Path, split_file: Path, cac
                         for s, r in zip(sources, test_rows)])
         if sel.sum() >= 5:
             report["fracatlas_by_body_part"][flag] = core_metrics(y[sel], probs[sel], pred[sel])
+    report["selective"] = {name: selective_metrics(y, probs, preset, rounds)
+                           for name, preset in presets.items()}
     report["plots"] = plots(out_dir, y, probs_raw, probs, pred)
     np.savez(out_dir / "test_logits.npz", logits=logits, labels=y,
              sha256=np.array([r["sha256"] for r in test_rows]))
@@ -235,7 +258,20 @@ def markdown_report(report: dict) -> str:
               f"Fracture-sensitive threshold on P(any fracture): "
               f"{report['presets']['fracture_sensitive']['any_fracture_threshold']:.3f} "
               f"(validation recall of any fracture >= {SENSITIVE_TARGET_RECALL}).", "",
-              "FracAtlas test images by body-part flag (balanced preset):", "",
+              "Uncertainty flag (\"uncertain: needs review\" when the verdict's probability is below "
+              "min_confidence or its lead over the next class is below min_margin; both chosen on "
+              "validation for the largest coverage at >= "
+              f"{report['presets']['balanced']['target_val_covered_accuracy']:.0%} accuracy on covered images):", "",
+              "| preset | min_confidence | min_margin | validation coverage | test coverage | "
+              "test accuracy on covered | test accuracy on all |", "|---|---|---|---|---|---|---|"]
+    for name, sel in report.get("selective", {}).items():
+        preset = report["presets"][name]
+        lines.append(f"| {name} | {preset['min_confidence']:.2f} | {preset['min_margin']:.2f} | "
+                     f"{preset['val_coverage']:.3f} | {sel['coverage']:.3f} [{sel['ci95']['coverage'][0]:.3f}, "
+                     f"{sel['ci95']['coverage'][1]:.3f}] | {sel['covered_accuracy']:.3f} "
+                     f"[{sel['ci95']['covered_accuracy'][0]:.3f}, {sel['ci95']['covered_accuracy'][1]:.3f}] | "
+                     f"{sel['accuracy_all']:.3f} |")
+    lines += ["", "FracAtlas test images by body-part flag (balanced preset):", "",
               "| flag | n | accuracy | binary AUROC | recall any fracture |", "|---|---|---|---|---|"]
     for flag, m in report["fracatlas_by_body_part"].items():
         lines.append(f"| {flag} | {m['n']} | {m['accuracy']:.3f} | {m.get('binary_auroc', float('nan')):.3f} | "

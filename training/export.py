@@ -37,6 +37,15 @@ DATA_PROVENANCE = [
 ]
 
 
+def installed_version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def target_check(test: dict) -> dict:
     fa = test["by_source"].get("fracatlas", {}).get("point", {})
     fa_sensitive = test["by_source"].get("fracatlas_fracture_sensitive", {}).get("point", {})
@@ -109,6 +118,7 @@ def build_metadata(run_dir: Path, eval_report: dict, model_path: Path, command: 
                                    "ece_after": eval_report["val_ece_after"]},
                     "targets": target_check(eval_report)},
         "software": {"tensorflow": tf.__version__, "keras": keras.__version__,
+                     "ai_edge_litert": installed_version("ai-edge-litert"),
                      "python": platform.python_version()},
     }
     if control_report is not None:
@@ -119,7 +129,15 @@ def build_metadata(run_dir: Path, eval_report: dict, model_path: Path, command: 
     return metadata
 
 
-def model_card(metadata: dict, eval_markdown: str) -> str:
+def guard_metadata(trust_report: dict, guard_path: Path) -> dict:
+    guard = trust_report["guard"]
+    return {"file": guard_path.name, "sha256": sha256_file(guard_path), "feature_layer": "pool",
+            "method": guard["method"], "threshold": guard["threshold"], "val_quantile": guard["val_quantile"],
+            "cheap_checks": {k: guard["cheap_checks"][k] for k in ("max_colour_fraction", "min_dynamic_range")},
+            "code": "utils.guard"}
+
+
+def model_card(metadata: dict, eval_markdown: str, trust_markdown: str = "") -> str:
     targets = metadata["metrics"]["targets"]
     target_lines = "\n".join(
         f"| {k} | {'<=' if k == 'ece_after' else '>='} {v} | "
@@ -178,7 +196,11 @@ follows a preset stored in `metadata.json`:
   {metadata['presets']['balanced'].get('class_weights')};
 - *fracture-sensitive*: "fracture" when P(fractured) + P(beyond_repair) reaches the threshold
   that keeps 95% recall of any fracture on validation.
-A verdict whose own probability is below 0.5 is flagged "uncertain: needs review".
+A verdict is flagged "uncertain: needs review" when its own probability is below the preset's
+`min_confidence` or its lead over the next most probable class is below `min_margin`; both are
+chosen on the validation split for the largest coverage at which the verdicts kept are right at
+least 90% of the time (coverage on the test split: see the results below). An input that the
+not-an-X-ray guard flags is always "uncertain", with a warning that says why.
 
 ## Data
 Split by the manifest's `overlap_group` (near-duplicates and crops stay on one side),
@@ -199,6 +221,10 @@ FracAtlas test images. Hardware (plates, screws) is almost always fractured in F
 Plots: [confusion matrix](eval/confusion_matrix.png), [ROC curves](eval/roc_curves.png),
 [reliability diagram](eval/reliability_diagram.png).
 
+## Where it looks, and what it refuses
+{trust_markdown or "Not measured for this bundle (run python -m training.trust)."}
+{"Plots: [guard distances](eval/guard_distances.png), [pointing game](eval/pointing_game.png)." if trust_markdown else ""}
+
 ## Targets
 | target | goal | measured | met |
 |---|---|---|---|
@@ -211,8 +237,12 @@ Plots: [confusion matrix](eval/confusion_matrix.png), [ROC curves](eval/roc_curv
 
 def export(run_dir: Path, bundle_dir: Path, command: str, control_dir: Path | None = None,
            version: str = "1.0.0") -> dict:
+    from training.trust import GUARD_FILE, markdown as trust_markdown
+
     eval_dir = run_dir / "eval"
     eval_report = json.loads((eval_dir / "metrics.json").read_text())
+    trust_dir = run_dir / "trust"
+    trust_report = json.loads((trust_dir / "trust.json").read_text()) if (trust_dir / "trust.json").exists() else None
     control = None
     if control_dir:
         control = json.loads((control_dir / "eval" / "metrics.json").read_text())
@@ -224,8 +254,29 @@ def export(run_dir: Path, bundle_dir: Path, command: str, control_dir: Path | No
     for name in eval_report["plots"]:
         shutil.copyfile(eval_dir / name, bundle_dir / "eval" / name)
     metadata = build_metadata(run_dir, eval_report, model_path, command, control, version)
+    litert_dir = run_dir / "litert"
+    if (litert_dir / "litert.json").exists():
+        from training.litert import LITERT_FILE
+
+        litert_path = bundle_dir / LITERT_FILE
+        shutil.copyfile(litert_dir / LITERT_FILE, litert_path)
+        metadata["runtime"] = {
+            "file": LITERT_FILE, "sha256": sha256_file(litert_path), "format": "LiteRT flatbuffer, float32",
+            "engine": "ai-edge-litert (XNNPACK); utils.runtime.LiteRTEngine",
+            "graph": "utils.runtime.build_serving_model: outputs logits, features (pool), class_maps (mixed7 x dense kernel)",
+            "converted_from": metadata["model_file"],
+            "test_split_agreement": json.loads((litert_dir / "litert.json").read_text())}
+    if trust_report is not None:
+        shutil.copyfile(trust_dir / GUARD_FILE, bundle_dir / GUARD_FILE)
+        for name in trust_report["plots"]:
+            shutil.copyfile(trust_dir / name, bundle_dir / "eval" / name)
+        metadata["guard"] = guard_metadata(trust_report, bundle_dir / GUARD_FILE)
+        metadata["metrics"]["test"]["selective"] = eval_report.get("selective")
+        metadata["metrics"]["trust"] = trust_report
     (bundle_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=1) + "\n")
-    (bundle_dir / "MODEL_CARD.md").write_text(model_card(metadata, (eval_dir / "metrics.md").read_text()))
+    (bundle_dir / "MODEL_CARD.md").write_text(model_card(
+        metadata, (eval_dir / "metrics.md").read_text(),
+        trust_markdown(trust_report) if trust_report is not None else ""))
     return metadata
 
 

@@ -2,7 +2,8 @@
 
 Steps: check the committed split against the manifest -> fetch/convert the pretrained
 weights -> train (resumable) -> evaluate on the test split -> optional random-init control ->
-export model/. Re-running resumes from the caches and checkpoints.
+fit and measure the not-an-X-ray guard, pointing game (training.trust) -> convert to LiteRT and
+compare with Keras on the test split (training.litert) -> export model/. Re-running resumes from the caches and checkpoints.
 
 Usage: python -m training.pipeline [--quick] [--control] [--bundle-dir model] [training options]
 
@@ -35,7 +36,7 @@ def check_split(data_dir: Path, split_file: Path) -> None:
 
 
 def main(argv=None) -> None:
-    from training import evaluate, export, train
+    from training import evaluate, export, litert, train, trust
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
@@ -63,6 +64,8 @@ def main(argv=None) -> None:
         evaluate.main(["--run", str(run_dir)] + common)
 
     main_run = runs[0][1]
+    trust.main(["--run", str(main_run)] + common)
+    litert.main(["--run", str(main_run)] + common)
     command = "python -m training.pipeline " + " ".join(a for a in (argv or sys.argv[1:]))
     export.export(main_run, args.bundle_dir, command.strip(),
                   runs[1][1] if len(runs) > 1 else None)

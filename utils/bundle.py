@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import threading
 from pathlib import Path
 
 DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parents[1] / "model"
@@ -20,11 +20,27 @@ class ModelBundleError(RuntimeError):
     """The bundled model cannot be used; str(error) says why and what to do."""
 
 
-@dataclass
 class Bundle:
-    model: object  # keras.Model
-    metadata: dict
-    directory: Path
+    """metadata.json with what it names: the .keras model (loaded on first use, since serving
+    can run the LiteRT file without TensorFlow), the LiteRT file, the guard statistics."""
+
+    def __init__(self, model=None, metadata: dict | None = None, directory: Path = Path("."),
+                 guard=None, litert_path: Path | None = None, model_path: Path | None = None):
+        self._model = model
+        self.metadata = metadata or {}
+        self.directory = Path(directory)
+        self.guard = guard  # utils.guard.FeatureGuard, or None when the bundle has none
+        self.litert_path = litert_path
+        self.model_path = model_path
+        self._lock = threading.Lock()
+
+    @property
+    def model(self):
+        """The keras.Model, loaded (once) when first asked for."""
+        with self._lock:
+            if self._model is None:
+                self._model = load_keras_model(self.model_path)
+            return self._model
 
     @property
     def temperature(self) -> float:
@@ -81,15 +97,56 @@ def verify_model_file(directory: Path, metadata: dict) -> Path:
     return path
 
 
-def load_bundle(directory: Path | None = None) -> Bundle:
-    directory = Path(directory or bundle_dir())
-    metadata = read_metadata(directory)
-    path = verify_model_file(directory, metadata)
+def load_feature_guard(directory: Path, metadata: dict):
+    """The not-an-X-ray guard's statistics named in metadata["guard"], checked by sha256."""
+    from utils.guard import FeatureGuard
+
+    spec = metadata.get("guard")
+    if not spec:
+        return None
+    path = directory / spec["file"]
+    if not path.exists() or sha256_of(path) != spec["sha256"]:
+        raise ModelBundleError(f"The guard file {path.name} is missing or does not match its metadata; "
+                               "restore it from the repository.")
+    try:
+        return FeatureGuard.load(path)
+    except Exception as exc:  # a damaged npz raises several types
+        raise ModelBundleError(f"The guard file {path.name} cannot be read: {type(exc).__name__}.") from None
+
+
+def verify_litert_file(directory: Path, metadata: dict) -> Path | None:
+    spec = metadata.get("runtime")
+    if not spec:
+        return None
+    path = directory / spec["file"]
+    if not path.exists() or sha256_of(path) != spec["sha256"]:
+        raise ModelBundleError(f"The LiteRT file {path.name} is missing or does not match its metadata; "
+                               "restore it from the repository.")
+    return path
+
+
+def load_keras_model(path: Path):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
     try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a bad archive
         raise ModelBundleError(f"Keras could not load {path.name}: {type(exc).__name__}.") from None
-    return Bundle(model=model, metadata=metadata, directory=directory)
+
+
+def load_bundle(directory: Path | None = None, load_keras: bool | None = None) -> Bundle:
+    """Check every file against metadata.json and load the bundle. load_keras None: load the
+    .keras model now only when serving will need it (no LiteRT file, or ai-edge-litert absent)."""
+    from utils.runtime import litert_available
+
+    directory = Path(directory or bundle_dir())
+    metadata = read_metadata(directory)
+    model_path = verify_model_file(directory, metadata)
+    litert_path = verify_litert_file(directory, metadata)
+    if load_keras is None:
+        load_keras = litert_path is None or not litert_available()
+    model = load_keras_model(model_path) if load_keras else None
+    return Bundle(model=model, metadata=metadata, directory=directory,
+                  guard=load_feature_guard(directory, metadata), litert_path=litert_path,
+                  model_path=model_path)

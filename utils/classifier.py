@@ -7,11 +7,22 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from utils.bundle import Bundle
-from utils.decode import InputError
-from utils.inference import calibrated_probabilities, decide, to_model_input
-from utils.preprocess import INPUT_SIZE, load_and_preprocess
+from utils.decode import InputError, decode_image_bytes
+from utils.guard import FEATURE_MESSAGE, screen_decoded
+from utils.heatmap import normalise_class_maps
+from utils.inference import CLASSES, calibrated_probabilities, decide, to_model_input
+from utils.preprocess import preprocess
 
 DEFAULT_PRESET = "balanced"
+
+
+def make_engine(bundle: Bundle):
+    """LiteRT when the bundle ships its file and ai-edge-litert is installed, else Keras."""
+    from utils.runtime import KerasEngine, LiteRTEngine, litert_available
+
+    if bundle.litert_path is not None and litert_available():
+        return LiteRTEngine(bundle.litert_path)
+    return KerasEngine(bundle.model)
 
 
 @dataclass
@@ -23,37 +34,53 @@ class Prediction:
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
     model_input: np.ndarray | None = None  # (S, S) uint8: the image as the model saw it
+    not_xray: str | None = None  # why the guard thinks this is not a radiograph
+    ood_distance: float | None = None  # the guard's feature distance (threshold in metadata)
+    heatmaps: np.ndarray | None = None  # (C, h, w) Grad-CAM of each class, in [0, 1]
+
+    def heatmap(self, class_name: str) -> np.ndarray:
+        return self.heatmaps[CLASSES.index(class_name)]
+
+    def verdict(self, preset: dict) -> tuple[str | None, bool]:
+        """(label, uncertain) under a decision preset; an input the guard flagged is always
+        uncertain (no confident verdict outside what the model knows)."""
+        if self.error or self.probabilities is None:
+            return None, False
+        label, uncertain = decide(np.array([self.probabilities[c] for c in CLASSES]), preset)
+        return label, uncertain or self.not_xray is not None
 
     def as_record(self) -> dict:
         return {"path": self.name, "label": self.label, "probabilities": self.probabilities,
-                "uncertain": self.uncertain, "warnings": list(self.warnings), "error": self.error}
+                "uncertain": self.uncertain, "not_xray": self.not_xray is not None,
+                "warnings": list(self.warnings), "error": self.error}
 
 
 class Classifier:
-    """Wraps a loaded bundle with a compiled forward pass (no per-call `model.predict`)."""
+    """Wraps a loaded bundle with one forward engine (LiteRT when the bundle has it, else a
+    compiled Keras tf.function; never a per-call `model.predict`)."""
 
-    def __init__(self, bundle: Bundle):
-        import tensorflow as tf
-
+    def __init__(self, bundle: Bundle, engine=None):
         self.bundle = bundle
-        self._grad_model = None
-        model = bundle.model
-        self._forward = tf.function(
-            lambda x: model(x, training=False), reduce_retracing=True,
-            input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.float32)])
+        self.engine = engine or make_engine(bundle)
+
+    def forward(self, batch_uint8: np.ndarray) -> dict[str, np.ndarray]:
+        """(N, S, S, 1) uint8 model inputs -> logits, features and (N, C, h, w) heatmaps."""
+        out = self.engine(to_model_input(batch_uint8))
+        out["heatmaps"] = np.stack([normalise_class_maps(m) for m in out["class_maps"]])
+        return out
 
     def heatmap(self, model_input: np.ndarray, class_name: str | None = None) -> np.ndarray:
-        """Grad-CAM of one (S, S) uint8 model input, for class_name or the predicted class."""
-        from utils.heatmap import build_gradcam_model, make_gradcam_heatmap
+        """Grad-CAM of one (S, S) uint8 model input, for class_name or the most probable class."""
+        out = self.forward(model_input[None, ..., None])
+        index = int(np.argmax(out["logits"][0])) if class_name is None else self.bundle.classes.index(class_name)
+        return out["heatmaps"][0, index]
 
-        if self._grad_model is None:
-            self._grad_model = build_gradcam_model(self.bundle.model, self.bundle.metadata.get(
-                "heatmap_layer", "mixed7"))
-        index = None if class_name is None else self.bundle.classes.index(class_name)
-        return make_gradcam_heatmap(to_model_input(model_input[None, ..., None]), self._grad_model, index)
+    def logits_and_features(self, batch_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self.engine(to_model_input(batch_uint8))
+        return np.asarray(out["logits"], dtype=np.float64), np.asarray(out["features"], dtype=np.float32)
 
     def logits(self, batch_uint8: np.ndarray) -> np.ndarray:
-        return np.asarray(self._forward(to_model_input(batch_uint8)), dtype=np.float64)
+        return self.logits_and_features(batch_uint8)[0]
 
     def probabilities(self, batch_uint8: np.ndarray) -> np.ndarray:
         return calibrated_probabilities(self.logits(batch_uint8), self.bundle.temperature)
@@ -68,17 +95,29 @@ class Classifier:
         def flush():
             if not pending:
                 return
-            probs = self.probabilities(np.stack([p.model_input[..., None] for p in pending]))
-            for prediction, row in zip(pending, probs):
-                prediction.label, prediction.uncertain = decide(row, thresholds)
+            out = self.forward(np.stack([p.model_input[..., None] for p in pending]))
+            probs = calibrated_probabilities(np.asarray(out["logits"], np.float64), self.bundle.temperature)
+            features = out["features"]
+            distances = self.bundle.guard.distance(features) if self.bundle.guard is not None else None
+            for i, (prediction, row) in enumerate(zip(pending, probs)):
                 prediction.probabilities = {c: float(v) for c, v in zip(self.bundle.classes, row)}
+                prediction.heatmaps = out["heatmaps"][i]
+                if distances is not None:
+                    prediction.ood_distance = float(distances[i])
+                    if prediction.not_xray is None and distances[i] > self.bundle.guard.threshold:
+                        prediction.not_xray = FEATURE_MESSAGE
+                if prediction.not_xray is not None:
+                    prediction.warnings.append(prediction.not_xray)
+                prediction.label, prediction.uncertain = prediction.verdict(thresholds)
             pending.clear()
 
         for index, (name, data) in enumerate(items):
             prediction = Prediction(name=name)
             try:
-                image, warnings = load_and_preprocess(data)
-                prediction.model_input, prediction.warnings = image[..., 0], warnings
+                decoded = decode_image_bytes(data)
+                prediction.model_input = preprocess(decoded.pixels)[..., 0]
+                prediction.warnings = decoded.warnings
+                prediction.not_xray = screen_decoded(decoded.pixels, decoded.colour_fraction)
                 pending.append(prediction)
             except InputError as exc:
                 prediction.error = str(exc)

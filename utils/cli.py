@@ -5,7 +5,8 @@
                                 [--heatmaps DIR] [--report report.pdf] [--reference TEXT]
 
 Folders are searched recursively. One record per input: path, label, probabilities,
-uncertain, warnings, error. Exit status: 0 every input predicted, 1 some failed (the rest are
+uncertain, not_xray (the not-an-X-ray guard fired; uncertain is then true and a warning says
+why), warnings, error. Exit status: 0 every input predicted, 1 some failed (the rest are
 still predicted), 2 usage error.
 """
 
@@ -108,7 +109,7 @@ class Outputs:
         self.failed += bool(prediction.error)
         overlay = None
         if prediction.error is None and (self.heatmap_dir or self.want_report):
-            overlay = overlay_heatmap(prediction.model_input, self.classifier.heatmap(prediction.model_input))
+            overlay = overlay_heatmap(prediction.model_input, prediction.heatmap(prediction.label))
             if self.heatmap_dir:
                 from PIL import Image
 

@@ -36,6 +36,38 @@ class DecodedImage:
     pixels: np.ndarray  # 2-D float32 in [0, 1]
     source_format: str
     warnings: list[str] = field(default_factory=list)
+    colour_fraction: float = 0.0  # share of clearly coloured pixels before the grey conversion
+
+
+# A pixel counts as coloured when it strays from the image's single tint (see colour_fraction)
+# by more than this share of its brightness, and is not near black.
+TINT_DEVIATION_THRESHOLD = 0.12
+COLOUR_MIN_VALUE = 0.15
+COLOUR_SAMPLE_SIDE = 256
+
+
+def colour_fraction(rgb: np.ndarray) -> float:
+    """Share of pixels of an (H, W, 3) image (any numeric range) that are clearly coloured.
+
+    A radiograph is grey, or grey under one tint (web figures often carry a blue or green
+    cast): every pixel is then brightness x the same RGB direction. That direction is the
+    first singular vector of the pixels; a pixel is coloured when its distance from that
+    line exceeds TINT_DEVIATION_THRESHOLD of its own length. Annotation arrows stay a small
+    share; photos and colour graphics do not. Measured on at most COLOUR_SAMPLE_SIDE^2
+    pixels (a screening figure, not a measurement).
+    """
+    step = max(1, int(np.ceil(max(rgb.shape[:2]) / COLOUR_SAMPLE_SIDE)))
+    pixels = np.asarray(rgb[::step, ::step, :3], dtype=np.float64).reshape(-1, 3)
+    peak = float(pixels.max(initial=0.0))
+    if peak <= 0:
+        return 0.0
+    pixels /= peak
+    tint = np.linalg.svd(pixels, full_matrices=False)[2][0]
+    length = np.linalg.norm(pixels, axis=1)
+    off_tint = np.linalg.norm(pixels - np.outer(pixels @ tint, tint), axis=1)
+    coloured = (off_tint > TINT_DEVIATION_THRESHOLD * np.maximum(length, 1e-9)) & \
+        (pixels.max(axis=1) > COLOUR_MIN_VALUE)
+    return float(coloured.mean())
 
 
 def is_dicom(data: bytes) -> bool:
@@ -98,13 +130,17 @@ def decode_raster(data: bytes) -> DecodedImage:
         image = ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block must not cost the image
         warnings.append("The EXIF orientation tag could not be read; the image is shown as stored.")
+    rgb_share = colour_fraction(np.asarray(image.convert("RGB"))) if image.mode not in GREY_MODES else 0.0
     pixels = pil_to_gray(image, warnings)
     if truncated:
         pixels = crop_truncated_rows(pixels)
         warnings.append("The file is truncated; the missing bottom part was cropped off.")
         if pixels.shape[0] < MIN_SIDE:
             raise InputError("The file is truncated so early that almost no image is left.")
-    return DecodedImage(pixels=pixels, source_format=fmt, warnings=warnings)
+    return DecodedImage(pixels=pixels, source_format=fmt, warnings=warnings, colour_fraction=rgb_share)
+
+
+GREY_MODES = ("1", "L", "LA", "I", "F", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 def _load_truncated(data: bytes) -> Image.Image:

@@ -12,7 +12,7 @@ import warnings as pywarnings
 
 import numpy as np
 
-from utils.decode import DecodedImage, InputError, check_dimensions
+from utils.decode import DecodedImage, InputError, check_dimensions, colour_fraction
 
 
 def decode_dicom(data: bytes) -> DecodedImage:
@@ -40,7 +40,8 @@ def decode_dicom(data: bytes) -> DecodedImage:
     if samples > 1 or array.ndim == 3:
         pixels = rgb_dicom_to_gray(ds, array)
         warnings.append(f"The DICOM is colour ({photometric}); it was converted to grayscale.")
-        return DecodedImage(pixels=pixels, source_format="DICOM", warnings=warnings)
+        return DecodedImage(pixels=pixels, source_format="DICOM", warnings=warnings,
+                            colour_fraction=colour_fraction(array))
     pixels = monochrome_to_unit(ds, array, warnings)
     if photometric == "MONOCHROME1":
         pixels = 1.0 - pixels  # MONOCHROME1 shows low values bright; flip to bone = bright

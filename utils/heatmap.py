@@ -33,6 +33,26 @@ def make_gradcam_heatmap(img_array: np.ndarray, grad_model, class_index: int | N
     return (cam / peak if peak > 0 else cam).astype(np.float32)
 
 
+def class_activation_maps(activations: np.ndarray, dense_kernel: np.ndarray) -> np.ndarray:
+    """Grad-CAM of every class at once for a GlobalAveragePooling -> Dense head, from the
+    forward pass alone: (h, w, K) activations, (K, C) kernel -> (C, h, w) maps in [0, 1].
+
+    For logits = W^T mean_ij(A) + b, the gradient of class c's logit with respect to A[i, j, k]
+    is W[k, c] / (h w) everywhere, so Grad-CAM's channel weights are W[:, c] / (h w) and the map
+    is ReLU(A . W[:, c]) up to a positive factor that the max-normalisation removes. Equal to
+    `make_gradcam_heatmap` for this model (tests/test_heatmap.py), without a backward pass.
+    """
+    return normalise_class_maps(np.asarray(activations, np.float32) @ np.asarray(dense_kernel, np.float32))
+
+
+def normalise_class_maps(class_maps: np.ndarray) -> np.ndarray:
+    """(h, w, C) class-weighted activations -> (C, h, w) maps: ReLU, then each map's max is 1.
+    utils.runtime's serving model computes the class-weighted activations in its forward pass."""
+    cams = np.maximum(np.moveaxis(np.asarray(class_maps, np.float32), -1, 0), 0.0)
+    peaks = cams.reshape(len(cams), -1).max(axis=1)
+    return (cams / np.where(peaks > 0, peaks, 1.0)[:, None, None]).astype(np.float32)
+
+
 def upsample_heatmap(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize a heatmap to (height, width) of the image it explains."""
     return cv2.resize(heatmap, (size[1], size[0]), interpolation=cv2.INTER_CUBIC).clip(0, 1)

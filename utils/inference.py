@@ -30,8 +30,9 @@ def decide(probs: np.ndarray, preset: dict) -> tuple[str, bool]:
     (1 / training prior gives the balanced-error rule, so rare classes are not drowned out);
     absent means plain argmax. preset["any_fracture_threshold"]: when set, P(fractured) +
     P(beyond_repair) at or above it means a fracture (the higher-weighted fracture class),
-    below it means healthy. preset["min_confidence"]: a verdict whose own calibrated
-    probability is below it is flagged uncertain.
+    below it means healthy. preset["min_confidence"] / preset["min_margin"]: a verdict whose
+    own calibrated probability, or whose lead over the next most probable class, is below
+    the threshold is flagged uncertain (thresholds chosen on validation).
     """
     probs = np.asarray(probs, dtype=np.float64)
     scores = probs * np.asarray(preset.get("class_weights") or np.ones(len(probs)), dtype=np.float64)
@@ -42,4 +43,15 @@ def decide(probs: np.ndarray, preset: dict) -> tuple[str, bool]:
         index = 1 + int(np.argmax(scores[1:]))
     else:
         index = 0
-    return CLASSES[index], bool(probs[index] < preset.get("min_confidence", 0.0))
+    return CLASSES[index], is_uncertain(probs, index, preset)
+
+
+def verdict_margin(probs: np.ndarray, index: int) -> float:
+    """The verdict's probability minus the largest other one (negative when a weighted
+    rule picked a class that is not the most probable)."""
+    return float(probs[index] - np.max(np.delete(probs, index)))
+
+
+def is_uncertain(probs: np.ndarray, index: int, preset: dict) -> bool:
+    return bool(probs[index] < preset.get("min_confidence", 0.0)
+                or verdict_margin(probs, index) < preset.get("min_margin", float("-inf")))

@@ -9,6 +9,8 @@ training cache and the app feed the network identical values.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -43,13 +45,18 @@ def limit_size(pixels: np.ndarray, max_side: int = MAX_WORKING_SIDE) -> np.ndarr
     return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
 
 
-def crop_uniform_border(pixels: np.ndarray, tolerance: float = BORDER_STD_TOLERANCE) -> np.ndarray:
-    """Remove flat bars at the edges (padding, grey fill of truncated files, blank margins)."""
+def uniform_border(pixels: np.ndarray, tolerance: float = BORDER_STD_TOLERANCE) -> tuple[slice, slice]:
+    """Row and column slices that drop flat bars at the edges (padding, grey fill of
+    truncated files, blank margins); the whole image when it is blank."""
     rows = np.flatnonzero(pixels.std(axis=1) > tolerance)
     cols = np.flatnonzero(pixels.std(axis=0) > tolerance)
     if rows.size < 2 or cols.size < 2:
-        return pixels  # blank image: nothing sensible to crop
-    return pixels[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        return slice(0, pixels.shape[0]), slice(0, pixels.shape[1])
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+def crop_uniform_border(pixels: np.ndarray, tolerance: float = BORDER_STD_TOLERANCE) -> np.ndarray:
+    return pixels[uniform_border(pixels, tolerance)]
 
 
 def stretch_contrast(pixels: np.ndarray, percentiles=CONTRAST_PERCENTILES) -> np.ndarray:
@@ -59,25 +66,68 @@ def stretch_contrast(pixels: np.ndarray, percentiles=CONTRAST_PERCENTILES) -> np
     return np.clip((pixels - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
+def letterbox_offsets(height: int, width: int) -> tuple[int, int, int]:
+    """(side, top, left) of a centred square canvas holding a height x width image."""
+    side = max(height, width)
+    return side, (side - height) // 2, (side - width) // 2
+
+
 def letterbox_resize(pixels: np.ndarray, size: int) -> np.ndarray:
     height, width = pixels.shape
-    side = max(height, width)
+    side, top, left = letterbox_offsets(height, width)
     square = np.zeros((side, side), dtype=np.float32)
-    top, left = (side - height) // 2, (side - width) // 2
     square[top:top + height, left:left + width] = pixels
     interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
     return cv2.resize(square, (size, size), interpolation=interpolation)
 
 
-def preprocess(pixels: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
-    """Turn a decoded grayscale image into the model input: uint8 of shape (size, size, 1)."""
+@dataclass(frozen=True)
+class Geometry:
+    """Where the decoded image lands in the model input (for boxes and heatmap overlays)."""
+    scale_x: float  # limit_size factors
+    scale_y: float
+    crop_top: int
+    crop_left: int
+    crop_height: int
+    crop_width: int
+    side: int  # letterbox square, in cropped pixels
+    pad_top: int
+    pad_left: int
+    size: int
+
+    def to_model(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded-image pixel coordinates -> model-input pixel coordinates."""
+        factor = self.size / self.side
+        return ((np.asarray(x) * self.scale_x - self.crop_left + self.pad_left) * factor,
+                (np.asarray(y) * self.scale_y - self.crop_top + self.pad_top) * factor)
+
+    def content_box(self) -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1) of the image content (not the black padding) in the model input."""
+        factor = self.size / self.side
+        return (self.pad_left * factor, self.pad_top * factor,
+                (self.pad_left + self.crop_width) * factor, (self.pad_top + self.crop_height) * factor)
+
+
+def preprocess_with_geometry(pixels: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, Geometry]:
+    """Turn a decoded grayscale image into the model input, uint8 of shape (size, size, 1),
+    and say where the image's pixels went."""
     if pixels.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale array, got shape {pixels.shape}")
+    height, width = pixels.shape
     pixels = limit_size(np.asarray(pixels, dtype=np.float32))
-    pixels = crop_uniform_border(pixels)
-    pixels = stretch_contrast(pixels)
+    scale_x, scale_y = pixels.shape[1] / width, pixels.shape[0] / height
+    rows, cols = uniform_border(pixels)
+    pixels = stretch_contrast(pixels[rows, cols])
+    side, pad_top, pad_left = letterbox_offsets(*pixels.shape)
+    geometry = Geometry(scale_x, scale_y, rows.start, cols.start, pixels.shape[0], pixels.shape[1],
+                        side, pad_top, pad_left, size)
     pixels = letterbox_resize(pixels, size)
-    return np.round(pixels * 255.0).astype(np.uint8)[..., np.newaxis]
+    return np.round(pixels * 255.0).astype(np.uint8)[..., np.newaxis], geometry
+
+
+def preprocess(pixels: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """Turn a decoded grayscale image into the model input: uint8 of shape (size, size, 1)."""
+    return preprocess_with_geometry(pixels, size)[0]
 
 
 def load_and_preprocess(data: bytes, size: int = INPUT_SIZE):

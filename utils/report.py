@@ -10,7 +10,7 @@ import numpy as np
 
 from utils.inference import CLASSES
 
-CSV_COLUMNS = ["path", "label"] + [f"p_{c}" for c in CLASSES] + ["uncertain", "warnings", "error"]
+CSV_COLUMNS = ["path", "label"] + [f"p_{c}" for c in CLASSES] + ["uncertain", "not_xray", "warnings", "error"]
 DISCLAIMER = ("Educational and triage aid only. Not a medical device and not for diagnosis: "
               "a qualified clinician must read every image.")
 
@@ -21,6 +21,7 @@ def csv_row(record: dict) -> dict:
     return {"path": record["path"], "label": record["label"] or "",
             **{f"p_{c}": f"{probs[c]:.6f}" if c in probs else "" for c in CLASSES},
             "uncertain": str(bool(record["uncertain"])).lower(),
+            "not_xray": str(bool(record.get("not_xray"))).lower(),
             "warnings": " | ".join(record["warnings"]), "error": record["error"] or ""}
 
 

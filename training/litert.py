@@ -1,0 +1,97 @@
+"""Convert the bundled .keras model to the LiteRT flatbuffer that serving runs, and check it.
+
+The flatbuffer holds utils.runtime.build_serving_model(model): logits, pooled features and
+class maps from one input. float32 weights: the conversion changes kernels, not precision.
+
+Usage: python -m training.litert --run artifacts/run_nsfwjs [--quick]
+Writes <run>/litert/: serving.tflite and litert.json (the differences from Keras on the test split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def convert(keras_path: Path, out_path: Path) -> Path:
+    import keras
+    import tensorflow as tf
+
+    from utils.runtime import build_serving_model
+
+    serving = build_serving_model(keras.saving.load_model(keras_path, compile=False))
+    with tempfile.TemporaryDirectory() as tmp:
+        serving.export(tmp, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        out_path.write_bytes(converter.convert())
+    return out_path
+
+
+def max_probability_difference(keras_path: Path, litert_path: Path, images: np.ndarray,
+                               temperature: float, batch_size: int = 16) -> dict:
+    """Largest |p_litert - p_keras| over (N, S, S) uint8 model inputs, with the other outputs'."""
+    import keras
+
+    from utils.inference import calibrated_probabilities, to_model_input
+    from utils.runtime import KerasEngine, LiteRTEngine
+
+    reference = KerasEngine(keras.saving.load_model(keras_path, compile=False))
+    fast = LiteRTEngine(litert_path)
+    worst = {"probabilities": 0.0, "features": 0.0, "class_maps": 0.0}
+    for i in range(0, len(images), batch_size):
+        x = to_model_input(images[i:i + batch_size, ..., None])
+        a, b = reference(x), fast(x)
+        pa, pb = (calibrated_probabilities(o["logits"], temperature) for o in (a, b))
+        worst["probabilities"] = max(worst["probabilities"], float(np.abs(pa - pb).max()))
+        for key in ("features", "class_maps"):
+            scale = float(np.abs(a[key]).max()) or 1.0
+            worst[key] = max(worst[key], float(np.abs(a[key] - b[key]).max()) / scale)
+    return {"n": int(len(images)), "max_abs_probability_difference": worst["probabilities"],
+            "max_relative_feature_difference": worst["features"],
+            "max_relative_class_map_difference": worst["class_maps"]}
+
+
+LITERT_FILE = "serving.tflite"
+# Issue 6: lower-precision or converted inference must stay within this of Keras's probabilities.
+MAX_PROBABILITY_DIFFERENCE = 0.01
+
+
+def main(argv=None) -> dict:
+    from training.data import DEFAULT_SPLIT_FILE, default_data_dir, read_split
+    from training.features import build_image_cache
+    from training.pretrained import default_cache_dir
+    from training.train import quick_subset
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
+    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    out_dir = args.run / "litert"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    litert_path = convert(args.run / "model.keras", out_dir / LITERT_FILE)
+    rows = read_split(args.split)
+    rows = [r for r in (quick_subset(rows) if args.quick else rows) if r["split"] == "test"]
+    temperature = json.loads((args.run / "eval" / "metrics.json").read_text())["temperature"]
+    report = max_probability_difference(args.run / "model.keras", litert_path,
+                                        build_image_cache(rows, args.data_dir, args.cache_dir), temperature)
+    report["within_limit"] = report["max_abs_probability_difference"] <= MAX_PROBABILITY_DIFFERENCE
+    (out_dir / "litert.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report))
+    if not report["within_limit"]:
+        raise SystemExit(f"LiteRT probabilities differ from Keras by {report['max_abs_probability_difference']:.4f} "
+                         f"(limit {MAX_PROBABILITY_DIFFERENCE}); not exporting it")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""Trust figures for a trained model: fit the not-an-X-ray guard and measure it; pointing game.
+
+1. Guard: penultimate features of the clean training images -> class means + shared
+   Ledoit-Wolf covariance; threshold = a high quantile of the validation distances. The
+   cheap checks' limits (utils.guard) are checked against every training image.
+2. Measured through the serving path (bytes -> utils.classifier): share of test-split
+   radiographs flagged, and share of generated non-radiographs flagged (by kind and check).
+3. Pointing game on the fractured FracAtlas test images: is the Grad-CAM maximum inside a
+   fracture box, and what share of the heatmap mass lies inside, against a uniform map.
+
+Usage: python -m training.trust --run artifacts/run_nsfwjs [--quick]
+Writes <run>/trust/: trust.json, ood_guard.npz, guard_distances.png, pointing_game.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split  # noqa: E402
+from training.features import build_image_cache  # noqa: E402
+from training.non_radiographs import make_non_radiographs  # noqa: E402
+from training.pretrained import default_cache_dir  # noqa: E402
+from utils.bundle import sha256_of  # noqa: E402
+from utils.guard import (MAX_COLOUR_FRACTION, MIN_DYNAMIC_RANGE, FeatureGuard,  # noqa: E402
+                         dynamic_range, fit_feature_guard)
+
+GUARD_FILE = "ood_guard.npz"
+# 2.5 % of validation radiographs lie above the threshold by construction; the issue allows 5 %
+# on the test split, so this leaves room for the split-to-split difference.
+GUARD_VAL_QUANTILE = 0.975
+NON_RADIOGRAPHS = 240
+NON_RADIOGRAPH_SEED = 20261126
+FRACTURED = CLASSES.index("fractured")
+
+
+def classifier_for(model, metadata: dict, guard: FeatureGuard | None = None):
+    from utils.bundle import Bundle
+    from utils.classifier import Classifier
+
+    return Classifier(Bundle(model=model, metadata=metadata, directory=Path("."), guard=guard))
+
+
+def outputs(classifier, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, penultimate features) of (N, S, S) uint8 model inputs."""
+    logits, features = [], []
+    for i in range(0, len(images), batch_size):
+        a, b = classifier.logits_and_features(images[i:i + batch_size, ..., None])
+        logits.append(a)
+        features.append(b)
+    return np.concatenate(logits), np.concatenate(features)
+
+
+def _screen_stats(path: str) -> tuple[float, float]:
+    from utils.decode import decode_image_bytes
+
+    decoded = decode_image_bytes(Path(path).read_bytes())
+    return decoded.colour_fraction, dynamic_range(decoded.pixels)
+
+
+def screen_stats(rows: list[dict], data_dir: Path, workers: int = 2) -> np.ndarray:
+    """(N, 2): colour fraction and dynamic range of each decoded image."""
+    with Pool(workers) as pool:
+        return np.array(pool.map(_screen_stats, [str(data_dir / r["path"]) for r in rows], chunksize=16))
+
+
+def flag_summary(predictions, kinds: list[str]) -> dict:
+    flagged = np.array([p.not_xray is not None for p in predictions])
+    by_check = {"colour": 0, "flat": 0, "features": 0}
+    for p in predictions:
+        if p.not_xray is not None:
+            by_check["colour" if "colour photo" in p.not_xray else
+                     "flat" if "uniform" in p.not_xray else "features"] += 1
+    return {"n": int(len(flagged)), "flagged": int(flagged.sum()), "flagged_rate": float(flagged.mean()),
+            "by_check": by_check,
+            "by_kind": {k: float(flagged[np.array(kinds) == k].mean()) for k in sorted(set(kinds))}}
+
+
+def read_boxes(path: Path) -> np.ndarray:
+    """YOLO lines 'class cx cy w h' (normalised) -> (K, 4) array of cx, cy, w, h."""
+    values = [list(map(float, line.split()[1:5])) for line in path.read_text().splitlines() if line.strip()]
+    return np.array(values, dtype=np.float64).reshape(-1, 4)
+
+
+def box_mask(boxes: np.ndarray, shape: tuple[int, int], geometry, size: int) -> np.ndarray:
+    """Boolean (size, size) mask of the boxes mapped into the model input."""
+    height, width = shape
+    mask = np.zeros((size, size), dtype=bool)
+    for cx, cy, w, h in boxes:
+        x0, y0 = geometry.to_model(np.array([(cx - w / 2) * width]), np.array([(cy - h / 2) * height]))
+        x1, y1 = geometry.to_model(np.array([(cx + w / 2) * width]), np.array([(cy + h / 2) * height]))
+        c0, r0 = int(np.floor(x0[0])), int(np.floor(y0[0]))
+        c1, r1 = int(np.ceil(x1[0])), int(np.ceil(y1[0]))
+        mask[max(r0, 0):max(r1, 0), max(c0, 0):max(c1, 0)] = True
+    return mask
+
+
+def pointing_game(classifier, rows: list[dict], data_dir: Path) -> dict:
+    """Grad-CAM of the fractured class on FracAtlas fractured images vs. their boxes."""
+    from utils.decode import decode_image_bytes
+    from utils.heatmap import upsample_heatmap
+    from utils.preprocess import preprocess_with_geometry
+
+    hits, masses, uniform, n_boxes = [], [], [], 0
+    for row in rows:
+        box_path = data_dir / "fracatlas" / "boxes" / (Path(row["path"]).stem + ".txt")
+        boxes = read_boxes(box_path) if box_path.exists() else np.zeros((0, 4))
+        if not len(boxes):
+            continue
+        decoded = decode_image_bytes((data_dir / row["path"]).read_bytes())
+        image, geometry = preprocess_with_geometry(decoded.pixels)
+        size = image.shape[0]
+        mask = box_mask(boxes, decoded.pixels.shape, geometry, size)
+        x0, y0, x1, y1 = geometry.content_box()
+        content = np.zeros((size, size), dtype=bool)
+        content[int(round(y0)):int(round(y1)), int(round(x0)):int(round(x1))] = True
+        mask &= content
+        if not mask.any():
+            continue
+        heat = upsample_heatmap(classifier.heatmap(image[..., 0], "fractured"), (size, size)) * content
+        peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
+        hits.append(bool(mask[peak]))
+        masses.append(float(heat[mask].sum() / max(heat.sum(), 1e-12)))
+        uniform.append(float(mask.sum() / content.sum()))
+        n_boxes += len(boxes)
+    if not hits:
+        return {"n_images": 0}
+    return {"n_images": len(hits), "n_boxes": n_boxes, "class": "fractured",
+            "hit_rate": float(np.mean(hits)), "mass_inside": float(np.mean(masses)),
+            "uniform_hit_rate": float(np.mean(uniform)), "uniform_mass_inside": float(np.mean(uniform)),
+            "per_image_mass": masses, "per_image_uniform": uniform}
+
+
+def plots(out_dir: Path, val_d, test_d, non_d, threshold, pointing) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    top = np.percentile(np.concatenate([val_d, test_d, non_d]), 99.5)
+    bins = np.linspace(0, top, 50)
+    ax.hist(val_d, bins, alpha=0.5, density=True, label="validation radiographs")
+    ax.hist(test_d, bins, alpha=0.5, density=True, label="test radiographs")
+    ax.hist(np.minimum(non_d, top), bins, alpha=0.5, density=True, label="generated non-radiographs")
+    ax.axvline(threshold, color="k", ls="--", label="threshold")
+    ax.set_xlabel("Mahalanobis distance of penultimate features"); ax.legend(fontsize=8)
+    ax.set_title("Not-an-X-ray guard")
+    fig.tight_layout(); fig.savefig(out_dir / "guard_distances.png", dpi=110); plt.close(fig)
+    names.append("guard_distances.png")
+    if pointing.get("n_images"):
+        fig, ax = plt.subplots(figsize=(5, 4.5))
+        ax.scatter(pointing["per_image_uniform"], pointing["per_image_mass"], s=10)
+        ax.plot([0, 1], [0, 1], "k:", lw=1)
+        ax.set_xlabel("box share of the image (uniform map)"); ax.set_ylabel("Grad-CAM mass inside boxes")
+        ax.set_title(f"Pointing game, {pointing['n_images']} FracAtlas test images")
+        fig.tight_layout(); fig.savefig(out_dir / "pointing_game.png", dpi=110); plt.close(fig)
+        names.append("pointing_game.png")
+    return names
+
+
+def trust(run_dir: Path, out_dir: Path, data_dir: Path, split_file: Path, cache_dir: Path,
+          quick: bool = False) -> dict:
+    import keras
+
+    from training.train import quick_subset
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    eval_report = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    metadata = {"classes": list(CLASSES), "temperature": eval_report["temperature"],
+                "presets": eval_report["presets"]}
+    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    plain = classifier_for(model, metadata)
+
+    rows = read_split(split_file)
+    if quick:
+        rows = quick_subset(rows)
+    by_split = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
+    features, labels = {}, {}
+    for split, split_rows in by_split.items():
+        # Cached beside the report, keyed by the model file and the images, so a rerun is quick.
+        cache = out_dir / f"features_{split}.npz"
+        key = np.array([sha256_of(run_dir / "model.keras")] + [r["sha256"] for r in split_rows])
+        if cache.exists() and np.array_equal(np.load(cache)["key"], key):
+            features[split] = np.load(cache)["features"]
+        else:
+            _, features[split] = outputs(plain, build_image_cache(split_rows, data_dir, cache_dir))
+            np.savez(cache, features=features[split], key=key)
+        labels[split] = np.array([CLASSES.index(r["label"]) for r in split_rows])
+
+    guard = fit_feature_guard(features["train"], labels["train"], features["val"], GUARD_VAL_QUANTILE)
+    guard.save(out_dir / GUARD_FILE)
+    guarded = classifier_for(model, metadata, guard)
+
+    train_stats = screen_stats(by_split["train"], data_dir)
+    test_predictions = guarded.predict_many(
+        [(r["path"], (data_dir / r["path"]).read_bytes()) for r in by_split["test"]], batch_size=16)
+    test_kinds = [r["source"] for r in by_split["test"]]
+    non = make_non_radiographs(24 if quick else NON_RADIOGRAPHS, NON_RADIOGRAPH_SEED)
+    non_predictions = guarded.predict_many([(name, data) for name, _, data in non], batch_size=16)
+    non_kinds = [kind for _, kind, _ in non]
+
+    fractured_fa = [r for r in by_split["test"] if r["source"] == "fracatlas" and r["label"] == "fractured"]
+    pointing = pointing_game(plain, fractured_fa, data_dir)
+
+    non_d = np.array([p.ood_distance for p in non_predictions if p.ood_distance is not None])
+    report = {
+        "guard": {"method": "class-conditional Mahalanobis distance (shared Ledoit-Wolf covariance) "
+                            "on the global-average-pooled mixed7 features",
+                  "fitted_on": f"{len(labels['train'])} training images (clean view)",
+                  "threshold": guard.threshold, "val_quantile": GUARD_VAL_QUANTILE,
+                  "val_flagged_rate": float(np.mean(guard.is_outlier(features["val"]))),
+                  "cheap_checks": {"max_colour_fraction": MAX_COLOUR_FRACTION,
+                                   "min_dynamic_range": MIN_DYNAMIC_RANGE,
+                                   "train_max_colour_fraction": float(train_stats[:, 0].max()),
+                                   "train_colour_flagged": int((train_stats[:, 0] > MAX_COLOUR_FRACTION).sum()),
+                                   "train_min_dynamic_range": float(train_stats[:, 1].min()),
+                                   "train_flat_flagged": int((train_stats[:, 1] < MIN_DYNAMIC_RANGE).sum()),
+                                   "train_n": int(len(train_stats))},
+                  "test_radiographs": flag_summary(test_predictions, test_kinds),
+                  "non_radiographs": flag_summary(non_predictions, non_kinds),
+                  "non_radiograph_seed": NON_RADIOGRAPH_SEED},
+        "pointing_game": {k: v for k, v in pointing.items() if not k.startswith("per_image")},
+    }
+    report["plots"] = plots(out_dir, guard.distance(features["val"]),
+                            np.array([p.ood_distance for p in test_predictions]), non_d,
+                            guard.threshold, pointing)
+    (out_dir / "trust.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def markdown(report: dict) -> str:
+    g, p = report["guard"], report["pointing_game"]
+    test, non, cheap = g["test_radiographs"], g["non_radiographs"], g["cheap_checks"]
+    lines = [f"Not-an-X-ray guard ({g['method']}; threshold {g['threshold']:.1f}, the "
+             f"{g['val_quantile']:.1%} quantile of validation distances; plus a colour check "
+             f"(> {cheap['max_colour_fraction']:.0%} clearly coloured pixels) and a flat-image check "
+             f"(1st-99th percentile range < {cheap['min_dynamic_range']}):", "",
+             "| inputs | n | flagged |", "|---|---|---|",
+             f"| test-split radiographs | {test['n']} | {test['flagged_rate']:.1%} |"]
+    lines += [f"| test radiographs, {k} | | {v:.1%} |" for k, v in test["by_kind"].items()]
+    lines += [f"| generated non-radiographs | {non['n']} | {non['flagged_rate']:.1%} |"]
+    lines += [f"| non-radiographs, {k} | | {v:.1%} |" for k, v in non["by_kind"].items()]
+    caught = ", ".join(f"{k} {v}" for k, v in non["by_check"].items())
+    lines += ["", f"Which check caught the non-radiographs: {caught}. Training images caught by "
+              f"the cheap checks: colour {cheap['train_colour_flagged']}, flat {cheap['train_flat_flagged']} "
+              f"of {cheap['train_n']} (largest colour fraction {cheap['train_max_colour_fraction']:.3f}, "
+              f"smallest range {cheap['train_min_dynamic_range']:.3f}).",
+              "", "Almost all flagged test radiographs are Bone Break web figures (multi-panel layouts, "
+              "captions, CT and MRI slices among them); clinical films (FracAtlas) are almost never flagged. "
+              "The non-radiographs are made by `training/non_radiographs.py` (scikit-image's bundled "
+              f"photographs cropped and colour-jittered, synthetic textures, Pillow-drawn documents, "
+              f"near-blank images; seed {g['non_radiograph_seed']})."]
+    if p.get("n_images"):
+        lines += ["", f"Pointing game (Grad-CAM of `fractured` on mixed7, {p['n_images']} fractured FracAtlas "
+                  f"test images, {p['n_boxes']} boxes): the heatmap maximum falls inside a box in "
+                  f"{p['hit_rate']:.1%} of images (a uniform map, i.e. a random point: {p['uniform_hit_rate']:.1%}); "
+                  f"share of heatmap mass inside the boxes {p['mass_inside']:.1%} (uniform map: "
+                  f"{p['uniform_mass_inside']:.1%}). The boxes are small (about 1% of the image on average) "
+                  "and the map is 17 x 17 cells, so this is weak localisation: several times better than "
+                  "chance, far from pointing at the fracture. Treat the heatmap as a hint of the region "
+                  "that drove the verdict, not as a fracture marker."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
+    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    report = trust(args.run, args.out or args.run / "trust", args.data_dir, args.split,
+                   args.cache_dir, args.quick)
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Not-an-X-ray guard: does this input look like the radiographs the model was trained on?
+
+Two checks, cheapest first:
+1. `screen_decoded`: colour photos and blank/flat images are caught from the decoded pixels.
+2. `mahalanobis_distance`: distance of the model's penultimate features (global average
+   pool) from the training radiographs' class means under their shared covariance (Lee et
+   al., 2018); a distance above the threshold fitted on validation means out of distribution.
+
+The fitted statistics live beside the model (`ood_guard.npz`, its sha256 in metadata.json).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# Cheap-check limits, set from the training split: its largest colour fraction is 0.388 (a web
+# figure with coloured annotations) and its smallest range 0.306; training/trust.py re-measures
+# both and the model card reports how many training images each check would catch (none).
+MAX_COLOUR_FRACTION = 0.40
+MIN_DYNAMIC_RANGE = 0.05
+RANGE_PERCENTILES = (1.0, 99.0)
+
+COLOUR_MESSAGE = ("This looks like a colour photo ({share:.0%} of pixels are clearly coloured), not a "
+                  "radiograph; the verdict is not reliable.")
+FLAT_MESSAGE = "The image is almost uniform (no visible structure); the verdict is not reliable."
+FEATURE_MESSAGE = ("This image does not look like the bone radiographs the model was trained on; "
+                   "the verdict is not reliable.")
+
+
+def dynamic_range(pixels: np.ndarray) -> float:
+    """Spread between the 1st and 99th percentile of a [0, 1] grayscale image (subsampled)."""
+    step = max(1, int(np.ceil(max(pixels.shape) / 512)))
+    low, high = np.percentile(pixels[::step, ::step], RANGE_PERCENTILES)
+    return float(high - low)
+
+
+def screen_decoded(pixels: np.ndarray, colour_share: float) -> str | None:
+    """A message when the decoded image is plainly not a radiograph, else None."""
+    if colour_share > MAX_COLOUR_FRACTION:
+        return COLOUR_MESSAGE.format(share=colour_share)
+    if dynamic_range(pixels) < MIN_DYNAMIC_RANGE:
+        return FLAT_MESSAGE
+    return None
+
+
+@dataclass(frozen=True)
+class FeatureGuard:
+    class_means: np.ndarray  # (C, D) float32
+    precision: np.ndarray  # (D, D) float32, inverse of the shared (shrunk) covariance
+    threshold: float  # distances above it are out of distribution
+
+    def distance(self, features: np.ndarray) -> np.ndarray:
+        return mahalanobis_distance(features, self.class_means, self.precision)
+
+    def is_outlier(self, features: np.ndarray) -> np.ndarray:
+        return self.distance(features) > self.threshold
+
+    def save(self, path: Path) -> None:
+        np.savez(path, class_means=self.class_means.astype(np.float32),
+                 precision=self.precision.astype(np.float32), threshold=np.float64(self.threshold))
+
+    @classmethod
+    def load(cls, path: Path) -> "FeatureGuard":
+        with np.load(path) as data:
+            return cls(data["class_means"], data["precision"], float(data["threshold"]))
+
+
+def mahalanobis_distance(features: np.ndarray, class_means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """(N, D) features -> (N,) distance to the nearest class mean under a shared precision."""
+    features = np.asarray(features, dtype=np.float64)
+    best = None
+    for mean in np.asarray(class_means, dtype=np.float64):
+        diff = features - mean
+        squared = np.einsum("nd,de,ne->n", diff, precision.astype(np.float64), diff)
+        best = squared if best is None else np.minimum(best, squared)
+    return np.sqrt(np.maximum(best, 0.0))
+
+
+def fit_feature_guard(features: np.ndarray, labels: np.ndarray, val_features: np.ndarray,
+                      val_quantile: float) -> FeatureGuard:
+    """Class means and a Ledoit-Wolf shared covariance from training features; the threshold
+    is the `val_quantile` quantile of the validation radiographs' distances."""
+    from sklearn.covariance import LedoitWolf
+
+    features = np.asarray(features, dtype=np.float64)
+    classes = np.unique(labels)
+    means = np.stack([features[labels == c].mean(axis=0) for c in classes])
+    centred = features - means[np.searchsorted(classes, labels)]
+    covariance = LedoitWolf(assume_centered=True).fit(centred).covariance_
+    precision = np.linalg.inv(covariance)
+    threshold = float(np.quantile(mahalanobis_distance(val_features, means, precision), val_quantile))
+    return FeatureGuard(means.astype(np.float32), precision.astype(np.float32), threshold)
