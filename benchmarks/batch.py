@@ -43,8 +43,9 @@ def synthetic_jpegs(count: int) -> list[tuple[str, bytes]]:
     return files
 
 
+# Peak RSS from VmHWM: ru_maxrss would carry the parent's high-water mark across fork + exec.
 APP_MEMORY = r"""
-import json, resource, sys, psutil
+import json, sys, psutil
 from streamlit.testing.v1 import AppTest
 files = [(p.name, p.read_bytes(), "image/jpeg") for p in sorted(__import__("pathlib").Path(sys.argv[1]).iterdir())]
 at = AppTest.from_file("app.py", default_timeout=3600)
@@ -57,7 +58,7 @@ assert not at.exception, at.exception
 rows = len(at.dataframe[0].value)
 print(json.dumps({"rows": rows, "rss_before_upload": before,
                   "rss_after": psutil.Process().memory_info().rss,
-                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                  "peak_rss": int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]) * 1024}))
 """
 
 

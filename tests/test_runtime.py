@@ -1,0 +1,72 @@
+"""Serving engines: the LiteRT file and the Keras model give the same outputs; serving
+never imports TensorFlow when the LiteRT file is there."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, png_bytes, synthetic_radiograph
+from utils.bundle import ModelBundleError, load_bundle
+from utils.classifier import Classifier
+
+
+def test_litert_and_keras_engines_agree(classifier, bundle_dir):
+    from utils.runtime import KerasEngine
+
+    assert classifier.engine.name == "litert"
+    keras_classifier = Classifier(classifier.bundle, engine=KerasEngine(classifier.bundle.model))
+    batch = np.stack([(synthetic_radiograph(299, 299, seed=s) * 255).astype(np.uint8)[..., None] for s in range(4)])
+    fast, reference = classifier.forward(batch), keras_classifier.forward(batch)
+    np.testing.assert_allclose(classifier.probabilities(batch), keras_classifier.probabilities(batch), atol=1e-4)
+    np.testing.assert_allclose(fast["features"], reference["features"], rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(fast["heatmaps"], reference["heatmaps"], atol=1e-3)
+    recorded = classifier.bundle.metadata["runtime"]["test_split_agreement"]
+    assert recorded["n"] >= 700 and recorded["max_abs_probability_difference"] <= 0.01
+
+
+def test_batches_of_any_size_give_the_same_answers(classifier):
+    images = [(f"{s}.png", png_bytes((synthetic_radiograph(seed=s) * 255).astype(np.uint8))) for s in range(5)]
+    one_by_one = [classifier.predict_bytes(*item).probabilities for item in images]
+    batched = [p.probabilities for p in classifier.predict_many(images, batch_size=3)]
+    for a, b in zip(one_by_one, batched):
+        assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-5 for k in a)
+
+
+def test_serving_does_not_import_tensorflow(bundle_dir, tmp_path):
+    path = tmp_path / "x.png"
+    path.write_bytes(png_bytes((synthetic_radiograph() * 255).astype(np.uint8)))
+    script = ("import sys; from utils.bundle import load_bundle; from utils.classifier import Classifier; "
+              "c = Classifier(load_bundle(sys.argv[1])); p = c.predict_bytes('x', open(sys.argv[2], 'rb').read()); "
+              "print(c.engine.name, p.label, 'tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script, str(bundle_dir), str(path)], cwd=REPO, check=True,
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO))).stdout
+    engine, label, tf_imported, keras_imported = out.split()[-4:]
+    assert engine == "litert" and label in ("healthy", "fractured", "beyond_repair")
+    assert tf_imported == "False" and keras_imported == "False"
+
+
+def test_bundle_without_litert_file_falls_back_to_keras(bundle_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(bundle_dir, copy)
+    metadata = json.loads((copy / "metadata.json").read_text())
+    (copy / metadata.pop("runtime")["file"]).unlink()
+    (copy / "metadata.json").write_text(json.dumps(metadata))
+    classifier = Classifier(load_bundle(copy))
+    assert classifier.engine.name == "keras"
+    assert classifier.predict_bytes("x.png", png_bytes((synthetic_radiograph() * 255).astype(np.uint8))).label
+
+
+def test_altered_litert_file_fails(bundle_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(bundle_dir, copy)
+    path = copy / json.loads((copy / "metadata.json").read_text())["runtime"]["file"]
+    path.write_bytes(path.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ModelBundleError, match="LiteRT file"):
+        load_bundle(copy)
