@@ -154,4 +154,4 @@ def test_model_card_page_renders_card_and_plots(bundle_dir, monkeypatch):
     text = "\n".join(m.value for m in at.markdown)
     assert "Model card" in text and "beyond_repair" in text and "CC BY 4.0" in text
     assert "Pointing game" in text and "Not-an-X-ray guard" in text and "test coverage" in text
-    assert len(at.get("image")) == 5  # confusion, ROC, reliability, guard distances, pointing game
+    assert len(at.get("image")) == 6  # confusion, ROC, reliability, guard distances, pointing game, examples

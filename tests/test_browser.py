@@ -109,6 +109,54 @@ def test_not_an_xray_warning_in_the_browser(server, browser):
     page.close()
 
 
+def wait_for_count(page, locator, count: int, seconds: float = 60) -> None:
+    for _ in range(int(seconds * 2)):
+        if locator.count() == count:
+            return
+        page.wait_for_timeout(500)
+    assert locator.count() == count
+
+
+def test_heatmap_toggle_slider_and_preset_in_the_browser(server, browser):
+    url, _ = server
+    page = browser.new_page(viewport={"width": 1280, "height": 1150})
+    page.goto(url, wait_until="domcontentloaded")
+    page.get_by_text("Not a medical device and not for diagnosis").wait_for(timeout=120_000)
+    upload_synthetic(page, seed=6)
+    page.get_by_text("Verdict:").first.wait_for(timeout=120_000)
+    main = page.locator("section.main, [data-testid='stMain']").first
+    images = main.locator("[data-testid='stImage'] img")
+    images.nth(1).wait_for(timeout=30_000)
+    assert images.count() == 2  # overlay and raw heatmap
+
+    slider = page.get_by_role("slider", name="Heatmap opacity").first
+    before = slider.get_attribute("aria-valuetext")
+    slider.focus()
+    for _ in range(4):
+        page.keyboard.press("ArrowRight")
+    for _ in range(60):
+        if slider.get_attribute("aria-valuetext") != before:
+            break
+        page.wait_for_timeout(500)
+    assert float(slider.get_attribute("aria-valuetext")) > float(before), "the opacity slider did not move"
+
+    toggle = page.get_by_text("Show heatmap")
+    wait_for_count(page, toggle, 1)  # the rerun after the slider has settled
+    toggle.click()
+    wait_for_count(page, images, 1)
+    wait_for_count(page, toggle, 1)
+    toggle.click()
+    wait_for_count(page, images, 2)
+
+    page.locator("[data-testid='stSidebar'] [data-testid='stRadio']").get_by_text("fracture sensitive", exact=True).click()
+    page.get_by_text("Verdict:").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1500)  # the rerun after the click
+    assert page.locator("[data-testid='stSidebar'] [data-testid='stRadio'] input[type=radio]").nth(1).is_checked()
+    body = page.inner_text("body")
+    assert "Verdict:" in body and "healthy:" in body
+    page.close()
+
+
 def test_four_concurrent_sessions_share_one_model(server, browser):
     url, log_path = server
     contexts = [browser.new_context() for _ in range(4)]  # separate cookies: separate sessions

@@ -223,7 +223,7 @@ Plots: [confusion matrix](eval/confusion_matrix.png), [ROC curves](eval/roc_curv
 
 ## Where it looks, and what it refuses
 {trust_markdown or "Not measured for this bundle (run python -m training.trust)."}
-{"Plots: [guard distances](eval/guard_distances.png), [pointing game](eval/pointing_game.png)." if trust_markdown else ""}
+{"Plots: [guard distances](eval/guard_distances.png), [pointing game](eval/pointing_game.png), [heatmap sanity check on synthetic images](eval/heatmap_examples.png)." if trust_markdown else ""}
 
 ## Targets
 | target | goal | measured | met |
