@@ -58,13 +58,19 @@ def clear_history() -> None:
     st.session_state["history"] = []
 
 
+def history_verdict(entry: dict) -> str:
+    if entry.get("not_xray"):
+        return "not a radiograph? (uncertain)"
+    return f"**{pretty(entry['label'])}**" + (" (uncertain)" if entry.get("uncertain") else "")
+
+
 def show_history(box) -> None:
     """Filled at the end of a run, so it lists this run's verdicts too."""
     history = st.session_state.get("history", [])
     with box:
         st.header(f"This session ({len(history)})")
         if history:
-            st.markdown("\n".join(f"- {h['time']} {h['name']}: **{pretty(h['label'])}**" for h in history[-50:]))
+            st.markdown("\n".join(f"- {h['time']} {h['name']}: {history_verdict(h)}" for h in history[-50:]))
             st.button("Clear history", on_click=clear_history)
         else:
             st.caption("Verdicts of this session appear here; nothing is kept after you leave.")
@@ -110,7 +116,8 @@ def classify_uploads(classifier: Classifier, uploads, preset_name: str) -> list:
                 results[upload.file_id] = prediction
                 if prediction.label:
                     history.append({"time": dt.datetime.now().strftime("%H:%M:%S"), "name": upload.name,
-                                    "label": prediction.label})
+                                    "label": prediction.label, "uncertain": prediction.uncertain,
+                                    "not_xray": prediction.not_xray is not None})
             done = min(start + BATCH_SIZE, len(fresh))
             bar.progress(done / len(fresh), text=f"Classified {done} of {len(fresh)}")
         bar.empty()
