@@ -75,6 +75,13 @@ def browser():
         instance.close()
 
 
+def open_app(browser, url: str):
+    page = browser.new_page(viewport={"width": 1280, "height": 1150})
+    page.goto(url, wait_until="domcontentloaded")
+    page.get_by_text("Not a medical device and not for diagnosis").wait_for(timeout=120_000)
+    return page
+
+
 def upload_synthetic(page, seed: int) -> None:
     upload = {"name": f"wrist{seed}.png", "mimeType": "image/png",
               "buffer": png_bytes((synthetic_radiograph(seed=seed) * 255).astype(np.uint8))}
@@ -83,9 +90,7 @@ def upload_synthetic(page, seed: int) -> None:
 
 def test_upload_in_a_browser_shows_the_verdict(server, browser, tmp_path):
     url, _ = server
-    page = browser.new_page(viewport={"width": 1280, "height": 1150})
-    page.goto(url, wait_until="domcontentloaded")
-    page.get_by_text("Not a medical device and not for diagnosis").wait_for(timeout=120_000)
+    page = open_app(browser, url)
     upload_synthetic(page, seed=5)
     page.get_by_text("Verdict:").first.wait_for(timeout=120_000)
     body = page.inner_text("body")
@@ -99,9 +104,7 @@ def test_not_an_xray_warning_in_the_browser(server, browser):
     from tests.test_guard import colourful_photo, rgb_png
 
     url, _ = server
-    page = browser.new_page(viewport={"width": 1280, "height": 1150})
-    page.goto(url, wait_until="domcontentloaded")
-    page.get_by_text("Not a medical device and not for diagnosis").wait_for(timeout=120_000)
+    page = open_app(browser, url)
     page.locator("input[type=file]").set_input_files(
         {"name": "holiday.png", "mimeType": "image/png", "buffer": rgb_png(colourful_photo())})
     page.get_by_text("Not a bone radiograph?").first.wait_for(timeout=120_000)
@@ -119,9 +122,7 @@ def wait_for_count(page, locator, count: int, seconds: float = 60) -> None:
 
 def test_heatmap_toggle_slider_and_preset_in_the_browser(server, browser):
     url, _ = server
-    page = browser.new_page(viewport={"width": 1280, "height": 1150})
-    page.goto(url, wait_until="domcontentloaded")
-    page.get_by_text("Not a medical device and not for diagnosis").wait_for(timeout=120_000)
+    page = open_app(browser, url)
     upload_synthetic(page, seed=6)
     page.get_by_text("Verdict:").first.wait_for(timeout=120_000)
     main = page.locator("section.main, [data-testid='stMain']").first

@@ -19,7 +19,7 @@ def test_closed_form_and_serving_equal_gradient_tape_for_every_class(classifier)
     served = classifier.predict_bytes("x.png", png_bytes((synthetic_radiograph(seed=4) * 255).astype(np.uint8)))
     x = to_model_input(served.model_input[None, ..., None])
     grad_model = build_gradcam_model(model, "mixed7")
-    activations = np.asarray(keras.Model(model.inputs, model.get_layer("mixed7").output)(x, training=False))[0]
+    activations = np.asarray(keras.Model(model.input, model.get_layer("mixed7").output)(x, training=False))[0]
     closed_form = class_activation_maps(activations, model.get_layer("logits").get_weights()[0])
     for c, name in enumerate(classifier.bundle.classes):
         reference = make_gradcam_heatmap(x, grad_model, c)

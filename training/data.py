@@ -108,3 +108,20 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def run_step_parser(description: str, out: bool = True):
+    """The options every per-run step (evaluate, trust, litert) takes."""
+    import argparse
+
+    from training.pretrained import default_cache_dir
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--run", type=Path, required=True)
+    if out:
+        parser.add_argument("--out", type=Path)
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
+    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    parser.add_argument("--quick", action="store_true")
+    return parser

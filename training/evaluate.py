@@ -9,7 +9,6 @@ Usage: python -m training.evaluate --run artifacts/run_nsfwjs [--out artifacts/r
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -25,9 +24,8 @@ warnings.filterwarnings("ignore", module="sklearn")
 from training.calibrate import (SENSITIVE_TARGET_RECALL, any_fracture_threshold,  # noqa: E402
                                 expected_calibration_error, fit_class_weights, fit_temperature,
                                 fit_uncertainty_thresholds)
-from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split  # noqa: E402
+from training.data import CLASSES, read_split, run_step_parser  # noqa: E402
 from training.features import build_image_cache  # noqa: E402
-from training.pretrained import default_cache_dir  # noqa: E402
 from utils.inference import calibrated_probabilities, decide, to_model_input  # noqa: E402
 
 BODY_PART_FLAGS = ("hand", "leg", "hip", "shoulder", "mixed", "hardware")
@@ -280,14 +278,7 @@ def markdown_report(report: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True)
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
-    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
+    args = run_step_parser(__doc__.splitlines()[0]).parse_args(argv)
     report = evaluate(args.run, args.out or args.run / "eval", args.data_dir, args.split,
                       args.cache_dir, args.quick)
     print(markdown_report(report))

@@ -9,7 +9,6 @@ Writes <run>/litert/: serving.tflite and litert.json (the differences from Keras
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -64,18 +63,11 @@ MAX_PROBABILITY_DIFFERENCE = 0.01
 
 
 def main(argv=None) -> dict:
-    from training.data import DEFAULT_SPLIT_FILE, default_data_dir, read_split
+    from training.data import read_split, run_step_parser
     from training.features import build_image_cache
-    from training.pretrained import default_cache_dir
     from training.train import quick_subset
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True)
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
-    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
+    args = run_step_parser(__doc__.splitlines()[0], out=False).parse_args(argv)
     out_dir = args.run / "litert"
     out_dir.mkdir(parents=True, exist_ok=True)
     litert_path = convert(args.run / "model.keras", out_dir / LITERT_FILE)

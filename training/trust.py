@@ -14,7 +14,6 @@ Writes <run>/trust/: trust.json, ood_guard.npz, guard_distances.png, pointing_ga
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from multiprocessing import Pool
@@ -24,10 +23,9 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split  # noqa: E402
+from training.data import CLASSES, read_split, run_step_parser  # noqa: E402
 from training.features import build_image_cache  # noqa: E402
 from training.non_radiographs import make_non_radiographs  # noqa: E402
-from training.pretrained import default_cache_dir  # noqa: E402
 from utils.bundle import sha256_of  # noqa: E402
 from utils.guard import (MAX_COLOUR_FRACTION, MIN_DYNAMIC_RANGE, FeatureGuard,  # noqa: E402
                          dynamic_range, fit_feature_guard)
@@ -310,14 +308,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True)
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
-    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
+    args = run_step_parser(__doc__.splitlines()[0]).parse_args(argv)
     report = trust(args.run, args.out or args.run / "trust", args.data_dir, args.split,
                    args.cache_dir, args.quick)
     print(markdown(report))

@@ -101,26 +101,23 @@ def load_feature_guard(directory: Path, metadata: dict):
     """The not-an-X-ray guard's statistics named in metadata["guard"], checked by sha256."""
     from utils.guard import FeatureGuard
 
-    spec = metadata.get("guard")
-    if not spec:
+    path = verify_derived_file(directory, metadata, "guard", "guard file")
+    if path is None:
         return None
-    path = directory / spec["file"]
-    if not path.exists() or sha256_of(path) != spec["sha256"]:
-        raise ModelBundleError(f"The guard file {path.name} is missing or does not match its metadata; "
-                               "restore it from the repository.")
     try:
         return FeatureGuard.load(path)
     except Exception as exc:  # a damaged npz raises several types
         raise ModelBundleError(f"The guard file {path.name} cannot be read: {type(exc).__name__}.") from None
 
 
-def verify_litert_file(directory: Path, metadata: dict) -> Path | None:
-    spec = metadata.get("runtime")
+def verify_derived_file(directory: Path, metadata: dict, key: str, what: str) -> Path | None:
+    """The file metadata[key] names ({"file", "sha256"}), checked; None when there is no entry."""
+    spec = metadata.get(key)
     if not spec:
         return None
     path = directory / spec["file"]
     if not path.exists() or sha256_of(path) != spec["sha256"]:
-        raise ModelBundleError(f"The LiteRT file {path.name} is missing or does not match its metadata; "
+        raise ModelBundleError(f"The {what} {path.name} is missing or does not match its metadata; "
                                "restore it from the repository.")
     return path
 
@@ -143,7 +140,7 @@ def load_bundle(directory: Path | None = None, load_keras: bool | None = None) -
     directory = Path(directory or bundle_dir())
     metadata = read_metadata(directory)
     model_path = verify_model_file(directory, metadata)
-    litert_path = verify_litert_file(directory, metadata)
+    litert_path = verify_derived_file(directory, metadata, "runtime", "LiteRT file")
     if load_keras is None:
         load_keras = litert_path is None or not litert_available()
     model = load_keras_model(model_path) if load_keras else None

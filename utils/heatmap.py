@@ -12,7 +12,7 @@ def build_gradcam_model(model, last_conv_layer_name: str = DEFAULT_LAST_CONV_LAY
     """A model mapping the input to (last conv block activations, logits)."""
     import keras
 
-    return keras.Model(model.inputs, [model.get_layer(last_conv_layer_name).output, model.output])
+    return keras.Model(model.input, [model.get_layer(last_conv_layer_name).output, model.output])
 
 
 def make_gradcam_heatmap(img_array: np.ndarray, grad_model, class_index: int | None = None) -> np.ndarray:

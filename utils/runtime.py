@@ -31,7 +31,7 @@ def build_serving_model(model):
     project = keras.layers.Conv2D(kernel.shape[1], 1, use_bias=False, name="class_maps")
     maps = project(model.get_layer(CONV_LAYER).output)
     project.set_weights([kernel[None, None]])
-    return keras.Model(model.inputs, {"logits": model.output,
+    return keras.Model(model.input, {"logits": model.output,
                                       "features": model.get_layer(FEATURE_LAYER).output,
                                       "class_maps": maps}, name="serving")
 
