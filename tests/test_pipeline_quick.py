@@ -69,3 +69,16 @@ def test_quick_pipeline_produces_a_loadable_bundle(tmp_path):
     prediction = classifier.predict_bytes("x.png", png_bytes((synthetic_radiograph() * 255).astype(np.uint8)))
     assert prediction.error is None
     assert abs(sum(prediction.probabilities.values()) - 1) < 1e-6
+
+
+def test_image_cache_at_a_study_size_keeps_its_own_file(tmp_path):
+    from training.features import build_image_cache
+
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    synthetic_dataset(data, groups_per_class=2)
+    with open(data / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    small = build_image_cache(rows, data, cache, workers=1, size=96)
+    full = build_image_cache(rows, data, cache, workers=1)
+    assert small.shape == (8, 96, 96) and full.shape == (8, 299, 299)
+    assert sorted(p.name.split("_")[1] for p in cache.glob("images_*.npz")) == ["299", "96"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -32,22 +33,24 @@ def spec_hash(*parts) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def _decode_one(path: str):
+def _decode_one(path: str, size: int = INPUT_SIZE):
     data = Path(path).read_bytes()
-    image, warnings = load_and_preprocess(data)
+    image, warnings = load_and_preprocess(data, size)
     return image[..., 0], hashlib.sha256(data).hexdigest(), warnings
 
 
-def build_image_cache(rows: list[dict], data_dir: Path, cache_dir: Path, workers: int = 2) -> np.ndarray:
+def build_image_cache(rows: list[dict], data_dir: Path, cache_dir: Path, workers: int = 2,
+                      size: int = INPUT_SIZE) -> np.ndarray:
     """Decode + preprocess every row once; returns (N, S, S) uint8 in row order."""
-    key = spec_hash("images", [r["sha256"] for r in rows])
-    path = cache_dir / f"images_{INPUT_SIZE}_{key}.npz"
+    # The serving size keeps its original key, so existing caches stay valid.
+    key = spec_hash("images", [r["sha256"] for r in rows], *([size] if size != INPUT_SIZE else []))
+    path = cache_dir / f"images_{size}_{key}.npz"
     if path.exists():
         return np.load(path)["images"]
     cache_dir.mkdir(parents=True, exist_ok=True)
     files = [str(data_dir / r["path"]) for r in rows]
     with Pool(workers) as pool:
-        results = pool.map(_decode_one, files, chunksize=16)
+        results = pool.map(partial(_decode_one, size=size), files, chunksize=16)
     for row, (_, digest, _) in zip(rows, results):
         if digest != row["sha256"]:
             raise RuntimeError(f"{row['path']}: sha256 {digest} differs from the manifest")

@@ -12,13 +12,13 @@ DEFAULT_FROZEN_UNTIL = "mixed5"
 
 
 def build_classifier(pretrained_weights: Path | None, cut: str = DEFAULT_CUT,
-                     n_classes: int = 3, dropout: float = 0.3, seed: int = 0):
+                     n_classes: int = 3, dropout: float = 0.3, seed: int = 0, size: int = INPUT_SIZE):
     """Flat functional model: float input (S, S, 3) in [0, 1] -> n_classes logits."""
     import keras
 
     keras.utils.set_random_seed(seed)
     base = keras.applications.InceptionV3(weights=None, include_top=False,
-                                          input_shape=(INPUT_SIZE, INPUT_SIZE, 3))
+                                          input_shape=(size, size, 3))
     if pretrained_weights is not None:
         base.load_weights(pretrained_weights)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(base.get_layer(cut).output)

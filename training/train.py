@@ -25,6 +25,7 @@ from training.features import (AUGMENTATION, CHUNK, build_image_cache, cached_fe
                                spec_hash)
 from training.model import DEFAULT_CUT, DEFAULT_FROZEN_UNTIL, build_classifier, split_at  # noqa: E402
 from training.pretrained import default_cache_dir, pretrained_weights_path  # noqa: E402
+from utils.preprocess import INPUT_SIZE  # noqa: E402
 
 
 def class_weights(labels: np.ndarray, n_classes: int = len(CLASSES)) -> np.ndarray:
@@ -60,6 +61,8 @@ def parse_args(argv=None):
     parser.add_argument("--cut", default=DEFAULT_CUT)
     parser.add_argument("--frozen-until", default=DEFAULT_FROZEN_UNTIL)
     parser.add_argument("--views", type=int, default=4, help="augmented views per training image")
+    parser.add_argument("--size", type=int, default=INPUT_SIZE,
+                        help="input side in pixels (a resolution study; serving uses utils.preprocess.INPUT_SIZE)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--patience", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -103,16 +106,16 @@ def train(args) -> dict:
     rows = read_split(args.split)
     if args.quick:
         rows = quick_subset(rows, seed=args.seed)
-    images = build_image_cache(rows, args.data_dir, args.cache_dir)
+    images = build_image_cache(rows, args.data_dir, args.cache_dir, size=args.size)
     labels = np.array([CLASSES.index(r["label"]) for r in rows])
     split_of = np.array([r["split"] for r in rows])
     log(f"{len(rows)} images: " + ", ".join(f"{s} {int((split_of == s).sum())}" for s in ("train", "val", "test")))
 
     weights_path = pretrained_weights_path(args.cache_dir) if args.init == "nsfwjs" else None
-    model = build_classifier(weights_path, cut=args.cut, dropout=args.dropout, seed=args.seed)
+    model = build_classifier(weights_path, cut=args.cut, dropout=args.dropout, seed=args.seed, size=args.size)
     trunk, tail = split_at(model, args.frozen_until)
-    tag = spec_hash(args.init, args.frozen_until, AUGMENTATION, args.seed,
-                    [r["sha256"] for r in rows])
+    tag = spec_hash(args.init, args.frozen_until, AUGMENTATION, args.seed, [r["sha256"] for r in rows],
+                    *([args.size] if args.size != INPUT_SIZE else []))
     train_idx, val_idx = np.flatnonzero(split_of == "train"), np.flatnonzero(split_of == "val")
     features_from_cache = all(
         len(list((args.cache_dir / f"features_{tag}{suffix}").glob("[0-9]*[0-9].npy"))) == -(-n // CHUNK)
