@@ -22,6 +22,9 @@ PRESET_TEXT = {
     "balanced": "Balanced: each probability is weighed by a class weight chosen on validation data for "
                 "balanced accuracy, so the rare classes are not drowned out.",
     "fracture_sensitive": "Fracture-sensitive: calls a fracture at a lower probability, so fewer fractures are missed.",
+    "uncertain": "Each preset flags a verdict 'uncertain: needs review' when its probability, or its lead over "
+                 "the next class, is below thresholds chosen on validation data so that the verdicts kept were "
+                 "right at least 90% of the time there.",
 }
 BATCH_SIZE = 8
 
@@ -80,7 +83,7 @@ def show_sidebar(classifier: Classifier) -> str:
     metadata = classifier.bundle.metadata
     with st.sidebar:
         preset = st.radio("Decision preset", list(metadata["presets"]), format_func=pretty,
-                          help="\n\n".join(PRESET_TEXT.get(p, p) for p in metadata["presets"]))
+                          help="\n\n".join([PRESET_TEXT.get(p, p) for p in metadata["presets"]] + [PRESET_TEXT["uncertain"]]))
         st.header("Model")
         st.markdown(f"**{metadata['name']}** v{metadata['version']}  \n"
                     f"sha256 `{metadata['sha256'][:12]}`  \n"
