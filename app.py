@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import numpy as np
 import streamlit as st
 
 from utils.bundle import ModelBundleError, bundle_dir, load_bundle
@@ -130,22 +129,13 @@ def classify_uploads(classifier: Classifier, uploads, preset_name: str) -> list:
     return [(u.file_id, results[u.file_id]) for u in uploads]
 
 
-def verdict_of(prediction, preset: dict) -> tuple[str | None, bool]:
-    return prediction.verdict(preset)
-
-
 def records_for(items, preset: dict) -> list[dict]:
     records = []
     for _, prediction in items:
         record = prediction.as_record()
-        record["label"], record["uncertain"] = verdict_of(prediction, preset)
+        record["label"], record["uncertain"] = prediction.verdict(preset)
         records.append(record)
     return records
-
-
-def heatmap_for(prediction, class_name: str) -> np.ndarray:
-    """Grad-CAM maps of every class come with the prediction (one forward pass)."""
-    return prediction.heatmap(class_name)
 
 
 def report_entries(classifier: Classifier, items, preset: dict) -> list[dict]:
@@ -154,7 +144,7 @@ def report_entries(classifier: Classifier, items, preset: dict) -> list[dict]:
         overlay = None
         if not prediction.error:
             overlay = overlay_heatmap(prediction.model_input,
-                                      heatmap_for(prediction, record["label"]))
+                                      prediction.heatmap(record["label"]))
         entries.append({**record, "name": prediction.name, "model_input": prediction.model_input,
                         "overlay": overlay})
     return entries
@@ -175,7 +165,7 @@ def show_single(classifier: Classifier, file_id: str, prediction, preset_name: s
     if prediction.error:
         st.error(prediction.error)
         return
-    label, uncertain = verdict_of(prediction, preset)
+    label, uncertain = prediction.verdict(preset)
     left, right = st.columns([1, 1])
     with left:
         show_heatmap = st.toggle("Show heatmap", value=True, key=f"hm_{file_id}")
@@ -183,7 +173,7 @@ def show_single(classifier: Classifier, file_id: str, prediction, preset_name: s
             opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key=f"op_{file_id}")
             target = st.selectbox("Heatmap for class", ["predicted"] + list(CLASSES), format_func=pretty,
                                   key=f"cls_{file_id}")
-            heatmap = heatmap_for(prediction, label if target == "predicted" else target)
+            heatmap = prediction.heatmap(label if target == "predicted" else target)
             st.image(overlay_heatmap(prediction.model_input, heatmap, opacity),
                      caption="The image as the model saw it, with the Grad-CAM heatmap", width=360)
             st.image(colorize_heatmap(upsample_heatmap(heatmap, (120, 120))), caption="Raw heatmap", width=120)

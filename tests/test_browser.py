@@ -112,6 +112,13 @@ def test_not_an_xray_warning_in_the_browser(server, browser):
     page.close()
 
 
+def wait_until_idle(page) -> None:
+    """Let a rerun the last action triggered start, then wait until the script has finished:
+    clicking while Streamlit re-renders can hit a stale, fading copy of the widget."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=120_000)
+
+
 def wait_for_count(page, locator, count: int, seconds: float = 60) -> None:
     for _ in range(int(seconds * 2)):
         if locator.count() == count:
@@ -142,16 +149,19 @@ def test_heatmap_toggle_slider_and_preset_in_the_browser(server, browser):
     assert float(slider.get_attribute("aria-valuetext")) > float(before), "the opacity slider did not move"
 
     toggle = page.get_by_text("Show heatmap")
-    wait_for_count(page, toggle, 1)  # the rerun after the slider has settled
+    wait_until_idle(page)  # the rerun after the slider
+    wait_for_count(page, toggle, 1)
     toggle.click()
     wait_for_count(page, images, 1)
+    wait_until_idle(page)
     wait_for_count(page, toggle, 1)
     toggle.click()
     wait_for_count(page, images, 2)
 
+    wait_until_idle(page)
     page.locator("[data-testid='stSidebar'] [data-testid='stRadio']").get_by_text("fracture sensitive", exact=True).click()
     page.get_by_text("Verdict:").first.wait_for(timeout=60_000)
-    page.wait_for_timeout(1500)  # the rerun after the click
+    wait_until_idle(page)  # the rerun after the click
     assert page.locator("[data-testid='stSidebar'] [data-testid='stRadio'] input[type=radio]").nth(1).is_checked()
     body = page.inner_text("body")
     assert "Verdict:" in body and "healthy:" in body

@@ -18,6 +18,7 @@ from training.pretrained import NSFWJS_SPEC, NSFWJS_TGZ_SHA256
 from utils.bundle import sha256_of as sha256_file
 from utils.bundle import DEFAULT_BUNDLE_DIR, METADATA_FILE
 from utils.preprocess import INPUT_SIZE, PREPROCESSING_SPEC
+from utils.runtime import FEATURE_LAYER
 
 MODEL_FILE = "bone_xray_inceptionv3.keras"
 TARGETS = {"fracatlas_binary_auroc": 0.92, "fracatlas_sensitive_recall_any_fracture": 0.85,
@@ -131,7 +132,7 @@ def build_metadata(run_dir: Path, eval_report: dict, model_path: Path, command: 
 
 def guard_metadata(trust_report: dict, guard_path: Path) -> dict:
     guard = trust_report["guard"]
-    return {"file": guard_path.name, "sha256": sha256_file(guard_path), "feature_layer": "pool",
+    return {"file": guard_path.name, "sha256": sha256_file(guard_path), "feature_layer": FEATURE_LAYER,
             "method": guard["method"], "threshold": guard["threshold"], "val_quantile": guard["val_quantile"],
             "cheap_checks": {k: guard["cheap_checks"][k] for k in ("max_colour_fraction", "min_dynamic_range")},
             "code": "utils.guard"}

@@ -27,8 +27,8 @@ from training.data import CLASSES, read_split, run_step_parser  # noqa: E402
 from training.features import build_image_cache  # noqa: E402
 from training.non_radiographs import make_non_radiographs  # noqa: E402
 from utils.bundle import sha256_of  # noqa: E402
-from utils.guard import (MAX_COLOUR_FRACTION, MIN_DYNAMIC_RANGE, FeatureGuard,  # noqa: E402
-                         dynamic_range, fit_feature_guard)
+from utils.guard import (FEATURE_MESSAGE, FLAT_MESSAGE, MAX_COLOUR_FRACTION,  # noqa: E402
+                         MIN_DYNAMIC_RANGE, FeatureGuard, dynamic_range, fit_feature_guard)
 
 GUARD_FILE = "ood_guard.npz"
 # 2.5 % of validation radiographs lie above the threshold by construction; the issue allows 5 %
@@ -39,11 +39,11 @@ NON_RADIOGRAPH_SEED = 20261126
 FRACTURED = CLASSES.index("fractured")
 
 
-def classifier_for(model, metadata: dict, guard: FeatureGuard | None = None):
+def classifier_for(model, metadata: dict, guard: FeatureGuard | None = None, engine=None):
     from utils.bundle import Bundle
     from utils.classifier import Classifier
 
-    return Classifier(Bundle(model=model, metadata=metadata, directory=Path("."), guard=guard))
+    return Classifier(Bundle(model=model, metadata=metadata, directory=Path("."), guard=guard), engine=engine)
 
 
 def outputs(classifier, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -74,8 +74,8 @@ def flag_summary(predictions, kinds: list[str]) -> dict:
     by_check = {"colour": 0, "flat": 0, "features": 0}
     for p in predictions:
         if p.not_xray is not None:
-            by_check["colour" if "colour photo" in p.not_xray else
-                     "flat" if "uniform" in p.not_xray else "features"] += 1
+            by_check["flat" if p.not_xray == FLAT_MESSAGE else
+                     "features" if p.not_xray == FEATURE_MESSAGE else "colour"] += 1
     return {"n": int(len(flagged)), "flagged": int(flagged.sum()), "flagged_rate": float(flagged.mean()),
             "by_check": by_check,
             "by_kind": {k: float(flagged[np.array(kinds) == k].mean()) for k in sorted(set(kinds))}}
@@ -219,12 +219,14 @@ def trust(run_dir: Path, out_dir: Path, data_dir: Path, split_file: Path, cache_
         rows = quick_subset(rows)
     by_split = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
     features, labels = {}, {}
+    model_sha256 = sha256_of(run_dir / "model.keras")
     for split, split_rows in by_split.items():
         # Cached beside the report, keyed by the model file and the images, so a rerun is quick.
         cache = out_dir / f"features_{split}.npz"
-        key = np.array([sha256_of(run_dir / "model.keras")] + [r["sha256"] for r in split_rows])
-        if cache.exists() and np.array_equal(np.load(cache)["key"], key):
-            features[split] = np.load(cache)["features"]
+        key = np.array([model_sha256] + [r["sha256"] for r in split_rows])
+        cached = np.load(cache) if cache.exists() else None
+        if cached is not None and np.array_equal(cached["key"], key):
+            features[split] = cached["features"]
         else:
             _, features[split] = outputs(plain, build_image_cache(split_rows, data_dir, cache_dir))
             np.savez(cache, features=features[split], key=key)
@@ -232,7 +234,7 @@ def trust(run_dir: Path, out_dir: Path, data_dir: Path, split_file: Path, cache_
 
     guard = fit_feature_guard(features["train"], labels["train"], features["val"], GUARD_VAL_QUANTILE)
     guard.save(out_dir / GUARD_FILE)
-    guarded = classifier_for(model, metadata, guard)
+    guarded = classifier_for(model, metadata, guard, engine=plain.engine)  # one compiled forward pass
 
     train_stats = screen_stats(by_split["train"], data_dir)
     test_predictions = guarded.predict_many(

@@ -44,6 +44,8 @@ class DecodedImage:
 TINT_DEVIATION_THRESHOLD = 0.12
 COLOUR_MIN_VALUE = 0.15
 COLOUR_SAMPLE_SIDE = 256
+# Pillow modes with no colour to measure.
+GREY_MODES = ("1", "L", "LA", "I", "F", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 def colour_fraction(rgb: np.ndarray) -> float:
@@ -130,7 +132,8 @@ def decode_raster(data: bytes) -> DecodedImage:
         ImageOps.exif_transpose(image, in_place=True)  # in place: no copy when there is nothing to turn
     except Exception:  # a broken EXIF block must not cost the image
         warnings.append("The EXIF orientation tag could not be read; the image is shown as stored.")
-    rgb_share = colour_fraction(np.asarray(image.convert("RGB"))) if image.mode not in GREY_MODES else 0.0
+    rgb_share = 0.0 if image.mode in GREY_MODES else colour_fraction(
+        np.asarray(image if image.mode == "RGB" else image.convert("RGB")))
     pixels = pil_to_gray(image, warnings)
     if truncated:
         pixels = crop_truncated_rows(pixels)
@@ -138,9 +141,6 @@ def decode_raster(data: bytes) -> DecodedImage:
         if pixels.shape[0] < MIN_SIDE:
             raise InputError("The file is truncated so early that almost no image is left.")
     return DecodedImage(pixels=pixels, source_format=fmt, warnings=warnings, colour_fraction=rgb_share)
-
-
-GREY_MODES = ("1", "L", "LA", "I", "F", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 def _load_truncated(data: bytes) -> Image.Image:
