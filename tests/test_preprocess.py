@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import png_bytes, synthetic_radiograph
 from utils.preprocess import (INPUT_SIZE, crop_uniform_border, letterbox_resize, load_and_preprocess,
-                              preprocess, stretch_contrast)
+                              percentile_range, preprocess, stretch_contrast)
 
 
 def test_output_shape_dtype_and_full_range(radiograph):
@@ -31,6 +31,21 @@ def test_contrast_stretch_is_invariant_to_exposure(radiograph):
     a = stretch_contrast(radiograph)
     b = stretch_contrast(radiograph * 0.5 + 0.2)
     assert np.abs(a - b).max() < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["uniform", "12-bit levels", "black third", "sorted", "constant", "small"])
+@pytest.mark.parametrize("percentiles", [(0.5, 99.5), (1, 99), (0, 100)])
+def test_percentile_range_equals_numpy_bit_for_bit(kind, percentiles):
+    """The fast tail search must give np.percentile's exact values: the training cache was
+    made with np.percentile, and one ulp can flip a rounded uint8 pixel."""
+    rng = np.random.default_rng(len(kind))
+    n = 301 if kind == "small" else 700_007  # odd sizes: the linear method interpolates
+    pixels = {"uniform": lambda: rng.random(n), "small": lambda: rng.random(n),
+              "12-bit levels": lambda: rng.integers(0, 4096, n) / 4095,
+              "black third": lambda: np.where(np.arange(n) < n // 3, 0.0, rng.normal(0.5, 0.2, n)),
+              "sorted": lambda: np.sort(rng.random(n)),
+              "constant": lambda: np.full(n, 0.25)}[kind]().astype(np.float32).reshape(-1, 7)
+    np.testing.assert_array_equal(percentile_range(pixels, percentiles), np.percentile(pixels, percentiles))
 
 
 def test_letterbox_keeps_aspect_ratio_with_black_padding():
