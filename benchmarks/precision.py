@@ -1,0 +1,145 @@
+"""Lower-precision study: is there a faster model that keeps the bundled model's probabilities?
+
+Usage: python -m benchmarks.precision [--repeats 30] [--representative 100]
+
+For each candidate it prints the model-only latency (batch 1, median after warm-up) and the
+largest |p - p_float32| of the calibrated probabilities over the whole test split, against the
+limit of 0.01 that issue 6 sets. The reference is the bundle's float32 LiteRT file (itself
+within 2.2e-6 of Keras). Candidates, all converted here from model/ into a temporary folder:
+- LiteRT dynamic-range int8 (int8 weights, activations quantized on the fly);
+- LiteRT full int8 (activations calibrated on --representative training images);
+- OpenVINO with bfloat16 inference, when the openvino package is installed (not a
+  dependency of the app: `pip install openvino` to include it).
+Needs ../shared/data (the test split's images); nothing is written to model/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def median_ms(fn, repeats: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def convert_int8(keras_path: Path, out_path: Path, representative: np.ndarray | None) -> Path:
+    """LiteRT int8: dynamic range without representative images, full integer with them."""
+    import keras
+    import tensorflow as tf
+
+    from utils.inference import to_model_input
+    from utils.runtime import build_serving_model
+
+    serving = build_serving_model(keras.saving.load_model(keras_path, compile=False))
+    with tempfile.TemporaryDirectory() as tmp:
+        serving.export(tmp, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if representative is not None:
+            converter.representative_dataset = lambda: (
+                [to_model_input(image[None, ..., None])] for image in representative)
+        out_path.write_bytes(converter.convert())
+    return out_path
+
+
+def litert_logits(path: Path):
+    from utils.runtime import LiteRTEngine
+
+    engine = LiteRTEngine(path)
+    return lambda x: engine(x)["logits"]
+
+
+def openvino_logits(path: Path, precision: str):
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": precision,
+                                                     "PERFORMANCE_HINT": "LATENCY"})
+    logits = next(o for o in compiled.outputs if o.get_partial_shape().rank.get_length() == 2
+                  and o.get_partial_shape()[-1].get_length() == 3)
+    request = compiled.create_infer_request()
+    return lambda x: request.infer({0: x})[logits]
+
+
+def agreement(run, reference: np.ndarray, images: np.ndarray, temperature: float) -> dict:
+    from utils.inference import calibrated_probabilities, to_model_input
+
+    logits = np.concatenate([run(to_model_input(images[i:i + 1, ..., None])) for i in range(len(images))])
+    p, q = calibrated_probabilities(logits, temperature), calibrated_probabilities(reference, temperature)
+    difference = np.abs(p - q).max(axis=1)
+    return {"max_abs_probability_difference": float(difference.max()),
+            "p99_abs_probability_difference": float(np.quantile(difference, 0.99)),
+            "label_agreement": float((p.argmax(1) == q.argmax(1)).mean())}
+
+
+def main(argv=None) -> dict:
+    from training.data import default_data_dir, read_split
+    from training.features import build_image_cache
+    from training.litert import MAX_PROBABILITY_DIFFERENCE
+    from utils.bundle import load_bundle
+    from utils.inference import to_model_input
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--representative", type=int, default=100)
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "bone-xray")
+    args = parser.parse_args(argv)
+
+    bundle = load_bundle(load_keras=False)
+    rows = read_split()
+    by_split = {name: [r for r in rows if r["split"] == name] for name in ("train", "test")}
+    test = build_image_cache(by_split["test"], default_data_dir(), args.cache_dir)
+    rng = np.random.default_rng(0)
+    train_rows = [by_split["train"][i] for i in
+                  sorted(rng.choice(len(by_split["train"]), args.representative, replace=False))]
+    representative = build_image_cache(train_rows, default_data_dir(), args.cache_dir)
+    temperature = bundle.metadata["temperature"]
+    one = to_model_input(test[:1, ..., None])
+
+    float32 = litert_logits(bundle.litert_path)
+    reference = np.concatenate([float32(to_model_input(test[i:i + 1, ..., None])) for i in range(len(test))])
+    results = {"float32 LiteRT (shipped)": {"ms": median_ms(lambda: float32(one), args.repeats),
+                                            "max_abs_probability_difference": 0.0,
+                                            "p99_abs_probability_difference": 0.0, "label_agreement": 1.0}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, images in (("int8 dynamic range LiteRT", None), ("int8 full integer LiteRT", representative)):
+            run = litert_logits(convert_int8(bundle.model_path, Path(tmp) / f"{len(results)}.tflite", images))
+            results[name] = {"ms": median_ms(lambda run=run: run(one), args.repeats),
+                             **agreement(run, reference, test, temperature)}
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        print("openvino not installed: bfloat16 skipped")
+    else:
+        run = openvino_logits(bundle.litert_path, "bf16")
+        results["bfloat16 OpenVINO"] = {"ms": median_ms(lambda: run(one), args.repeats),
+                                        **agreement(run, reference, test, temperature)}
+
+    print(f"{os.cpu_count()} cores, {len(test)} test images, limit |dp| <= {MAX_PROBABILITY_DIFFERENCE}")
+    print(f"{'candidate':<28} {'ms':>7} {'max |dp|':>9} {'p99 |dp|':>9} {'same label':>10}")
+    for name, r in results.items():
+        print(f"{name:<28} {r['ms']:>7.1f} {r['max_abs_probability_difference']:>9.4f} "
+              f"{r['p99_abs_probability_difference']:>9.4f} {r['label_agreement']:>10.3f}")
+    print(json.dumps({"cores": os.cpu_count(), "n_test": len(test), **results}))
+    return results
+
+
+if __name__ == "__main__":
+    main()
