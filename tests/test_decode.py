@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import png_bytes, synthetic_radiograph
-from utils.decode import (InputError, crop_truncated_rows, decode_image_bytes, is_dicom)
+from utils.decode import (InputError, crop_truncated_rows, decode_image_bytes, is_dicom, pixel_array)
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -152,3 +152,29 @@ def test_tiny_and_extreme_aspect_images_refused(size):
 def test_dicom_detected_by_content_only():
     assert is_dicom(b"\0" * 128 + b"DICM" + b"\0" * 10)
     assert not is_dicom(png_bytes(gray8()))
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "I;16B", "RGB", "I", "F"])
+def test_pixel_array_matches_numpy_for_every_mode(mode):
+    """The zero-copy read must give np.asarray's values, byte order and shape (odd width:
+    no row padding may leak in)."""
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 65535, (37, 53)).astype(np.uint16)
+    image = Image.fromarray(values).convert("I") if mode in ("I", "F") else Image.fromarray(values)
+    image = {"L": lambda: Image.fromarray((values >> 8).astype(np.uint8)),
+             "I;16B": lambda: Image.fromarray(values).convert("I;16B"),
+             "RGB": lambda: Image.fromarray((values >> 8).astype(np.uint8)).convert("RGB"),
+             "F": lambda: image.convert("F")}.get(mode, lambda: image)()
+    assert image.mode == mode
+    expected = np.asarray(image)
+    got = pixel_array(image)
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got.astype(np.float64), expected.astype(np.float64))
+
+
+def test_sixteen_bit_png_decodes_to_its_exact_values():
+    values = np.random.default_rng(4).integers(0, 65535, (40, 61)).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG")
+    decoded = decode_image_bytes(buffer.getvalue()).pixels
+    np.testing.assert_array_equal(decoded, values.astype(np.float32) / np.float32(65535))
