@@ -126,7 +126,8 @@ def build_metadata(run_dir: Path, eval_report: dict, model_path: Path, command: 
         metadata["metrics"]["random_init_control"] = {
             "overall": control_report["overall"]["point"],
             "fracatlas": control_report["by_source"].get("fracatlas", {}).get("point"),
-            "wall_seconds": control_report.get("wall_seconds")}
+            "wall_seconds": control_report.get("wall_seconds"),
+            "input_size": control_report.get("input_size", INPUT_SIZE)}
     return metadata
 
 
@@ -145,8 +146,11 @@ def model_card(metadata: dict, eval_markdown: str, trust_markdown: str = "") -> 
         f"{'n/a' if targets['values'][k] is None else format(targets['values'][k], '.3f')} | "
         f"{'yes' if targets['met'][k] else 'no'} |" for k, v in targets["targets"].items())
     control = metadata["metrics"].get("random_init_control")
+    control_size = (control or {}).get("input_size", INPUT_SIZE)
     control_text = "Not run for this bundle." if not control else (
-        f"Same recipe from random initialisation: test balanced accuracy "
+        "Same recipe from random initialisation"
+        + (f", at {control_size} px (this model: {INPUT_SIZE} px; the control was not rerun at the new size)"
+           if control_size != INPUT_SIZE else "") + ": test balanced accuracy "
         f"{control['overall']['balanced_accuracy']:.3f}, macro-AUROC {control['overall']['macro_auroc']:.3f}"
         + (f", FracAtlas binary AUROC {control['fracatlas']['binary_auroc']:.3f}"
            if control.get("fracatlas") and "binary_auroc" in control["fracatlas"] else "") + ".")
@@ -247,7 +251,10 @@ def export(run_dir: Path, bundle_dir: Path, command: str, control_dir: Path | No
     control = None
     if control_dir:
         control = json.loads((control_dir / "eval" / "metrics.json").read_text())
-        control["wall_seconds"] = json.loads((control_dir / "train_summary.json").read_text())["wall_seconds"]
+        summary = json.loads((control_dir / "train_summary.json").read_text())
+        control["wall_seconds"] = summary["wall_seconds"]
+        # Summaries from before --size existed were all trained at 299 px.
+        control["input_size"] = int(summary["args"].get("size", 299))
     bundle_dir.mkdir(parents=True, exist_ok=True)
     model_path = bundle_dir / MODEL_FILE
     shutil.copyfile(run_dir / "model.keras", model_path)

@@ -106,7 +106,7 @@ def pointing_game(classifier, rows: list[dict], data_dir: Path) -> dict:
     from utils.heatmap import upsample_heatmap
     from utils.preprocess import preprocess_with_geometry
 
-    hits, masses, uniform, n_boxes = [], [], [], 0
+    hits, masses, uniform, n_boxes, map_side = [], [], [], 0, 0
     for row in rows:
         box_path = data_dir / "fracatlas" / "boxes" / (Path(row["path"]).stem + ".txt")
         boxes = read_boxes(box_path) if box_path.exists() else np.zeros((0, 4))
@@ -122,7 +122,9 @@ def pointing_game(classifier, rows: list[dict], data_dir: Path) -> dict:
         mask &= content
         if not mask.any():
             continue
-        heat = upsample_heatmap(classifier.heatmap(image[..., 0], "fractured"), (size, size)) * content
+        cells = classifier.heatmap(image[..., 0], "fractured")
+        map_side = cells.shape[0]
+        heat = upsample_heatmap(cells, (size, size)) * content
         peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
         hits.append(bool(mask[peak]))
         masses.append(float(heat[mask].sum() / max(heat.sum(), 1e-12)))
@@ -130,7 +132,7 @@ def pointing_game(classifier, rows: list[dict], data_dir: Path) -> dict:
         n_boxes += len(boxes)
     if not hits:
         return {"n_images": 0}
-    return {"n_images": len(hits), "n_boxes": n_boxes, "class": "fractured",
+    return {"n_images": len(hits), "n_boxes": n_boxes, "class": "fractured", "map_side": map_side,
             "hit_rate": float(np.mean(hits)), "mass_inside": float(np.mean(masses)),
             "uniform_hit_rate": float(np.mean(uniform)), "uniform_mass_inside": float(np.mean(uniform)),
             "per_image_mass": masses, "per_image_uniform": uniform}
@@ -301,7 +303,7 @@ def markdown(report: dict) -> str:
                   f"{p['hit_rate']:.1%} of images (a uniform map, i.e. a random point: {p['uniform_hit_rate']:.1%}); "
                   f"share of heatmap mass inside the boxes {p['mass_inside']:.1%} (uniform map: "
                   f"{p['uniform_mass_inside']:.1%}). The boxes are small (about 1% of the image on average) "
-                  "and the map is 17 x 17 cells, so this is weak localisation: several times better than "
+                  f"and the map is {p['map_side']} x {p['map_side']} cells, so this is weak localisation: several times better than "
                   "chance, far from pointing at the fracture. Treat the heatmap as a hint of the region "
                   "that drove the verdict, not as a fracture marker. On synthetic images (a bright shaft "
                   "with a drawn break, moved across the frame; `heatmap_examples.png`) the map follows "
