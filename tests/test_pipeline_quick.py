@@ -73,6 +73,7 @@ def test_quick_pipeline_produces_a_loadable_bundle(tmp_path):
 
 def test_image_cache_at_a_study_size_keeps_its_own_file(tmp_path):
     from training.features import build_image_cache
+    from utils.preprocess import INPUT_SIZE
 
     data, cache = tmp_path / "data", tmp_path / "cache"
     synthetic_dataset(data, groups_per_class=2)
@@ -80,5 +81,5 @@ def test_image_cache_at_a_study_size_keeps_its_own_file(tmp_path):
         rows = list(csv.DictReader(handle))
     small = build_image_cache(rows, data, cache, workers=1, size=96)
     full = build_image_cache(rows, data, cache, workers=1)
-    assert small.shape == (8, 96, 96) and full.shape == (8, 299, 299)
-    assert sorted(p.name.split("_")[1] for p in cache.glob("images_*.npz")) == ["299", "96"]
+    assert small.shape == (8, 96, 96) and full.shape == (8, INPUT_SIZE, INPUT_SIZE)
+    assert sorted(p.name.split("_")[1] for p in cache.glob("images_*.npz")) == sorted([str(INPUT_SIZE), "96"])

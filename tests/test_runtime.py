@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import REPO, png_bytes, synthetic_radiograph
 from utils.bundle import ModelBundleError, load_bundle
 from utils.classifier import Classifier
+from utils.preprocess import INPUT_SIZE
 
 
 def test_litert_and_keras_engines_agree(classifier, bundle_dir):
@@ -22,7 +23,7 @@ def test_litert_and_keras_engines_agree(classifier, bundle_dir):
 
     assert classifier.engine.name == "litert"
     keras_classifier = Classifier(classifier.bundle, engine=KerasEngine(classifier.bundle.model))
-    batch = np.stack([(synthetic_radiograph(299, 299, seed=s) * 255).astype(np.uint8)[..., None] for s in range(4)])
+    batch = np.stack([(synthetic_radiograph(INPUT_SIZE, INPUT_SIZE, seed=s) * 255).astype(np.uint8)[..., None] for s in range(4)])
     fast, reference = classifier.forward(batch), keras_classifier.forward(batch)
     np.testing.assert_allclose(classifier.probabilities(batch), keras_classifier.probabilities(batch), atol=1e-4)
     np.testing.assert_allclose(fast["features"], reference["features"], rtol=1e-3, atol=1e-3)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-INPUT_SIZE = 299
+INPUT_SIZE = 384
 # Training images are at most 1024 px on their longer side (FracAtlas' larger films were
 # downscaled to 1024 by the dataset's curators), so larger uploads are brought to that scale
 # first: it matches the training data and keeps the later steps cheap.
