@@ -178,3 +178,17 @@ def test_sixteen_bit_png_decodes_to_its_exact_values():
     Image.fromarray(values).save(buffer, format="PNG")
     decoded = decode_image_bytes(buffer.getvalue()).pixels
     np.testing.assert_array_equal(decoded, values.astype(np.float32) / np.float32(65535))
+
+
+def test_float_tiff_with_nan_is_cleaned_and_an_all_nan_one_is_refused():
+    values = np.linspace(0, 1000, 64 * 48, dtype=np.float32).reshape(64, 48)
+    values[:4] = np.nan
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="TIFF")
+    decoded = decode_image_bytes(buffer.getvalue())
+    assert np.isfinite(decoded.pixels).all() and decoded.pixels[:4].max() == decoded.pixels[4:].min()
+    assert any("had no value" in w for w in decoded.warnings)
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((64, 48), np.nan, np.float32)).save(buffer, format="TIFF")
+    with pytest.raises(InputError, match="no usable pixel values"):
+        decode_image_bytes(buffer.getvalue())

@@ -9,6 +9,7 @@ from pydicom.uid import JPEGLSLossless, RLELossless
 from tests.dicom_fixtures import (SECRET_PATIENT_ID, SECRET_PATIENT_NAME, dicom_bytes,
                                   encapsulated_garbage, make_dicom, ramp)
 from utils.decode import InputError, decode_image_bytes
+from utils.preprocess import preprocess
 
 
 def decode(ds):
@@ -112,3 +113,19 @@ def test_patient_tags_never_reach_messages(caplog):
     blob = " ".join(texts) + caplog.text
     assert SECRET_PATIENT_NAME.split("^")[0] not in blob
     assert SECRET_PATIENT_ID not in blob
+
+
+def test_float_pixel_data_with_nan_and_infinity_decodes_with_a_warning():
+    """Float DICOM data may hold NaN/inf; left in, they turn the model input into garbage."""
+    pixels = ramp().astype(np.float32)
+    pixels[5:10, 5:10] = np.nan
+    pixels[0, 0] = np.inf
+    ds = make_dicom(ramp())
+    del ds.PixelData, ds.BitsStored, ds.HighBit, ds.PixelRepresentation
+    ds.BitsAllocated = 32
+    ds.FloatPixelData = pixels.tobytes()
+    decoded = decode_image_bytes(dicom_bytes(ds))
+    assert np.isfinite(decoded.pixels).all() and decoded.pixels.max() == 1.0
+    assert decoded.pixels[7, 7] == 0.0
+    assert any("26 pixels had no value" in w for w in decoded.warnings)
+    assert preprocess(decoded.pixels).max() > 200  # the ramp survives

@@ -180,13 +180,28 @@ def pixel_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image)
 
 
+def replace_non_finite(array: np.ndarray, warnings: list[str]) -> np.ndarray:
+    """Float pixel data (32-bit TIFF, float DICOM) can hold NaN or infinity, which would turn
+    the whole preprocessed image into NaN; such pixels take the lowest finite value."""
+    if array.dtype.kind != "f":
+        return array
+    finite = np.isfinite(array)
+    if finite.all():
+        return array
+    if not finite.any():
+        raise InputError("The image has no usable pixel values (all are NaN or infinite). Re-export it.")
+    warnings.append(f"{int((~finite).sum()):,} pixels had no value (NaN or infinite); "
+                    "they were set to the darkest value in the image.")
+    return np.where(finite, array, array[finite].min())
+
+
 def pil_to_gray(image: Image.Image, warnings: list[str]) -> np.ndarray:
     """Convert any Pillow mode to 2-D float32 in [0, 1], keeping high bit depths."""
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         return _scale_to_unit(pixel_array(image).astype(np.float32), 65535.0)
     if mode in ("I", "F"):
-        array = np.asarray(image, dtype=np.float32)
+        array = replace_non_finite(np.asarray(image, dtype=np.float32), warnings)
         high = 65535.0 if array.max(initial=0) > 255 else 255.0
         return _scale_to_unit(array, high)
     if mode in ("1", "L"):

@@ -12,7 +12,7 @@ import warnings as pywarnings
 
 import numpy as np
 
-from utils.decode import DecodedImage, InputError, check_dimensions, colour_fraction
+from utils.decode import DecodedImage, InputError, check_dimensions, colour_fraction, replace_non_finite
 
 
 def decode_dicom(data: bytes) -> DecodedImage:
@@ -70,7 +70,8 @@ def monochrome_to_unit(ds, array: np.ndarray, warnings: list[str]) -> np.ndarray
     """Modality LUT (rescale slope/intercept) first, then VOI LUT or window, then [0, 1]."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    values = np.asarray(apply_modality_lut(array, ds))  # stays integer without a rescale
+    # Stays integer without a rescale; float pixel data may hold NaN or infinity.
+    values = replace_non_finite(np.asarray(apply_modality_lut(array, ds)), warnings)
     has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
     if has_voi:
         try:
