@@ -103,8 +103,14 @@ def selective_metrics(y: np.ndarray, probs: np.ndarray, preset: dict, rounds: in
     coverage, accuracy = figures(np.arange(len(y)))
     return {"n": int(len(y)), "n_covered": int(covered.sum()), "coverage": float(coverage),
             "covered_accuracy": float(accuracy), "accuracy_all": float(correct.mean()),
-            "ci95": {"coverage": np.nanpercentile(samples[:, 0], [2.5, 97.5]).tolist(),
-                     "covered_accuracy": np.nanpercentile(samples[:, 1], [2.5, 97.5]).tolist()}}
+            "ci95": {"coverage": _interval(samples[:, 0]), "covered_accuracy": _interval(samples[:, 1])}}
+
+
+def _interval(samples: np.ndarray) -> list[float]:
+    """95% percentile interval of the bootstrap samples that are defined (covered accuracy is
+    undefined when a resample covers nothing); NaN when none is."""
+    defined = samples[np.isfinite(samples)]
+    return np.percentile(defined, [2.5, 97.5]).tolist() if defined.size else [float("nan")] * 2
 
 
 def read_body_part_flags(data_dir: Path) -> dict[str, dict]:
