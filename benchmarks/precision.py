@@ -18,46 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-REPO = Path(__file__).resolve().parents[1]
-
-
-def median_ms(fn, repeats: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
-def convert_int8(keras_path: Path, out_path: Path, representative: np.ndarray | None) -> Path:
-    """LiteRT int8: dynamic range without representative images, full integer with them."""
-    import keras
-    import tensorflow as tf
-
-    from utils.inference import to_model_input
-    from utils.runtime import build_serving_model
-
-    serving = build_serving_model(keras.saving.load_model(keras_path, compile=False))
-    with tempfile.TemporaryDirectory() as tmp:
-        serving.export(tmp, format="tf_saved_model", verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if representative is not None:
-            converter.representative_dataset = lambda: (
-                [to_model_input(image[None, ..., None])] for image in representative)
-        out_path.write_bytes(converter.convert())
-    return out_path
 
 
 def litert_logits(path: Path):
@@ -78,11 +44,18 @@ def openvino_logits(path: Path, precision: str):
     return lambda x: request.infer({0: x})[logits]
 
 
-def agreement(run, reference: np.ndarray, images: np.ndarray, temperature: float) -> dict:
-    from utils.inference import calibrated_probabilities, to_model_input
+def logits_one_by_one(run, images: np.ndarray) -> np.ndarray:
+    """Logits of (N, S, S) uint8 model inputs, at batch 1 as served."""
+    from utils.inference import to_model_input
 
-    logits = np.concatenate([run(to_model_input(images[i:i + 1, ..., None])) for i in range(len(images))])
-    p, q = calibrated_probabilities(logits, temperature), calibrated_probabilities(reference, temperature)
+    return np.concatenate([run(to_model_input(images[i:i + 1, ..., None])) for i in range(len(images))])
+
+
+def agreement(run, reference: np.ndarray, images: np.ndarray, temperature: float) -> dict:
+    from utils.inference import calibrated_probabilities
+
+    p = calibrated_probabilities(logits_one_by_one(run, images), temperature)
+    q = calibrated_probabilities(reference, temperature)
     difference = np.abs(p - q).max(axis=1)
     return {"max_abs_probability_difference": float(difference.max()),
             "p99_abs_probability_difference": float(np.quantile(difference, 0.99)),
@@ -90,9 +63,10 @@ def agreement(run, reference: np.ndarray, images: np.ndarray, temperature: float
 
 
 def main(argv=None) -> dict:
+    from benchmarks.inference import median_seconds
     from training.data import default_data_dir, read_split
     from training.features import build_image_cache
-    from training.litert import MAX_PROBABILITY_DIFFERENCE
+    from training.litert import MAX_PROBABILITY_DIFFERENCE, convert
     from utils.bundle import load_bundle
     from utils.inference import to_model_input
 
@@ -114,14 +88,19 @@ def main(argv=None) -> dict:
     one = to_model_input(test[:1, ..., None])
 
     float32 = litert_logits(bundle.litert_path)
-    reference = np.concatenate([float32(to_model_input(test[i:i + 1, ..., None])) for i in range(len(test))])
-    results = {"float32 LiteRT (shipped)": {"ms": median_ms(lambda: float32(one), args.repeats),
+    reference = logits_one_by_one(float32, test)
+
+    def median_ms(fn) -> float:
+        return median_seconds(fn, args.repeats, warmup=5) * 1e3
+
+    results = {"float32 LiteRT (shipped)": {"ms": median_ms(lambda: float32(one)),
                                             "max_abs_probability_difference": 0.0,
                                             "p99_abs_probability_difference": 0.0, "label_agreement": 1.0}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, images in (("int8 dynamic range LiteRT", None), ("int8 full integer LiteRT", representative)):
-            run = litert_logits(convert_int8(bundle.model_path, Path(tmp) / f"{len(results)}.tflite", images))
-            results[name] = {"ms": median_ms(lambda run=run: run(one), args.repeats),
+            run = litert_logits(convert(bundle.model_path, Path(tmp) / f"{len(results)}.tflite",
+                                        int8=True, representative=images))
+            results[name] = {"ms": median_ms(lambda run=run: run(one)),
                              **agreement(run, reference, test, temperature)}
     try:
         import openvino  # noqa: F401
@@ -129,7 +108,7 @@ def main(argv=None) -> dict:
         print("openvino not installed: bfloat16 skipped")
     else:
         run = openvino_logits(bundle.litert_path, "bf16")
-        results["bfloat16 OpenVINO"] = {"ms": median_ms(lambda: run(one), args.repeats),
+        results["bfloat16 OpenVINO"] = {"ms": median_ms(lambda: run(one)),
                                         **agreement(run, reference, test, temperature)}
 
     print(f"{os.cpu_count()} cores, {len(test)} test images, limit |dp| <= {MAX_PROBABILITY_DIFFERENCE}")

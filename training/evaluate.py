@@ -121,6 +121,16 @@ def read_body_part_flags(data_dir: Path) -> dict[str, dict]:
         return {row["image_id"]: row for row in csv.DictReader(handle)}
 
 
+def save_plot(fig, out_dir: Path, name: str, dpi: int = 110) -> str:
+    """Write a finished figure to out_dir/name, free it, and return the name."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(out_dir / name, dpi=dpi)
+    plt.close(fig)
+    return name
+
+
 def plots(out_dir: Path, y, probs_raw, probs_cal, pred) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -132,8 +142,7 @@ def plots(out_dir: Path, y, probs_raw, probs_cal, pred) -> list[str]:
     ConfusionMatrixDisplay.from_predictions(y, pred, labels=range(3), display_labels=CLASSES, ax=ax,
                                             colorbar=False, xticks_rotation=20)
     ax.set_title("Test confusion matrix (balanced preset)")
-    fig.tight_layout(); fig.savefig(out_dir / "confusion_matrix.png", dpi=110); plt.close(fig)
-    names.append("confusion_matrix.png")
+    names.append(save_plot(fig, out_dir, "confusion_matrix.png"))
 
     fig, ax = plt.subplots(figsize=(5, 4.5))
     for c, name in enumerate(CLASSES):
@@ -141,8 +150,7 @@ def plots(out_dir: Path, y, probs_raw, probs_cal, pred) -> list[str]:
     RocCurveDisplay.from_predictions(y > 0, probs_cal[:, 1] + probs_cal[:, 2], name="any fracture", ax=ax)
     ax.plot([0, 1], [0, 1], "k:", lw=1)
     ax.set_title("Test ROC curves (one-vs-rest)")
-    fig.tight_layout(); fig.savefig(out_dir / "roc_curves.png", dpi=110); plt.close(fig)
-    names.append("roc_curves.png")
+    names.append(save_plot(fig, out_dir, "roc_curves.png"))
 
     fig, ax = plt.subplots(figsize=(5, 4.5))
     edges = np.linspace(0, 1, 11)
@@ -157,8 +165,7 @@ def plots(out_dir: Path, y, probs_raw, probs_cal, pred) -> list[str]:
     ax.plot([0, 1], [0, 1], "k:", lw=1)
     ax.set_xlabel("confidence (top probability)"); ax.set_ylabel("accuracy")
     ax.set_title("Test reliability diagram"); ax.legend()
-    fig.tight_layout(); fig.savefig(out_dir / "reliability_diagram.png", dpi=110); plt.close(fig)
-    names.append("reliability_diagram.png")
+    names.append(save_plot(fig, out_dir, "reliability_diagram.png"))
     return names
 
 

@@ -19,16 +19,26 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def convert(keras_path: Path, out_path: Path) -> Path:
+def convert(keras_path: Path, out_path: Path, int8: bool = False,
+            representative: np.ndarray | None = None) -> Path:
+    """float32 by default. int8=True quantizes (benchmarks.precision): weights only with
+    activations quantized on the fly, or full integer when (N, S, S) uint8 representative
+    images calibrate the activations."""
     import keras
     import tensorflow as tf
 
+    from utils.inference import to_model_input
     from utils.runtime import build_serving_model
 
     serving = build_serving_model(keras.saving.load_model(keras_path, compile=False))
     with tempfile.TemporaryDirectory() as tmp:
         serving.export(tmp, format="tf_saved_model", verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        if int8:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if int8 and representative is not None:
+            converter.representative_dataset = lambda: (
+                [to_model_input(image[None, ..., None])] for image in representative)
         out_path.write_bytes(converter.convert())
     return out_path
 

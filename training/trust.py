@@ -24,6 +24,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from training.data import CLASSES, read_split, run_step_parser  # noqa: E402
+from training.evaluate import save_plot  # noqa: E402
 from training.features import build_image_cache  # noqa: E402
 from training.non_radiographs import make_non_radiographs  # noqa: E402
 from utils.bundle import sha256_of  # noqa: E402
@@ -171,8 +172,7 @@ def heatmap_examples(classifier, out_dir: Path) -> str:
     for ax in axes.ravel():
         ax.axis("off")
     fig.suptitle("Heatmap sanity check on synthetic images", fontsize=10)
-    fig.tight_layout(); fig.savefig(out_dir / "heatmap_examples.png", dpi=90); plt.close(fig)
-    return "heatmap_examples.png"
+    return save_plot(fig, out_dir, "heatmap_examples.png", dpi=90)
 
 
 def plots(out_dir: Path, val_d, test_d, non_d, threshold, pointing) -> list[str]:
@@ -190,16 +190,14 @@ def plots(out_dir: Path, val_d, test_d, non_d, threshold, pointing) -> list[str]
     ax.axvline(threshold, color="k", ls="--", label="threshold")
     ax.set_xlabel("Mahalanobis distance of penultimate features"); ax.legend(fontsize=8)
     ax.set_title("Not-an-X-ray guard")
-    fig.tight_layout(); fig.savefig(out_dir / "guard_distances.png", dpi=110); plt.close(fig)
-    names.append("guard_distances.png")
+    names.append(save_plot(fig, out_dir, "guard_distances.png"))
     if pointing.get("n_images"):
         fig, ax = plt.subplots(figsize=(5, 4.5))
         ax.scatter(pointing["per_image_uniform"], pointing["per_image_mass"], s=10)
         ax.plot([0, 1], [0, 1], "k:", lw=1)
         ax.set_xlabel("box share of the image (uniform map)"); ax.set_ylabel("Grad-CAM mass inside boxes")
         ax.set_title(f"Pointing game, {pointing['n_images']} FracAtlas test images")
-        fig.tight_layout(); fig.savefig(out_dir / "pointing_game.png", dpi=110); plt.close(fig)
-        names.append("pointing_game.png")
+        names.append(save_plot(fig, out_dir, "pointing_game.png"))
     return names
 
 

@@ -199,13 +199,12 @@ def pil_to_gray(image: Image.Image, warnings: list[str]) -> np.ndarray:
     """Convert any Pillow mode to 2-D float32 in [0, 1], keeping high bit depths."""
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return _scale_to_unit(pixel_array(image).astype(np.float32), 65535.0)
+        return scale_to_unit(pixel_array(image), 0.0, 65535.0)
     if mode in ("I", "F"):
-        array = replace_non_finite(np.asarray(image, dtype=np.float32), warnings)
-        high = 65535.0 if array.max(initial=0) > 255 else 255.0
-        return _scale_to_unit(array, high)
+        array = replace_non_finite(np.asarray(image), warnings)
+        return scale_to_unit(array, 0.0, 65535.0 if array.max(initial=0) > 255 else 255.0)
     if mode in ("1", "L"):
-        return _scale_to_unit(pixel_array(image.convert("L")).astype(np.float32), 255.0)
+        return scale_to_unit(pixel_array(image.convert("L")), 0.0, 255.0)
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         mode = image.mode
@@ -219,14 +218,18 @@ def pil_to_gray(image: Image.Image, warnings: list[str]) -> np.ndarray:
         image = image.convert("RGB")
     elif mode != "RGB":
         image = image.convert("RGB")
-    return _scale_to_unit(pixel_array(image.convert("L")).astype(np.float32), 255.0)
+    return scale_to_unit(pixel_array(image.convert("L")), 0.0, 255.0)
 
 
-def _scale_to_unit(array: np.ndarray, high: float) -> np.ndarray:
-    """array / high clipped to [0, 1] as float32, in place when the array is ours to change
-    (a 2,000 x 2,500 image is 20 MB per float32 copy)."""
-    out = array if array.dtype == np.float32 and array.flags.writeable else array.astype(np.float32)
-    np.divide(out, np.float32(high), out=out)
+def scale_to_unit(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """(values - low) / (high - low) clipped to [0, 1] as float32, in one new buffer (a
+    2,500 x 2,000 image is 20 MB per float32 and 40 MB per float64 temporary); the caller's
+    array is never changed. float32 holds any 16-bit value exactly."""
+    out = np.asarray(values, dtype=np.float32)
+    out = out.copy() if out is values or not out.flags.writeable else out
+    if low:
+        np.subtract(out, np.float32(low), out=out)
+    np.divide(out, np.float32(high - low), out=out)
     return np.clip(out, 0.0, 1.0, out=out)
 
 

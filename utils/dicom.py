@@ -12,7 +12,8 @@ import warnings as pywarnings
 
 import numpy as np
 
-from utils.decode import DecodedImage, InputError, check_dimensions, colour_fraction, replace_non_finite
+from utils.decode import (DecodedImage, InputError, check_dimensions, colour_fraction, replace_non_finite,
+                          scale_to_unit)
 
 
 def decode_dicom(data: bytes) -> DecodedImage:
@@ -109,16 +110,6 @@ def stretch_data_range(values: np.ndarray, warnings: list[str]) -> np.ndarray:
         warnings.append("The DICOM image is blank (every pixel has the same value).")
         return np.zeros(values.shape, dtype=np.float32)
     return scale_to_unit(values, low, high)
-
-
-def scale_to_unit(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """(values - low) / (high - low) clipped to [0, 1], as float32 in one buffer: a
-    2,500 x 2,000 image is 40 MB per float64 temporary. float32 holds any 16-bit value exactly."""
-    out = np.asarray(values, dtype=np.float32)
-    out = out.copy() if out is values or not out.flags.writeable else out
-    np.subtract(out, np.float32(low), out=out)
-    np.divide(out, np.float32(high - low), out=out)
-    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def rgb_dicom_to_gray(ds, array: np.ndarray) -> np.ndarray:
