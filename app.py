@@ -8,7 +8,7 @@ import streamlit as st
 
 from utils.bundle import ModelBundleError, bundle_dir, load_bundle
 from utils.classifier import Classifier
-from utils.heatmap import colorize_heatmap, overlay_heatmap, upsample_heatmap
+from utils.heatmap import colorize_heatmap, heatmap_caption, overlay_heatmap, upsample_heatmap
 from utils.inference import CLASSES
 from utils.report import build_pdf, records_to_csv
 
@@ -171,11 +171,14 @@ def show_single(classifier: Classifier, file_id: str, prediction, preset_name: s
         show_heatmap = st.toggle("Show heatmap", value=True, key=f"hm_{file_id}")
         if show_heatmap:
             opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key=f"op_{file_id}")
-            target = st.selectbox("Heatmap for class", ["predicted"] + list(CLASSES), format_func=pretty,
-                                  key=f"cls_{file_id}")
+            target = "predicted"
+            if classifier.heatmap_kind == "Grad-CAM":  # a fracture map is one map for every class
+                target = st.selectbox("Heatmap for class", ["predicted"] + list(CLASSES), format_func=pretty,
+                                      key=f"cls_{file_id}")
             heatmap = prediction.heatmap(label if target == "predicted" else target)
             st.image(overlay_heatmap(prediction.model_input, heatmap, opacity),
-                     caption="The image as the model saw it, with the Grad-CAM heatmap", width=360)
+                     caption=f"The image as the model saw it, with its {heatmap_caption(classifier.heatmap_kind)}",
+                     width=360)
             st.image(colorize_heatmap(upsample_heatmap(heatmap, (120, 120))), caption="Raw heatmap", width=120)
         else:
             st.image(prediction.model_input, caption="The image as the model saw it", clamp=True, width=360)

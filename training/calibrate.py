@@ -53,7 +53,12 @@ def any_fracture_threshold(probs: np.ndarray, labels: np.ndarray,
     return float(positives[min(index, positives.size - 1)])
 
 
-def fit_class_weights(probs: np.ndarray, labels: np.ndarray, grid=np.geomspace(0.1, 30.0, 31)) -> list[float]:
+# Decision weights stay within 4x of the plain argmax: a 20x weight on a rare class turns any
+# unfamiliar image whose probabilities are spread out into that class (issue 12).
+CLASS_WEIGHT_GRID = np.geomspace(0.25, 4.0, 17)
+
+
+def fit_class_weights(probs: np.ndarray, labels: np.ndarray, grid=CLASS_WEIGHT_GRID) -> list[float]:
     """Decision weights [1, a, b] maximising balanced accuracy of argmax(probs * weights) on
     these (validation) images; ties go to the weights closest to 1 (the plain argmax)."""
     from sklearn.metrics import balanced_accuracy_score

@@ -65,7 +65,18 @@ def core_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray) -> dict:
         out["binary_auroc"] = float(roc_auc_score(any_fracture, probs[:, 1] + probs[:, 2]))
         out["binary_recall_any_fracture"] = float(((pred > 0) & any_fracture).sum() / any_fracture.sum())
         out["binary_specificity"] = float(((pred == 0) & ~any_fracture).sum() / (~any_fracture).sum())
+        out["binary_sensitivity_at_specificity_0.85"] = sensitivity_at_specificity(
+            any_fracture, probs[:, 1] + probs[:, 2], 0.85)
     return out
+
+
+def sensitivity_at_specificity(positive: np.ndarray, score: np.ndarray, specificity: float) -> float:
+    """The highest sensitivity of any threshold on score whose specificity is at least this."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(positive, score)
+    allowed = fpr <= 1.0 - specificity + 1e-12
+    return float(tpr[allowed].max()) if allowed.any() else 0.0
 
 
 def bootstrap_ci(y, probs, pred, rounds=BOOTSTRAP_ROUNDS, seed=0) -> dict:
@@ -252,7 +263,7 @@ def _fmt(block: dict, key: str) -> str:
 
 def markdown_report(report: dict) -> str:
     keys = ["accuracy", "balanced_accuracy", "macro_f1", "macro_auroc", "binary_auroc",
-            "binary_recall_any_fracture", "binary_specificity"] + \
+            "binary_recall_any_fracture", "binary_specificity", "binary_sensitivity_at_specificity_0.85"] + \
         [f"{m}_{c}" for c in CLASSES for m in ("precision", "recall", "auroc")]
     columns = [("all test", report["overall"]), ("all, fracture-sensitive", report["overall_fracture_sensitive"])]
     columns += [(name.replace("_", " "), block) for name, block in report["by_source"].items()]

@@ -53,18 +53,19 @@ def max_probability_difference(keras_path: Path, litert_path: Path, images: np.n
 
     reference = KerasEngine(keras.saving.load_model(keras_path, compile=False))
     fast = LiteRTEngine(litert_path)
-    worst = {"probabilities": 0.0, "features": 0.0, "class_maps": 0.0}
+    heatmap_key = reference.outputs[-1]  # "localisation" or "class_maps"
+    worst = {"probabilities": 0.0, "features": 0.0, heatmap_key: 0.0}
     for i in range(0, len(images), batch_size):
         x = to_model_input(images[i:i + batch_size, ..., None])
         a, b = reference(x), fast(x)
         pa, pb = (calibrated_probabilities(o["logits"], temperature) for o in (a, b))
         worst["probabilities"] = max(worst["probabilities"], float(np.abs(pa - pb).max()))
-        for key in ("features", "class_maps"):
+        for key in ("features", heatmap_key):
             scale = float(np.abs(a[key]).max()) or 1.0
             worst[key] = max(worst[key], float(np.abs(a[key] - b[key]).max()) / scale)
     return {"n": int(len(images)), "max_abs_probability_difference": worst["probabilities"],
             "max_relative_feature_difference": worst["features"],
-            "max_relative_class_map_difference": worst["class_maps"]}
+            "heatmap_output": heatmap_key, "max_relative_class_map_difference": worst[heatmap_key]}
 
 
 LITERT_FILE = "serving.tflite"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from utils.preprocess import INPUT_SIZE
 
 DEFAULT_CUT = "mixed7"
@@ -37,5 +39,87 @@ def split_at(model, frozen_until: str = DEFAULT_FROZEN_UNTIL):
     boundary = model.get_layer(frozen_until).output
     trunk = keras.Model(model.input, boundary, name="frozen_trunk")
     tail = keras.Model(boundary, model.output, name="trainable_tail")
+    trunk.trainable = False
+    return trunk, tail
+
+
+# Two-stage head with a fracture map (issue 12): P(any fracture) from the last block's pooled
+# features plus the max and mean of a per-cell fracture map (one small fracture can carry the
+# image), and P(beyond_repair | fracture) from the pooled features alone. The three class
+# log-probabilities are a fixed linear map of the two stages' log-probabilities:
+#   log P(healthy)       = log(1 - pf)
+#   log P(fractured)     = log pf + log(1 - ps)
+#   log P(beyond_repair) = log pf + log ps
+COMPOSE_KERNEL = ((1.0, 0.0, 0.0),   # log(1 - pf)
+                  (0.0, 1.0, 1.0),   # log pf
+                  (0.0, 1.0, 0.0),   # log(1 - ps)
+                  (0.0, 0.0, 1.0))   # log ps
+STAGE_OUTPUTS = ("fracture_logit", "severity_logit", "localisation_logit")
+
+
+def build_two_stage_classifier(pretrained_weights: Path | None, cut: str = DEFAULT_CUT, dropout: float = 0.3,
+                               seed: int = 0, size: int = INPUT_SIZE):
+    """Flat functional model: float input (S, S, 3) in [0, 1] -> the 3 classes' log-probabilities
+    (named `logits`: softmax of them gives the probabilities back). Built from stock Keras
+    layers only, so the .keras file loads and converts to LiteRT without custom code.
+
+    Layers the training and serving code reach by name: `localisation_logit` (h, w, 1; its
+    sigmoid is the per-cell fracture probability), `fracture_logit`, `severity_logit`, `pool`
+    (the guard's features).
+    """
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    base = keras.applications.InceptionV3(weights=None, include_top=False, input_shape=(size, size, 3))
+    if pretrained_weights is not None:
+        base.load_weights(pretrained_weights)
+    conv = base.get_layer(cut).output
+    cell_logits = layers.Conv2D(1, 1, name="localisation_logit",
+                                bias_initializer=keras.initializers.Constant(-4.0))(conv)
+    pooled = layers.Dropout(dropout, name="dropout")(layers.GlobalAveragePooling2D(name="pool")(conv))
+    evidence = layers.Concatenate(name="evidence")([
+        pooled, layers.GlobalMaxPooling2D(name="cell_max")(cell_logits),
+        layers.GlobalAveragePooling2D(name="cell_mean")(cell_logits)])
+    fracture = layers.Dense(1, name="fracture_logit")(evidence)
+    severity = layers.Dense(1, name="severity_logit")(pooled)
+
+    def stage_log_probabilities(logit, name):
+        zero = layers.Rescaling(0.0, name=f"{name}_zero")(logit)
+        return layers.Activation("log_softmax", name=f"{name}_log_p")(
+            layers.Concatenate(name=f"{name}_pair")([zero, logit]))
+
+    stages = layers.Concatenate(name="stages")([stage_log_probabilities(fracture, "fracture"),
+                                                stage_log_probabilities(severity, "severity")])
+    compose = layers.Dense(3, use_bias=False, trainable=False, name="logits")
+    log_probs = compose(stages)
+    compose.set_weights([np.array(COMPOSE_KERNEL, dtype=np.float32)])
+    model = keras.Model(base.input, log_probs, name=f"bone_xray_inception_v3_{cut}_two_stage")
+    # Start the map's max and mean with a positive say in the fracture score.
+    kernel, bias = model.get_layer("fracture_logit").get_weights()
+    kernel[-2:] = 0.5
+    model.get_layer("fracture_logit").set_weights([kernel, bias])
+    return model
+
+
+def two_stage_probabilities(p_fracture: np.ndarray, p_severe: np.ndarray) -> np.ndarray:
+    """The composition the model computes, in numpy: (N,) P(any fracture), (N,) P(beyond_repair |
+    fracture) -> (N, 3) class probabilities that sum to 1."""
+    p_fracture, p_severe = np.asarray(p_fracture, np.float64), np.asarray(p_severe, np.float64)
+    return np.stack([1 - p_fracture, p_fracture * (1 - p_severe), p_fracture * p_severe], axis=-1)
+
+
+def is_two_stage(model) -> bool:
+    return any(layer.name == "localisation_logit" for layer in model.layers)
+
+
+def training_view(model, frozen_until: str = DEFAULT_FROZEN_UNTIL):
+    """(frozen trunk up to frozen_until, trainable tail: boundary -> the stage logits and the map)."""
+    import keras
+
+    boundary = model.get_layer(frozen_until).output
+    trunk = keras.Model(model.input, boundary, name="frozen_trunk")
+    tail = keras.Model(boundary, {name: model.get_layer(name).output for name in STAGE_OUTPUTS + ("logits",)},
+                       name="trainable_tail")
     trunk.trainable = False
     return trunk, tail

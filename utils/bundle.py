@@ -47,6 +47,13 @@ class Bundle:
         return float(self.metadata["temperature"])
 
     @property
+    def input_size(self) -> int:
+        """The side of the square model input (metadata["input"]["shape"] is [N, S, S, 3])."""
+        from utils.preprocess import INPUT_SIZE
+
+        return int(self.metadata.get("input", {}).get("shape", [None, INPUT_SIZE])[1])
+
+    @property
     def classes(self) -> tuple[str, ...]:
         return tuple(self.metadata["classes"])
 

@@ -64,13 +64,26 @@ class Classifier:
         self.engine = engine or make_engine(bundle)
 
     def forward(self, batch_uint8: np.ndarray) -> dict[str, np.ndarray]:
-        """(N, S, S, 1) uint8 model inputs -> logits, features and (N, C, h, w) heatmaps."""
+        """(N, S, S, 1) uint8 model inputs -> logits, features and (N, C, h, w) heatmaps.
+
+        A two-stage model's heatmap is its fracture map, a probability per cell, the same for
+        every class and not rescaled (a healthy film stays cold); a pooling + dense model's is
+        each class's Grad-CAM, scaled so its maximum is 1."""
         out = self.engine(to_model_input(batch_uint8))
-        out["heatmaps"] = np.stack([normalise_class_maps(m) for m in out["class_maps"]])
+        if "localisation" in out:
+            maps = np.clip(np.asarray(out["localisation"], np.float32), 0.0, 1.0)
+            out["heatmaps"] = np.repeat(maps[:, None], len(self.bundle.classes), axis=1)
+        else:
+            out["heatmaps"] = np.stack([normalise_class_maps(m) for m in out["class_maps"]])
         return out
 
+    @property
+    def heatmap_kind(self) -> str:
+        """What the heatmaps show, in words for captions and reports."""
+        return "fracture map" if "localisation" in self.engine.outputs else "Grad-CAM"
+
     def heatmap(self, model_input: np.ndarray, class_name: str | None = None) -> np.ndarray:
-        """Grad-CAM of one (S, S) uint8 model input, for class_name or the most probable class."""
+        """The heatmap of one (S, S) uint8 model input, for class_name or the most probable class."""
         out = self.forward(model_input[None, ..., None])
         index = int(np.argmax(out["logits"][0])) if class_name is None else self.bundle.classes.index(class_name)
         return out["heatmaps"][0, index]
@@ -115,7 +128,7 @@ class Classifier:
             prediction = Prediction(name=name)
             try:
                 decoded = decode_image_bytes(data)
-                prediction.model_input = preprocess(decoded.pixels)[..., 0]
+                prediction.model_input = preprocess(decoded.pixels, self.bundle.input_size)[..., 0]
                 prediction.warnings = decoded.warnings
                 prediction.not_xray = screen_decoded(decoded.pixels, decoded.colour_fraction)
                 pending.append(prediction)

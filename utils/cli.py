@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--preset", choices=("balanced", "fracture_sensitive"), default="balanced")
     predict.add_argument("--batch-size", type=int, default=8)
     predict.add_argument("--model-dir", type=Path, help="model bundle folder (default: model/)")
-    predict.add_argument("--heatmaps", type=Path, metavar="DIR", help="write Grad-CAM overlay PNGs here")
+    predict.add_argument("--heatmaps", type=Path, metavar="DIR", help="write heatmap overlay PNGs here (the model's fracture map, or Grad-CAM)")
     predict.add_argument("--report", type=Path, metavar="PDF", help="write a PDF report, one page per image")
     predict.add_argument("--reference", default="", help="study/patient reference printed in the PDF")
     return parser

@@ -1,4 +1,6 @@
-"""Grad-CAM: where the network looked, after the keras-io example, as pure functions."""
+"""Heatmaps as pure functions: Grad-CAM (after the keras-io example), the reference for any model,
+and the drawing helpers shared by the app, the CLI and the reports. A two-stage model's own
+fracture map comes straight from its forward pass (utils.runtime)."""
 
 from __future__ import annotations
 
@@ -69,3 +71,13 @@ def overlay_heatmap(gray_uint8: np.ndarray, heatmap: np.ndarray, opacity: float 
     base = np.repeat(gray_uint8[..., None], 3, axis=-1).astype(np.float32)
     colour = colorize_heatmap(upsample_heatmap(heatmap, gray_uint8.shape)).astype(np.float32)
     return np.clip((1 - opacity) * base + opacity * colour, 0, 255).astype(np.uint8)
+
+
+HEATMAP_CAPTIONS = {
+    "fracture map": "fracture map (the model's fracture probability in each region)",
+    "Grad-CAM": "Grad-CAM heatmap (where the network looked)",
+}
+
+
+def heatmap_caption(kind: str) -> str:
+    return HEATMAP_CAPTIONS.get(kind, kind)

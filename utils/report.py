@@ -8,6 +8,7 @@ import io
 
 import numpy as np
 
+from utils.heatmap import heatmap_caption
 from utils.inference import CLASSES
 
 CSV_COLUMNS = ["path", "label"] + [f"p_{c}" for c in CLASSES] + ["uncertain", "not_xray", "warnings", "error"]
@@ -75,7 +76,7 @@ def build_pdf(entries: list[dict], metadata: dict, preset_name: str, reference: 
             pdf.image(_png_image(entry["overlay"]), x=110, y=top, w=90)
             pdf.set_xy(110, top + 91)
             pdf.set_font("Helvetica", "I", 8)
-            pdf.cell(90, 4, "Grad-CAM heatmap: where the network looked")
+            pdf.cell(90, 4, _latin1(heatmap_caption(metadata.get("heatmap_kind", "Grad-CAM")).capitalize()))
         pdf.set_xy(10, top + 100)
         pdf.set_font("Helvetica", "B", 13)
         if entry.get("error"):

@@ -1,4 +1,4 @@
-"""The forward pass that serving runs: logits, penultimate features and class maps in one go.
+"""The forward pass that serving runs: logits, penultimate features and a heatmap source in one go.
 
 Two interchangeable engines over one bundle, both fed the same (N, S, S, 3) float32 input:
 - `LiteRTEngine`: the bundle's LiteRT flatbuffer (converted from the .keras file by
@@ -15,25 +15,50 @@ import threading
 
 import numpy as np
 
-OUTPUTS = ("logits", "features", "class_maps")
+REQUIRED_OUTPUTS = ("logits", "features")
+# What the heatmaps come from: the two-stage model's own fracture map ("localisation", a
+# per-cell probability), or, for a plain pooling + dense head, Grad-CAM's class maps.
+MAP_OUTPUTS = ("localisation", "class_maps")
 FEATURE_LAYER = "pool"  # penultimate features: what the not-an-X-ray guard reads
-CONV_LAYER = "mixed7"  # the last convolutional block: what the heatmaps show
+CONV_LAYER = "mixed7"  # the last convolutional block: what the Grad-CAM heatmaps show
 DENSE_LAYER = "logits"
+LOCALISATION_LAYER = "localisation_logit"
+
+
+def has_localisation(model) -> bool:
+    return any(layer.name == LOCALISATION_LAYER for layer in model.layers)
 
 
 def build_serving_model(model):
-    """The classifier with two more outputs: the pooled features and, per class, the last
-    block's activations weighted by that class's dense weights (the Grad-CAM map before
-    ReLU; see utils.heatmap.class_activation_maps for why that equals Grad-CAM here)."""
+    """The classifier with two more outputs: the pooled features and a heatmap source.
+
+    - Two-stage model (training.model.build_two_stage_classifier): `localisation`, the sigmoid
+      of its per-cell fracture logits, (N, h, w): the map the fracture score is built from.
+    - Pooling + dense head: `class_maps`, per class the last block's activations weighted by
+      that class's dense weights (the Grad-CAM map before ReLU; see
+      utils.heatmap.class_activation_maps for why that equals Grad-CAM here).
+    """
     import keras
 
-    kernel = model.get_layer(DENSE_LAYER).get_weights()[0]  # (K, C)
-    project = keras.layers.Conv2D(kernel.shape[1], 1, use_bias=False, name="class_maps")
-    maps = project(model.get_layer(CONV_LAYER).output)
-    project.set_weights([kernel[None, None]])
-    return keras.Model(model.input, {"logits": model.output,
-                                      "features": model.get_layer(FEATURE_LAYER).output,
-                                      "class_maps": maps}, name="serving")
+    outputs = {"logits": model.output, "features": model.get_layer(FEATURE_LAYER).output}
+    if has_localisation(model):
+        cells = model.get_layer(LOCALISATION_LAYER).output
+        probability = keras.layers.Activation("sigmoid")(cells)
+        outputs["localisation"] = keras.layers.Reshape(tuple(cells.shape[1:3]), name="localisation")(probability)
+    else:
+        kernel = model.get_layer(DENSE_LAYER).get_weights()[0]  # (K, C)
+        project = keras.layers.Conv2D(kernel.shape[1], 1, use_bias=False, name="class_maps")
+        outputs["class_maps"] = project(model.get_layer(CONV_LAYER).output)
+        project.set_weights([kernel[None, None]])
+    return keras.Model(model.input, outputs, name="serving")
+
+
+def output_names(available) -> tuple[str, ...]:
+    """The outputs serving reads from an engine: logits, features and one heatmap source."""
+    maps = [k for k in MAP_OUTPUTS if k in available]
+    if not set(REQUIRED_OUTPUTS) <= set(available) or not maps:
+        raise ValueError(f"outputs {sorted(available)}; expected {REQUIRED_OUTPUTS} and one of {MAP_OUTPUTS}")
+    return (*REQUIRED_OUTPUTS, maps[0])
 
 
 def default_threads() -> int:
@@ -50,10 +75,11 @@ class KerasEngine:
         shape = serving.inputs[0].shape
         self._forward = tf.function(lambda x: serving(x, training=False), reduce_retracing=True,
                                     input_signature=[tf.TensorSpec([None, *shape[1:]], tf.float32)])
+        self.outputs = output_names(serving.output.keys())
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         out = self._forward(x)
-        return {k: np.asarray(out[k]) for k in OUTPUTS}
+        return {k: np.asarray(out[k]) for k in self.outputs}
 
 
 class LiteRTEngine:
@@ -66,9 +92,12 @@ class LiteRTEngine:
         self._runner = self._interpreter.get_signature_runner()
         inputs = list(self._runner.get_input_details())
         outputs = set(self._runner.get_output_details())
-        if len(inputs) != 1 or not set(OUTPUTS) <= outputs:
-            raise ValueError(f"{path} has inputs {inputs} and outputs {sorted(outputs)}; "
-                             f"expected one input and {OUTPUTS}")
+        try:
+            self.outputs = output_names(outputs)
+        except ValueError as exc:
+            raise ValueError(f"{path} has inputs {inputs} and {exc}") from None
+        if len(inputs) != 1:
+            raise ValueError(f"{path} has inputs {inputs}; expected one")
         self._input = inputs[0]
         # One interpreter holds one set of buffers: Streamlit sessions take turns.
         self._lock = threading.Lock()
@@ -76,7 +105,7 @@ class LiteRTEngine:
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         with self._lock:
             out = self._runner(**{self._input: np.ascontiguousarray(x, dtype=np.float32)})
-            return {k: np.array(out[k]) for k in OUTPUTS}  # copies: the buffers are reused
+            return {k: np.array(out[k]) for k in self.outputs}  # copies: the buffers are reused
 
 
 def litert_available() -> bool:

@@ -1,0 +1,374 @@
+"""The default recipe (issue 12): two-stage head with a fracture map, fine-tuned with live augmentation.
+
+- Model: `training.model.build_two_stage_classifier` (P(any fracture) from the pooled mixed7
+  features plus the max and mean of a per-cell fracture map; P(beyond_repair | fracture) from
+  the pooled features; the three class probabilities composed from the two).
+- Which images teach what, so that the healthy-vs-fracture decision cannot be learnt from
+  the image's source:
+  - P(any fracture) and the fracture map learn from FracAtlas only, where both answers come
+    from the same hospitals; the map's targets are the cells the fracture boxes cover;
+  - P(beyond_repair | fracture) learns among fractures only: FracAtlas fractures and the Bone
+    Break types (comminuted = beyond repair).
+- Every step draws fresh views (`training.augment.random_view`) for every class; the trunk up
+  to `--frozen-until` is frozen (its BatchNorm statistics too) and runs on every view.
+- Each epoch takes every FracAtlas fracture and every beyond-repair image, and fresh random
+  draws of the healthy films (`--healthy-per-epoch`) and of the other web fractures
+  (`--web-fractures-per-epoch`), all within the training split.
+- Checkpoints after every epoch (weights, optimizer state, RNG position by epoch): rerunning
+  the same command resumes where it stopped. The checkpoint with the best validation score
+  (mean of the FracAtlas healthy-vs-fracture AUROC and the severity AUROC among fractures) is
+  kept. Runs on CPU; uses a GPU when TensorFlow sees one.
+
+Writes <out>/model.keras (no optimizer state), val_logits.npz and train_summary.json, the files
+the later pipeline steps (evaluate, trust, litert, export) read.
+
+Usage: python -m training.finetune [--out artifacts/finetune] [--epochs 12] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from training.augment import LIVE_AUGMENTATION, random_view  # noqa: E402
+from training.boxes import MIN_CELL_COVERAGE, cell_targets  # noqa: E402
+from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split  # noqa: E402
+from training.model import DEFAULT_CUT, DEFAULT_FROZEN_UNTIL  # noqa: E402
+from training.pretrained import default_cache_dir  # noqa: E402
+from utils.preprocess import INPUT_SIZE  # noqa: E402
+
+HEALTHY, FRACTURED, BEYOND = range(3)
+# Fracture-box cells are rare (about 2 % of the map): their loss counts this many times more.
+POSITIVE_CELL_WEIGHT = 10.0
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
+    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    parser.add_argument("--out", type=Path, default=Path("artifacts/finetune"))
+    parser.add_argument("--init", choices=("nsfwjs", "random"), default="nsfwjs")
+    parser.add_argument("--cut", default=DEFAULT_CUT)
+    parser.add_argument("--frozen-until", default=DEFAULT_FROZEN_UNTIL)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--healthy-per-epoch", type=int, default=700)
+    parser.add_argument("--web-fractures-per-epoch", type=int, default=350)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--dropout", type=float, default=0.3)
+    parser.add_argument("--localisation-weight", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stop-after", type=int, metavar="EPOCH",
+                        help="stop after this epoch as an interruption would (rerun without it to go on)")
+    parser.add_argument("--quick", action="store_true", help="tiny subset, 2 epochs: checks the recipe in minutes")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs, args.healthy_per_epoch = min(args.epochs, 2), min(args.healthy_per_epoch, 8)
+        args.web_fractures_per_epoch = min(args.web_fractures_per_epoch, 4)
+    return args
+
+
+def epoch_order(labels: np.ndarray, from_fracatlas: np.ndarray, healthy_per_epoch: int,
+                web_fractures_per_epoch: int, rng: np.random.Generator) -> np.ndarray:
+    """Every FracAtlas fracture and every beyond-repair image, plus fresh draws of the healthy
+    films and of the other web fractures (these teach the severity stage only), shuffled."""
+    keep = np.flatnonzero((labels == BEYOND) | ((labels == FRACTURED) & from_fracatlas))
+    drawn = [keep]
+    for pool, n in ((np.flatnonzero(labels == HEALTHY), healthy_per_epoch),
+                    (np.flatnonzero((labels == FRACTURED) & ~from_fracatlas), web_fractures_per_epoch)):
+        drawn.append(rng.choice(pool, size=min(n, pool.size), replace=False))
+    return rng.permutation(np.concatenate(drawn))
+
+
+def stage_targets(labels: np.ndarray, from_fracatlas: np.ndarray, severe_weight: float) -> dict[str, np.ndarray]:
+    """Targets and per-image weights of the two stages (see the module docstring)."""
+    fractured = labels != HEALTHY
+    return {"fracture": fractured.astype(np.float32), "fracture_w": from_fracatlas.astype(np.float32),
+            "severity": (labels == BEYOND).astype(np.float32),
+            "severity_w": np.where(labels == BEYOND, severe_weight, 1.0).astype(np.float32) * fractured}
+
+
+def make_batch(images: np.ndarray, masks: dict, indices: np.ndarray, labels: np.ndarray,
+               from_fracatlas: np.ndarray, grid: int, seeds: list, params: dict = LIVE_AUGMENTATION):
+    """Fresh views of images[indices] with their localisation targets.
+
+    Returns (x (B, S, S, 1) uint8, cell targets (B, g, g), map weight (B,)): FracAtlas healthy
+    films teach an empty map, FracAtlas fractures with boxes teach their boxes' cells, other
+    images do not train the map.
+    """
+    views, targets, weights = [], [], []
+    for index, seed in zip(indices, seeds):
+        rng = np.random.default_rng(seed)
+        view, mask = random_view(images[index], masks.get(int(index)), rng, params)
+        views.append(view)
+        if mask is not None:
+            targets.append(cell_targets(mask, grid))
+        else:
+            targets.append(np.zeros((grid, grid), np.float32))
+        weights.append(float(from_fracatlas[index] and (labels[index] == HEALTHY or mask is not None)))
+    return np.stack(views)[..., None], np.stack(targets), np.array(weights, np.float32)
+
+
+def validation_scores(labels: np.ndarray, sources: np.ndarray, log_probs: np.ndarray,
+                      cell_logits: np.ndarray | None = None, val_targets: dict | None = None) -> dict:
+    """FracAtlas healthy-vs-fracture AUROC, severity AUROC among fractures, macro-AUROC,
+    balanced accuracy (argmax) and, with box targets, how often the map's peak is in a box."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    from utils.inference import softmax
+
+    probs = softmax(log_probs)
+    p_any = probs[:, 1] + probs[:, 2]
+    scores = {}
+    fa = sources == "fracatlas"
+    fa_labels = labels[fa] != HEALTHY
+    scores["fracatlas_auroc"] = float(roc_auc_score(fa_labels, p_any[fa])) if len(set(fa_labels)) > 1 else 0.5
+    fractures = labels != HEALTHY
+    severe = labels[fractures] == BEYOND
+    p_severe = probs[fractures, 2] / np.maximum(p_any[fractures], 1e-12)
+    scores["severity_auroc"] = float(roc_auc_score(severe, p_severe)) if len(set(severe)) > 1 else 0.5
+    present = np.unique(labels)
+    scores["macro_auroc"] = float(np.mean([roc_auc_score(labels == c, probs[:, c]) for c in present])) \
+        if len(present) > 1 else 0.5
+    scores["balanced_accuracy"] = float(balanced_accuracy_score(labels, probs.argmax(1)))
+    scores["score"] = (scores["fracatlas_auroc"] + scores["severity_auroc"]) / 2
+    if cell_logits is not None and val_targets:
+        hits = [bool(target.ravel()[int(np.argmax(cell_logits[i].ravel()))] > 0)
+                for i, target in val_targets.items()]
+        scores["map_peak_in_box"] = float(np.mean(hits))
+    return scores
+
+
+class Trainer:
+    """Owns the model, the optimizer and their checkpoints in one run folder."""
+
+    def __init__(self, model, args, steps_per_epoch: int):
+        import keras
+
+        from training.model import training_view
+
+        self.model, self.args = model, args
+        self.trunk, self.tail = training_view(model, args.frozen_until)
+        for layer in self.tail.layers:  # small batches: keep the pretrained BatchNorm statistics
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+        schedule = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=max(1, steps_per_epoch * args.epochs))
+        self.optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=args.weight_decay)
+        self.optimizer.build(self.tail.trainable_variables)
+        self.grid = int(model.get_layer("localisation_logit").output.shape[1])
+        self._step = None
+
+    def checkpoint_paths(self, folder: Path) -> tuple[Path, Path]:
+        return folder / "last.weights.h5", folder / "last_optimizer.npz"
+
+    def save(self, folder: Path) -> None:
+        weights, optimizer = self.checkpoint_paths(folder)
+        self.tail.save_weights(weights)
+        np.savez(optimizer, *[np.asarray(v) for v in self.optimizer.variables])
+
+    def restore(self, folder: Path) -> None:
+        weights, optimizer = self.checkpoint_paths(folder)
+        self.tail.load_weights(weights)
+        saved = np.load(optimizer)
+        for i, variable in enumerate(self.optimizer.variables):
+            variable.assign(saved[f"arr_{i}"])
+
+    def train_step(self, x, cell_targets, map_weight, targets):
+        import tensorflow as tf
+
+        if self._step is None:
+            bce = tf.nn.sigmoid_cross_entropy_with_logits
+            tail, trunk, optimizer, lam = self.tail, self.trunk, self.optimizer, self.args.localisation_weight
+
+            @tf.function(reduce_retracing=True)
+            def step(x, cell_targets, map_weight, fracture, fracture_w, severity, severity_w):
+                features = trunk(x, training=False)
+                with tf.GradientTape() as tape:
+                    out = tail(features, training=True)
+                    loss_fracture = tf.reduce_sum(bce(fracture, out["fracture_logit"][:, 0]) * fracture_w) \
+                        / tf.maximum(tf.reduce_sum(fracture_w), 1.0)
+                    loss_severity = tf.reduce_sum(bce(severity, out["severity_logit"][:, 0]) * severity_w) \
+                        / tf.maximum(tf.reduce_sum(severity_w), 1.0)
+                    cells = out["localisation_logit"][..., 0]
+                    cell_w = 1.0 + (POSITIVE_CELL_WEIGHT - 1.0) * cell_targets
+                    per_image = tf.reduce_mean(bce(cell_targets, cells) * cell_w, axis=(1, 2))
+                    loss_map = tf.reduce_sum(per_image * map_weight) / tf.maximum(tf.reduce_sum(map_weight), 1.0)
+                    loss = loss_fracture + loss_severity + lam * loss_map
+                grads = tape.gradient(loss, tail.trainable_variables)
+                optimizer.apply_gradients(zip(grads, tail.trainable_variables))
+                return tf.stack([loss, loss_fracture, loss_severity, loss_map])
+
+            self._step = step
+        from utils.inference import to_model_input
+
+        return np.asarray(self._step(to_model_input(x), cell_targets, map_weight, targets["fracture"],
+                                     targets["fracture_w"], targets["severity"], targets["severity_w"]))
+
+    def predict(self, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """(log-probabilities (N, 3), cell logits (N, g, g)) of clean (N, S, S) uint8 images."""
+        import tensorflow as tf
+
+        from utils.inference import to_model_input
+
+        if not hasattr(self, "_predict"):
+            trunk, tail = self.trunk, self.tail
+            self._predict = tf.function(lambda x: tail(trunk(x, training=False), training=False),
+                                        reduce_retracing=True)
+        logits, cells = [], []
+        for i in range(0, len(images), batch_size):
+            out = self._predict(to_model_input(images[i:i + batch_size, ..., None]))
+            logits.append(np.asarray(out["logits"], np.float64))
+            cells.append(np.asarray(out["localisation_logit"])[..., 0])
+        return np.concatenate(logits), np.concatenate(cells)
+
+
+def fit(model, data: dict, args, log=print) -> dict:
+    """Train on data["train"] and select on data["val"]; each is a dict of images (N, S, S)
+    uint8, labels (N,), sources (N,) and masks {index: (S, S) bool}. Resumes from args.out."""
+    started = time.time()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    train, val = data["train"], data["val"]
+    from_fracatlas = train["sources"] == "fracatlas"
+    n_fractures = int((train["labels"] != HEALTHY).sum())
+    n_severe = int((train["labels"] == BEYOND).sum())
+    severe_weight = float(np.sqrt(max(n_fractures - n_severe, 1) / max(n_severe, 1)))
+    per_epoch = len(epoch_order(train["labels"], from_fracatlas, args.healthy_per_epoch,
+                                args.web_fractures_per_epoch, np.random.default_rng(0)))
+    steps_per_epoch = int(np.ceil(per_epoch / args.batch_size))
+    trainer = Trainer(model, args, steps_per_epoch)
+    grid = trainer.grid
+    val_targets = {i: cell_targets(m, grid) for i, m in val["masks"].items()}
+
+    state_path, best_path = out / "state.json", out / "best.weights.h5"
+    state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "history": [], "wall_seconds": 0.0}
+    if state_path.exists() and trainer.checkpoint_paths(out)[0].exists():
+        state = json.loads(state_path.read_text())
+        trainer.restore(out)
+        log(f"resumed after epoch {state['epoch']} (weights and optimizer state)")
+    earlier_seconds = state["wall_seconds"]
+
+    with ThreadPoolExecutor(max_workers=1) as pool:  # next batch's views while this one trains
+        for epoch in range(state["epoch"] + 1, args.epochs + 1):
+            t0 = time.time()
+            order = epoch_order(train["labels"], from_fracatlas, args.healthy_per_epoch,
+                                args.web_fractures_per_epoch, np.random.default_rng([args.seed, epoch]))
+            batches = [order[i:i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+
+            def prepare(b, batch):
+                seeds = [[args.seed, epoch, b, j] for j in range(len(batch))]
+                return make_batch(train["images"], train["masks"], batch, train["labels"], from_fracatlas,
+                                  grid, seeds), stage_targets(train["labels"][batch], from_fracatlas[batch], severe_weight)
+
+            pending = pool.submit(prepare, 0, batches[0])
+            losses = []
+            for b in range(len(batches)):
+                (x, cells, map_weight), targets = pending.result()
+                if b + 1 < len(batches):
+                    pending = pool.submit(prepare, b + 1, batches[b + 1])
+                losses.append(trainer.train_step(x, cells, map_weight, targets))
+            log_probs, cell_logits = trainer.predict(val["images"])
+            scores = validation_scores(val["labels"], val["sources"], log_probs, cell_logits, val_targets)
+            mean_loss = np.mean(losses, axis=0)
+            entry = {"epoch": epoch, "loss": float(mean_loss[0]), "loss_fracture": float(mean_loss[1]),
+                     "loss_severity": float(mean_loss[2]), "loss_map": float(mean_loss[3]), **scores,
+                     "images": int(len(order)), "seconds": round(time.time() - t0, 1)}
+            state["history"].append(entry)
+            if scores["score"] > state["best_score"]:
+                state.update(best_score=scores["score"], best_epoch=epoch)
+                trainer.tail.save_weights(best_path)
+            trainer.save(out)
+            state["epoch"] = epoch
+            state["wall_seconds"] = round(earlier_seconds + time.time() - started, 1)
+            state_path.write_text(json.dumps(state, indent=1))
+            log(json.dumps(entry))
+            if getattr(args, "stop_after", None) and epoch >= args.stop_after and epoch < args.epochs:
+                log(f"stopped after epoch {epoch} of {args.epochs} (--stop-after); rerun to resume")
+                return {"state": state, "stopped": True}
+
+    trainer.tail.load_weights(best_path)
+    model.save(out / "model.keras", include_optimizer=False)
+    log_probs, _ = trainer.predict(val["images"])
+    return {"state": state, "val_log_probs": log_probs, "severe_weight": severe_weight,
+            "wall_seconds": round(earlier_seconds + time.time() - started, 1)}
+
+
+def load_data(args, log=print) -> tuple[dict, list[dict]]:
+    from training.boxes import box_masks
+    from training.features import build_image_cache
+    from training.train import quick_subset
+
+    rows = read_split(args.split)
+    if args.quick:
+        rows = quick_subset(rows, seed=args.seed)
+    images = build_image_cache(rows, args.data_dir, args.cache_dir)
+    masks = box_masks(rows, args.data_dir, args.cache_dir, images.shape[1])
+    labels = np.array([CLASSES.index(r["label"]) for r in rows])
+    sources = np.array([r["source"] for r in rows])
+    split_of = np.array([r["split"] for r in rows])
+    data = {}
+    for split in ("train", "val"):
+        idx = np.flatnonzero(split_of == split)
+        position = {int(i): j for j, i in enumerate(idx)}
+        data[split] = {"images": images[idx], "labels": labels[idx], "sources": sources[idx],
+                       "sha256": np.array([rows[i]["sha256"] for i in idx]),
+                       "masks": {position[i]: m for i, m in masks.items() if i in position}}
+    log(f"{len(rows)} images; train {len(data['train']['labels'])} ({len(data['train']['masks'])} with boxes), "
+        f"val {len(data['val']['labels'])}")
+    return data, rows
+
+
+def main(argv=None) -> dict:
+    from training.model import build_two_stage_classifier
+    from training.pretrained import pretrained_weights_path
+
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_file = open(args.out / "train.log", "a")
+
+    def log(message: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    data, _ = load_data(args, log)
+    weights = pretrained_weights_path(args.cache_dir) if args.init == "nsfwjs" else None
+    model = build_two_stage_classifier(weights, cut=args.cut, dropout=args.dropout, seed=args.seed,
+                                       size=data["train"]["images"].shape[1])
+    result = fit(model, data, args, log)
+    if result.get("stopped"):
+        return {}
+    state, val = result["state"], data["val"]
+    np.savez(args.out / "val_logits.npz", logits=result["val_log_probs"], labels=val["labels"], sha256=val["sha256"])
+    best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
+    train_labels = data["train"]["labels"]
+    summary = {"recipe": "training.finetune (two-stage head, fracture map, live augmentation)",
+               "args": {**{k: str(v) for k, v in vars(args).items()}, "views": "live"},
+               "best_epoch": state["best_epoch"], "best_val_score": state["best_score"],
+               "best_val_macro_auroc": best["macro_auroc"], "history": state["history"],
+               "train_counts": np.bincount(train_labels, minlength=3).tolist(),
+               "class_weights": [1.0, 1.0, 1.0], "severe_weight": result["severe_weight"],
+               "positive_cell_weight": POSITIVE_CELL_WEIGHT, "min_cell_coverage": MIN_CELL_COVERAGE,
+               "augmentation": {k: (list(v) if isinstance(v, tuple) else v) for k, v in LIVE_AUGMENTATION.items()},
+               "input_size": int(data["train"]["images"].shape[1]), "serving_input_size": INPUT_SIZE,
+               "wall_seconds": result["wall_seconds"], "features_from_cache": False}
+    (args.out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    log(f"done: best epoch {state['best_epoch']} val score {state['best_score']:.4f} "
+        f"(FracAtlas AUROC {best['fracatlas_auroc']:.4f}, severity AUROC {best['severity_auroc']:.4f}); "
+        f"{result['wall_seconds']:.0f} s in all")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The unseen-source check: healthy knee films from another continent (../shared/data/knee_oai/).
+
+Every image there is healthy. Through the serving path (bytes -> utils.classifier, guard
+included) this reports, per preset: the share called healthy and not uncertain (right), the
+share flagged as not-an-X-ray or uncertain (honest), and the share given a confident fracture
+verdict (wrong). Nothing is fitted here: the check only measures a model that is already
+final, so its figures can be reported for every study without steering it.
+
+Usage: python -m training.knee_check --run artifacts/finetune   (a run with eval/ and trust/)
+       python -m training.knee_check --bundle-dir model          (a shipped bundle)
+Writes <run>/knee_check.json (or prints only, for a bundle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from training.data import default_data_dir  # noqa: E402
+
+KNEE_FOLDER = "knee_oai"
+
+
+def knee_files(data_dir: Path, limit: int | None = None) -> list[Path]:
+    with open(data_dir / KNEE_FOLDER / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    paths = [data_dir / KNEE_FOLDER / r["path"] for r in rows if r["label"] == "healthy"]
+    return paths[:limit] if limit else paths
+
+
+def summarise(predictions, preset: dict) -> dict:
+    """Shares of the (all healthy) images by outcome under one preset."""
+    outcome = {"healthy_confident": 0, "uncertain_or_flagged": 0, "fracture_confident": 0, "error": 0}
+    labels = {"healthy": 0, "fractured": 0, "beyond_repair": 0}
+    for p in predictions:
+        if p.error:
+            outcome["error"] += 1
+            continue
+        label, uncertain = p.verdict(preset)
+        labels[label] += 1
+        if uncertain:
+            outcome["uncertain_or_flagged"] += 1
+        elif label == "healthy":
+            outcome["healthy_confident"] += 1
+        else:
+            outcome["fracture_confident"] += 1
+    n = max(len(predictions), 1)
+    p_healthy = [p.probabilities["healthy"] for p in predictions if p.probabilities]
+    return {"n": len(predictions), **{k: v / n for k, v in outcome.items()},
+            "called": {k: v / n for k, v in labels.items()},
+            "flagged_not_xray": sum(p.not_xray is not None for p in predictions) / n,
+            "median_p_healthy": float(np.median(p_healthy)) if p_healthy else None}
+
+
+def knee_check(classifier, data_dir: Path, limit: int | None = None) -> dict:
+    files = knee_files(data_dir, limit)
+    predictions = classifier.predict_many([(str(p), p.read_bytes()) for p in files], batch_size=16)
+    presets = classifier.bundle.metadata["presets"]
+    return {name: summarise(predictions, presets[name]) for name in presets}
+
+
+def classifier_for_run(run_dir: Path):
+    import keras
+
+    from training.trust import GUARD_FILE, classifier_for
+    from utils.guard import FeatureGuard
+
+    report = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    metadata = {"classes": ["healthy", "fractured", "beyond_repair"], "temperature": report["temperature"],
+                "presets": report["presets"]}
+    guard_path = run_dir / "trust" / GUARD_FILE
+    guard = FeatureGuard.load(guard_path) if guard_path.exists() else None
+    return classifier_for(keras.saving.load_model(run_dir / "model.keras", compile=False), metadata, guard)
+
+
+def markdown(result: dict) -> str:
+    lines = ["| preset | n | healthy, not uncertain | uncertain or flagged | confident fracture verdict | "
+             "flagged not-an-X-ray | median P(healthy) |", "|---|---|---|---|---|---|---|"]
+    for name, r in result.items():
+        lines.append(f"| {name} | {r['n']} | {r['healthy_confident']:.1%} | {r['uncertain_or_flagged']:.1%} | "
+                     f"{r['fracture_confident']:.1%} | {r['flagged_not_xray']:.1%} | {r['median_p_healthy']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--run", type=Path)
+    where.add_argument("--bundle-dir", type=Path)
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--limit", type=int, help="only the first N images (a quick look)")
+    args = parser.parse_args(argv)
+    if args.run:
+        classifier = classifier_for_run(args.run)
+    else:
+        from utils.bundle import load_bundle
+        from utils.classifier import Classifier
+
+        classifier = Classifier(load_bundle(args.bundle_dir))
+    result = knee_check(classifier, args.data_dir, args.limit)
+    if args.run:
+        (args.run / "knee_check.json").write_text(json.dumps(result, indent=1))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
