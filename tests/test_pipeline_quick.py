@@ -40,6 +40,19 @@ def synthetic_dataset(root, groups_per_class=40):
         writer.writerows(rows)
 
 
+def synthetic_knee_check(root, n=6):
+    """A stand-in for knee_oai/: n healthy 224 px crops with its manifest's columns."""
+    (root / "knee_oai" / "healthy").mkdir(parents=True, exist_ok=True)
+    with open(root / "knee_oai" / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label", "kl_grade"])
+        writer.writeheader()
+        for i in range(n):
+            path = f"healthy/knee{i}.png"
+            (root / "knee_oai" / path).write_bytes(png_bytes((synthetic_radiograph(224, 224, seed=900 + i) * 255)
+                                                             .astype(np.uint8)))
+            writer.writerow({"path": path, "label": "healthy", "kl_grade": 0})
+
+
 def test_quick_pipeline_produces_a_loadable_bundle(tmp_path):
     from training import pipeline
     from utils.bundle import load_bundle
@@ -47,6 +60,7 @@ def test_quick_pipeline_produces_a_loadable_bundle(tmp_path):
 
     data = tmp_path / "data"
     synthetic_dataset(data)
+    synthetic_knee_check(data)
     bundle_dir = tmp_path / "bundle"
     pipeline.main(["--quick", "--init", "random", "--data-dir", str(data),
                    "--split", str(tmp_path / "split.csv"), "--cache-dir", str(tmp_path / "cache"),
@@ -62,8 +76,15 @@ def test_quick_pipeline_produces_a_loadable_bundle(tmp_path):
         assert (bundle_dir / "eval" / plot).stat().st_size > 1000
 
     # The checkpoint state records every epoch that ran, so a rerun resumes after the last.
-    state = json.loads((tmp_path / "runs" / "run_random_quick" / "state.json").read_text())
+    state = json.loads((tmp_path / "runs" / "finetune_random_quick" / "state.json").read_text())
     assert state["epoch"] == len(state["history"]) >= 1
+    # The default recipe: two-stage head, its fracture map as the heatmap, the knee check measured.
+    assert metadata["heatmap_kind"] == "fracture map"
+    assert metadata["architecture"]["head"].startswith("two stages")
+    knee = metadata["metrics"]["knee_check"]["balanced"]
+    assert knee["n"] == 6
+    assert abs(knee["healthy_confident"] + knee["uncertain_or_flagged"] + knee["fracture_confident"] - 1) < 1e-9
+    assert "knee_healthy_confident" in metadata["metrics"]["targets"]["values"]
 
     classifier = Classifier(load_bundle(bundle_dir))
     prediction = classifier.predict_bytes("x.png", png_bytes((synthetic_radiograph() * 255).astype(np.uint8)))

@@ -1,8 +1,10 @@
 """The one command from ../shared/data to the model bundle in model/.
 
 Steps: check the committed split against the manifest -> fetch/convert the pretrained
-weights -> train (resumable) -> evaluate on the test split -> optional random-init control ->
-fit and measure the not-an-X-ray guard, pointing game (training.trust) -> convert to LiteRT and
+weights -> train (resumable; training.finetune by default, training.train with --recipe cached)
+-> evaluate on the test split -> optional random-init control -> fit and measure the
+not-an-X-ray guard, pointing game (training.trust) -> the unseen-source knee check
+(training.knee_check, measured only) -> convert to LiteRT and
 compare with Keras on the test split (training.litert) -> export model/. Re-running resumes from the caches and checkpoints.
 
 Usage: python -m training.pipeline [--quick] [--control] [--bundle-dir model] [training options]
@@ -36,7 +38,7 @@ def check_split(data_dir: Path, split_file: Path) -> None:
 
 
 def main(argv=None) -> None:
-    from training import evaluate, export, litert, train, trust
+    from training import evaluate, export, finetune, knee_check, litert, train, trust
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
@@ -45,6 +47,10 @@ def main(argv=None) -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("artifacts"))
     parser.add_argument("--bundle-dir", type=Path, default=DEFAULT_BUNDLE_DIR)
     parser.add_argument("--init", choices=("nsfwjs", "random"), default="nsfwjs")
+    parser.add_argument("--recipe", choices=("finetune", "cached"), default="finetune",
+                        help="finetune: two-stage head, fracture map, live augmentation (training.finetune, "
+                             "the default, hours on 2 cores); cached: the fast recipe over cached trunk "
+                             "features (training.train, for quick studies)")
     parser.add_argument("--control", action="store_true", help="also train the random-init control")
     parser.add_argument("--quick", action="store_true", help="tiny subset end to end, for tests")
     args, train_options = parser.parse_known_args(argv)
@@ -56,15 +62,21 @@ def main(argv=None) -> None:
     common = ["--data-dir", str(args.data_dir), "--split", str(args.split),
               "--cache-dir", str(args.cache_dir)] + (["--quick"] if args.quick else [])
     suffix = ("_quick" if args.quick else "") + "".join(train_options).replace("--", "_")
-    runs = [(args.init, args.runs_dir / f"run_{args.init}{suffix}")]
+    trainer = finetune if args.recipe == "finetune" else train
+    prefix = "finetune" if args.recipe == "finetune" else "run"
+    runs = [(args.init, args.runs_dir / f"{prefix}_{args.init}{suffix}")]
     if args.control and args.init != "random":
-        runs.append(("random", args.runs_dir / f"run_random{suffix}"))
+        runs.append(("random", args.runs_dir / f"{prefix}_random{suffix}"))
     for init, run_dir in runs:
-        train.main(common + train_options + ["--init", init, "--out", str(run_dir)])
+        trainer.main(common + train_options + ["--init", init, "--out", str(run_dir)])
         evaluate.main(["--run", str(run_dir)] + common)
 
     main_run = runs[0][1]
     trust.main(["--run", str(main_run)] + common)
+    knee_dir = args.data_dir / knee_check.KNEE_FOLDER
+    if (knee_dir / "manifest.csv").exists():  # measured only: nothing is fitted on it
+        knee_check.main(["--run", str(main_run), "--data-dir", str(args.data_dir)]
+                        + (["--limit", "24"] if args.quick else []))
     litert.main(["--run", str(main_run)] + common)
     command = "python -m training.pipeline " + " ".join(a for a in (argv or sys.argv[1:]))
     export.export(main_run, args.bundle_dir, command.strip(),
