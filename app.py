@@ -11,6 +11,7 @@ from utils.classifier import Classifier
 from utils.heatmap import colorize_heatmap, heatmap_caption, overlay_heatmap, upsample_heatmap
 from utils.inference import CLASSES
 from utils.report import build_pdf, records_to_csv
+from utils.verdict import verdict_style
 
 CLASS_TEXT = {
     "healthy": "no fracture seen.",
@@ -35,10 +36,6 @@ def get_classifier(directory: str) -> Classifier:
     print(f"bone-xray: model {classifier.bundle.metadata['sha256'][:12]} loaded ({classifier.engine.name})",
           flush=True)
     return classifier
-
-
-def confidence_colour(probability: float) -> str:
-    return "green" if probability >= 0.70 else "orange" if probability >= 0.40 else "red"
 
 
 def pretty(label: str) -> str:
@@ -109,17 +106,13 @@ def classify_uploads(classifier: Classifier, uploads, preset_name: str) -> list:
     fresh = [u for u in uploads if u.file_id not in results]
     if fresh:
         bar = st.progress(0.0, text=f"Classifying {len(fresh)} image(s)...")
-        history = st.session_state.setdefault("history", [])
         for start in range(0, len(fresh), BATCH_SIZE):
             chunk = fresh[start:start + BATCH_SIZE]
             predictions = classifier.predict_many([(u.name, u.getvalue()) for u in chunk], preset=preset_name,
                                                   batch_size=BATCH_SIZE)
             for upload, prediction in zip(chunk, predictions):
                 results[upload.file_id] = prediction
-                if prediction.label:
-                    history.append({"time": dt.datetime.now().strftime("%H:%M:%S"), "name": upload.name,
-                                    "label": prediction.label, "uncertain": prediction.uncertain,
-                                    "not_xray": prediction.not_xray is not None})
+                record_history(upload.name, prediction)
             done = min(start + BATCH_SIZE, len(fresh))
             bar.progress(done / len(fresh), text=f"Classified {done} of {len(fresh)}")
         bar.empty()
@@ -127,6 +120,33 @@ def classify_uploads(classifier: Classifier, uploads, preset_name: str) -> list:
     for stale in set(results) - current:  # files the user removed: drop what was derived from them
         del results[stale]
     return [(u.file_id, results[u.file_id]) for u in uploads]
+
+
+def record_history(name: str, prediction) -> None:
+    if prediction.label:
+        st.session_state.setdefault("history", []).append(
+            {"time": dt.datetime.now().strftime("%H:%M:%S"), "name": name, "label": prediction.label,
+             "uncertain": prediction.uncertain, "not_xray": prediction.not_xray is not None})
+
+
+def classify_url(classifier: Classifier, url: str, preset_name: str) -> tuple[str, object]:
+    """Fetch and classify the pasted URL once per session (utils.url_input refuses private and
+    loopback addresses and oversized bodies); only the last URL's result is kept."""
+    from utils.classifier import Prediction
+    from utils.url_input import UrlRefused, fetch_image_bytes
+
+    key = f"url:{url}"
+    results = st.session_state.setdefault("url_results", {})
+    if key not in results:
+        with st.spinner("Fetching the image..."):
+            try:
+                prediction = classifier.predict_bytes(url, fetch_image_bytes(url), preset=preset_name)
+            except UrlRefused as exc:
+                prediction = Prediction(name=url, error=str(exc))
+        results.clear()
+        results[key] = prediction
+        record_history(url, prediction)
+    return key, results[key]
 
 
 def records_for(items, preset: dict) -> list[dict]:
@@ -184,16 +204,20 @@ def show_single(classifier: Classifier, file_id: str, prediction, preset_name: s
             st.image(prediction.model_input, caption="The image as the model saw it", clamp=True, width=360)
     with right:
         probability = prediction.probabilities[label]
+        style = verdict_style(label, uncertain, prediction.not_xray is not None)
+        line = f"### Verdict: :{style.theme_colour}[{style.icon} {style.word}]"
         if prediction.not_xray:
+            st.markdown(line)
             st.error(f"**Not a bone radiograph?** {prediction.not_xray}")
-            st.markdown("### Verdict: :orange[UNCERTAIN: NEEDS REVIEW]")
             st.caption(f"The model's probabilities are shown below but mean little for this input "
                        f"(its pick would be {pretty(label)}).")
+        elif uncertain:
+            st.markdown(line)
+            st.markdown(f"The model leans to **{pretty(label)}** ({probability:.0%}), but that probability, or its "
+                        "lead over the next class, is below this preset's threshold (chosen on validation images): "
+                        "a reader should decide.")
         else:
-            st.markdown(f"### Verdict: :{confidence_colour(probability)}[{pretty(label).upper()}] ({probability:.0%})")
-        if uncertain and not prediction.not_xray:
-            st.markdown(":orange[**Uncertain: needs review.**] The verdict's probability, or its lead over "
-                        "the next class, is below this preset's threshold (chosen on validation images).")
+            st.markdown(f"{line} ({probability:.0%})")
         most_probable = max(CLASSES, key=lambda c: prediction.probabilities[c])
         if most_probable != label:
             st.caption(f"The {pretty(preset_name)} preset chose {pretty(label)} although {pretty(most_probable)} is "
@@ -267,12 +291,17 @@ def show_main(classifier: Classifier, preset_name: str) -> None:
     folder_mode = st.toggle("Upload a whole folder", help="Pick a folder; every file in it is classified.")
     uploads = st.file_uploader("Radiographs (JPEG, PNG, DICOM; files without an extension are fine)",
                                accept_multiple_files="directory" if folder_mode else True)
+    url = st.text_input("...or paste an image URL", key="image_url", placeholder="https://example.org/film.png",
+                        help="http or https only. Private, loopback and link-local addresses are refused; the "
+                             "image is kept in memory only, up to the upload size limit.").strip()
     st.text_input("Study / patient reference for PDF reports (optional, typed by you)", key="reference",
                   max_chars=120)
-    if not uploads:
-        st.info("Upload one or more images to classify them.")
+    items = classify_uploads(classifier, uploads, preset_name) if uploads else []
+    if url:
+        items.append(classify_url(classifier, url, preset_name))
+    if not items:
+        st.info("Upload one or more images, or paste an image URL, to classify them.")
         return
-    items = classify_uploads(classifier, uploads, preset_name)
     selected = items[0] if len(items) == 1 else show_batch(classifier, items, preset_name)
     if selected is not None:
         show_single(classifier, *selected, preset_name)

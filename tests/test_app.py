@@ -67,11 +67,11 @@ def test_colour_photo_is_flagged_as_not_an_xray(app):
     app.run()
     assert not app.exception
     assert any("Not a bone radiograph?" in e.value and "colour photo" in e.value for e in app.error)
-    assert verdicts(app) == ["### Verdict: :orange[UNCERTAIN: NEEDS REVIEW]"]
+    assert verdicts(app) == ["### Verdict: :gray[:material/help: NOT A RADIOGRAPH? NEEDS REVIEW]"]
     assert any("holiday.png: not a radiograph? (uncertain)" in m.value for m in app.sidebar.markdown)
     app.sidebar.radio[0].set_value("fracture_sensitive")  # no preset turns it into a confident verdict
     app.run()
-    assert verdicts(app) == ["### Verdict: :orange[UNCERTAIN: NEEDS REVIEW]"]
+    assert verdicts(app) == ["### Verdict: :gray[:material/help: NOT A RADIOGRAPH? NEEDS REVIEW]"]
 
 
 def test_heatmap_opacity_and_class_controls(app):

@@ -1,10 +1,11 @@
 """Command line: classify radiographs without the web app.
 
-    python -m utils.cli predict PATH [PATH ...] [--format jsonl|csv] [--output FILE]
+    python -m utils.cli predict PATH|URL [PATH|URL ...] [--format jsonl|csv] [--output FILE]
                                 [--preset balanced|fracture_sensitive] [--batch-size N]
                                 [--heatmaps DIR] [--report report.pdf] [--reference TEXT]
 
-Folders are searched recursively. One record per input: path, label, probabilities,
+Folders are searched recursively; http(s) URLs are fetched under utils.url_input's rules
+(the record's path is the URL). One record per input: path, label, probabilities,
 uncertain, not_xray (the not-an-X-ray guard fired; uncertain is then true and a warning says
 why), warnings, error. Exit status: 0 every input predicted, 1 some failed (the rest are
 still predicted), 2 usage error.
@@ -26,10 +27,16 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 PROGRESS_MIN_FILES = 4
 
 
-def expand_paths(paths: list[str]) -> list[Path]:
-    """Files as given, folders recursed in sorted order (hidden entries skipped)."""
-    found: list[Path] = []
+def expand_paths(paths: list[str]) -> list[Path | str]:
+    """Files as given, folders recursed in sorted order (hidden entries skipped); http(s) URLs
+    stay strings (a Path would fold their '//')."""
+    from utils.url_input import is_url
+
+    found: list[Path | str] = []
     for raw in paths:
+        if is_url(raw):
+            found.append(raw)
+            continue
         path = Path(raw)
         if path.is_dir():
             for root, dirs, files in os.walk(path):
@@ -40,9 +47,16 @@ def expand_paths(paths: list[str]) -> list[Path]:
     return found
 
 
-def read_input(path: Path) -> bytes:
+def read_input(path: Path | str) -> bytes:
+    """The bytes of a file, or of an image URL fetched under utils.url_input's rules."""
     from utils.decode import InputError
+    from utils.url_input import UrlRefused, fetch_image_bytes, is_url
 
+    if isinstance(path, str) and is_url(path):
+        try:
+            return fetch_image_bytes(path)
+        except UrlRefused as exc:
+            raise InputError(str(exc)) from None
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
             raise InputError(f"The file is larger than {MAX_FILE_BYTES // 2**20} MB.")
@@ -57,7 +71,7 @@ def read_input(path: Path) -> bytes:
         raise InputError(f"The file cannot be read ({exc.strerror or exc}).") from None
 
 
-def predict_paths(classifier, paths: list[Path], preset: str, batch_size: int,
+def predict_paths(classifier, paths: list[Path | str], preset: str, batch_size: int,
                   progress=None) -> Iterator:
     """Yield one Prediction per path, reading and classifying batch_size files at a time."""
     from utils.classifier import Prediction
@@ -122,8 +136,9 @@ class Outputs:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m utils.cli", description="Bone X-ray Classifier")
     commands = parser.add_subparsers(dest="command", required=True)
-    predict = commands.add_parser("predict", help="classify images (files or folders)")
-    predict.add_argument("paths", nargs="+", metavar="PATH")
+    predict = commands.add_parser("predict", help="classify images (files, folders or http(s) image URLs)")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="a file, a folder (searched recursively) or an "
+                         "http(s) image URL (private and loopback addresses are refused; see BONE_XRAY_URL_ALLOW)")
     predict.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     predict.add_argument("--output", type=Path, help="write here instead of stdout")
     predict.add_argument("--preset", choices=("balanced", "fracture_sensitive"), default="balanced")

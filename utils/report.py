@@ -10,6 +10,7 @@ import numpy as np
 
 from utils.heatmap import heatmap_caption
 from utils.inference import CLASSES
+from utils.verdict import verdict_style
 
 CSV_COLUMNS = ["path", "label"] + [f"p_{c}" for c in CLASSES] + ["uncertain", "not_xray", "warnings", "error"]
 DISCLAIMER = ("Educational and triage aid only. Not a medical device and not for diagnosis: "
@@ -82,9 +83,11 @@ def build_pdf(entries: list[dict], metadata: dict, preset_name: str, reference: 
         if entry.get("error"):
             pdf.multi_cell(0, 7, _latin1(f"Not classified: {entry['error']}"), new_x="LMARGIN", new_y="NEXT")
         else:
-            verdict = entry["label"].replace("_", " ").upper()
-            suffix = " (uncertain: needs review)" if entry.get("uncertain") else ""
-            pdf.cell(0, 8, _latin1(f"Verdict: {verdict}{suffix}"), new_x="LMARGIN", new_y="NEXT")
+            style = verdict_style(entry["label"], bool(entry.get("uncertain")), bool(entry.get("not_xray")))
+            lean = "" if style.kind == entry["label"] else f" (the model leans to {entry['label'].replace('_', ' ')})"
+            pdf.set_text_color(*style.pdf_rgb)
+            pdf.cell(0, 8, _latin1(f"Verdict: {style.pdf_mark} {style.word}{lean}"), new_x="LMARGIN", new_y="NEXT")
+            pdf.set_text_color(0, 0, 0)
             pdf.set_font("Helvetica", "", 11)
             for cls in CLASSES:
                 p = entry["probabilities"][cls]
