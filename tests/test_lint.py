@@ -1,0 +1,49 @@
+"""The CI workflow and the Dockerfile pass their linters (actionlint, hadolint), installed from PyPI."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def linter(name: str) -> str:
+    path = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: pip install -r requirements-dev.txt")
+    return path
+
+
+def test_the_workflow_passes_actionlint():
+    workflow = REPO / ".github" / "workflows" / "ci.yml"
+    result = subprocess.run([linter("actionlint"), "-no-color", str(workflow)], capture_output=True, text=True,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_dockerfile_passes_hadolint():
+    result = subprocess.run([linter("hadolint"), "--no-color", str(REPO / "Dockerfile")], capture_output=True,
+                            text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_linters_do_find_errors(tmp_path):
+    """Guards the two tests above: each linter fails on a file with a known mistake."""
+    bad_workflow = tmp_path / "bad.yml"
+    bad_workflow.write_text("on: push\njobs:\n  t:\n    runs-on: ubuntu-latest\n    steps:\n"
+                            "      - run: echo ${{ github.event.nonexistent_context_key.x }\n")
+    assert subprocess.run([linter("actionlint"), "-no-color", str(bad_workflow)], capture_output=True).returncode != 0
+    bad_dockerfile = tmp_path / "Dockerfile"
+    bad_dockerfile.write_text("FROM python:latest\nRUN cd /tmp && pip install requests\nCMD python app.py\n")
+    assert subprocess.run([linter("hadolint"), "--no-color", str(bad_dockerfile)], capture_output=True).returncode != 0
+
+
+def test_the_workflow_runs_the_readme_test_command_and_checks_health():
+    text = (REPO / ".github" / "workflows" / "ci.yml").read_text()
+    assert "bash scripts/test.sh" in text and 'python-version: "3.11"' in text and "cache: pip" in text
+    assert "/_stcore/health" in text and "ghcr.io" in text and "refs/tags/v" in text
