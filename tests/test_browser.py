@@ -45,7 +45,9 @@ def wait_healthy(url: str, process, timeout: float = 120) -> None:
 @pytest.fixture(scope="module")
 def server(bundle_dir, tmp_path_factory):
     port = free_port()
-    env = dict(os.environ, BONE_XRAY_MODEL_DIR=str(bundle_dir), PYTHONUNBUFFERED="1")
+    # Loopback is allowed only so that the URL test can serve its image from 127.0.0.1.
+    env = dict(os.environ, BONE_XRAY_MODEL_DIR=str(bundle_dir), PYTHONUNBUFFERED="1",
+               BONE_XRAY_URL_ALLOW="127.0.0.1/32")
     log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
     log = open(log_path, "w")
     process = subprocess.Popen(
@@ -100,6 +102,49 @@ def test_upload_in_a_browser_shows_the_verdict(server, browser, tmp_path):
     page.close()
 
 
+@pytest.fixture(scope="module")
+def image_server():
+    """A plain HTTP server on 127.0.0.1 with one synthetic radiograph at /film.png."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    film = png_bytes((synthetic_radiograph(seed=9) * 255).astype(np.uint8))
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200 if self.path == "/film.png" else 404)
+            self.send_header("Content-Length", str(len(film) if self.path == "/film.png" else 0))
+            self.end_headers()
+            if self.path == "/film.png":
+                self.wfile.write(film)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_an_image_url_in_the_browser(server, browser, image_server):
+    url, _ = server
+    page = open_app(browser, url)
+    box = page.get_by_role("textbox", name="...or paste an image URL")
+    box.fill(f"{image_server}/film.png")
+    box.press("Enter")
+    page.get_by_text("Verdict:").first.wait_for(timeout=120_000)
+    body = page.inner_text("body")
+    assert "healthy:" in body and "beyond repair:" in body
+    wait_until_idle(page)
+    box = page.get_by_role("textbox", name="...or paste an image URL")
+    box.fill("http://10.0.0.5/film.png")
+    box.press("Enter")
+    page.get_by_text("refused: 10.0.0.5 is a private address").first.wait_for(timeout=60_000)
+    page.close()
+
+
 def test_not_an_xray_warning_in_the_browser(server, browser):
     from tests.test_guard import colourful_photo, rgb_png
 
@@ -108,7 +153,7 @@ def test_not_an_xray_warning_in_the_browser(server, browser):
     page.locator("input[type=file]").set_input_files(
         {"name": "holiday.png", "mimeType": "image/png", "buffer": rgb_png(colourful_photo())})
     page.get_by_text("Not a bone radiograph?").first.wait_for(timeout=120_000)
-    assert "UNCERTAIN: NEEDS REVIEW" in page.inner_text("body")
+    assert "NOT A RADIOGRAPH? NEEDS REVIEW" in page.inner_text("body")
     page.close()
 
 
