@@ -56,7 +56,11 @@ def parse_args(argv=None):
     parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     parser.add_argument("--out", type=Path, default=Path("artifacts/finetune"))
-    parser.add_argument("--init", choices=("nsfwjs", "random"), default="nsfwjs")
+    parser.add_argument("--init", choices=("nsfwjs", "random"), default="nsfwjs",
+                        help="nsfwjs: the backbone's pretrained weights (InceptionV3 from nsfwjs, "
+                             "EfficientNet-Lite2 from ImageNet); random: from scratch")
+    parser.add_argument("--backbone", choices=("inception_v3", "efficientnet_lite2", "small_cnn"),
+                        default="inception_v3", help="the shipped InceptionV3, or the comparison's others")
     parser.add_argument("--cut", default=DEFAULT_CUT)
     parser.add_argument("--frozen-until", default=DEFAULT_FROZEN_UNTIL)
     parser.add_argument("--epochs", type=int, default=12)
@@ -149,6 +153,22 @@ def validation_scores(labels: np.ndarray, sources: np.ndarray, log_probs: np.nda
     return scores
 
 
+def pretrained(args) -> bool:
+    return getattr(args, "init", "nsfwjs") != "random" and getattr(args, "backbone", "inception_v3") != "small_cnn"
+
+
+def backbone_weights(args) -> Path | None:
+    if not pretrained(args):
+        return None
+    if args.backbone == "efficientnet_lite2":
+        from training.backbones import efficientnet_lite2_weights
+
+        return efficientnet_lite2_weights(args.cache_dir)
+    from training.pretrained import pretrained_weights_path
+
+    return pretrained_weights_path(args.cache_dir)
+
+
 class Trainer:
     """Owns the model, the optimizer and their checkpoints in one run folder."""
 
@@ -159,9 +179,10 @@ class Trainer:
 
         self.model, self.args = model, args
         self.trunk, self.tail = training_view(model, args.frozen_until)
-        for layer in self.tail.layers:  # small batches: keep the pretrained BatchNorm statistics
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
+        if pretrained(args):  # small batches: keep the pretrained BatchNorm statistics
+            for layer in self.tail.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.trainable = False
         schedule = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=max(1, steps_per_epoch * args.epochs))
         self.optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=args.weight_decay)
         self.optimizer.build(self.tail.trainable_variables)
@@ -330,7 +351,6 @@ def load_data(args, log=print) -> tuple[dict, list[dict]]:
 
 def main(argv=None) -> dict:
     from training.model import build_two_stage_classifier
-    from training.pretrained import pretrained_weights_path
 
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -343,9 +363,10 @@ def main(argv=None) -> dict:
         log_file.flush()
 
     data, _ = load_data(args, log)
-    weights = pretrained_weights_path(args.cache_dir) if args.init == "nsfwjs" else None
-    model = build_two_stage_classifier(weights, cut=args.cut, dropout=args.dropout, seed=args.seed,
-                                       size=data["train"]["images"].shape[1])
+    if args.backbone != "inception_v3" and args.frozen_until == DEFAULT_FROZEN_UNTIL:
+        args.frozen_until = "input"  # the comparison's other backbones train every layer
+    model = build_two_stage_classifier(backbone_weights(args), cut=args.cut, dropout=args.dropout, seed=args.seed,
+                                       size=data["train"]["images"].shape[1], backbone=args.backbone)
     result = fit(model, data, args, log)
     if result.get("stopped"):
         return {}
@@ -354,6 +375,7 @@ def main(argv=None) -> dict:
     best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
     train_labels = data["train"]["labels"]
     summary = {"recipe": "training.finetune (two-stage head, fracture map, live augmentation)",
+               "backbone": args.backbone,
                "args": {**{k: str(v) for k, v in vars(args).items()}, "views": "live"},
                "best_epoch": state["best_epoch"], "best_val_score": state["best_score"],
                "best_val_macro_auroc": best["macro_auroc"], "history": state["history"],

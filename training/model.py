@@ -36,7 +36,8 @@ def split_at(model, frozen_until: str = DEFAULT_FROZEN_UNTIL):
     """
     import keras
 
-    boundary = model.get_layer(frozen_until).output
+    # frozen_until "input" (the model's input layer): nothing is frozen (a model from scratch).
+    boundary = model.input if frozen_until == "input" else model.get_layer(frozen_until).output
     trunk = keras.Model(model.input, boundary, name="frozen_trunk")
     tail = keras.Model(boundary, model.output, name="trainable_tail")
     trunk.trainable = False
@@ -58,23 +59,39 @@ STAGE_OUTPUTS = ("fracture_logit", "severity_logit", "localisation_logit")
 
 
 def build_two_stage_classifier(pretrained_weights: Path | None, cut: str = DEFAULT_CUT, dropout: float = 0.3,
-                               seed: int = 0, size: int = INPUT_SIZE):
+                               seed: int = 0, size: int = INPUT_SIZE, backbone: str = "inception_v3"):
     """Flat functional model: float input (S, S, 3) in [0, 1] -> the 3 classes' log-probabilities
     (named `logits`: softmax of them gives the probabilities back). Built from stock Keras
     layers only, so the .keras file loads and converts to LiteRT without custom code.
+
+    backbone: "inception_v3" (the shipped one: keras.applications, cut at `cut`), or, for the
+    architecture comparison, "small_cnn" (from scratch) and "efficientnet_lite2" (ImageNet
+    weights converted by training.backbones); `pretrained_weights` is that backbone's file.
 
     Layers the training and serving code reach by name: `localisation_logit` (h, w, 1; its
     sigmoid is the per-cell fracture probability), `fracture_logit`, `severity_logit`, `pool`
     (the guard's features).
     """
     import keras
-    from keras import layers
 
     keras.utils.set_random_seed(seed)
-    base = keras.applications.InceptionV3(weights=None, include_top=False, input_shape=(size, size, 3))
-    if pretrained_weights is not None:
-        base.load_weights(pretrained_weights)
-    conv = base.get_layer(cut).output
+    if backbone == "inception_v3":
+        base = keras.applications.InceptionV3(weights=None, include_top=False, input_shape=(size, size, 3))
+        if pretrained_weights is not None:
+            base.load_weights(pretrained_weights)
+        inputs, conv = base.input, base.get_layer(cut).output
+    else:
+        from training.backbones import BACKBONES
+
+        inputs, conv = BACKBONES[backbone](size, pretrained_weights)
+    return two_stage_head(inputs, conv, dropout, name=f"bone_xray_{backbone}_two_stage")
+
+
+def two_stage_head(inputs, conv, dropout: float, name: str):
+    """The fracture map, the two stages and their composition on a backbone's last feature map."""
+    import keras
+    from keras import layers
+
     cell_logits = layers.Conv2D(1, 1, name="localisation_logit",
                                 bias_initializer=keras.initializers.Constant(-4.0))(conv)
     pooled = layers.Dropout(dropout, name="dropout")(layers.GlobalAveragePooling2D(name="pool")(conv))
@@ -84,17 +101,17 @@ def build_two_stage_classifier(pretrained_weights: Path | None, cut: str = DEFAU
     fracture = layers.Dense(1, name="fracture_logit")(evidence)
     severity = layers.Dense(1, name="severity_logit")(pooled)
 
-    def stage_log_probabilities(logit, name):
-        zero = layers.Rescaling(0.0, name=f"{name}_zero")(logit)
-        return layers.Activation("log_softmax", name=f"{name}_log_p")(
-            layers.Concatenate(name=f"{name}_pair")([zero, logit]))
+    def stage_log_probabilities(logit, stage):
+        zero = layers.Rescaling(0.0, name=f"{stage}_zero")(logit)
+        return layers.Activation("log_softmax", name=f"{stage}_log_p")(
+            layers.Concatenate(name=f"{stage}_pair")([zero, logit]))
 
     stages = layers.Concatenate(name="stages")([stage_log_probabilities(fracture, "fracture"),
                                                 stage_log_probabilities(severity, "severity")])
     compose = layers.Dense(3, use_bias=False, trainable=False, name="logits")
     log_probs = compose(stages)
     compose.set_weights([np.array(COMPOSE_KERNEL, dtype=np.float32)])
-    model = keras.Model(base.input, log_probs, name=f"bone_xray_inception_v3_{cut}_two_stage")
+    model = keras.Model(inputs, log_probs, name=name)
     # Start the map's max and mean with a positive say in the fracture score.
     kernel, bias = model.get_layer("fracture_logit").get_weights()
     kernel[-2:] = 0.5
@@ -117,7 +134,8 @@ def training_view(model, frozen_until: str = DEFAULT_FROZEN_UNTIL):
     """(frozen trunk up to frozen_until, trainable tail: boundary -> the stage logits and the map)."""
     import keras
 
-    boundary = model.get_layer(frozen_until).output
+    # frozen_until "input" (the model's input layer): nothing is frozen (a model from scratch).
+    boundary = model.input if frozen_until == "input" else model.get_layer(frozen_until).output
     trunk = keras.Model(model.input, boundary, name="frozen_trunk")
     tail = keras.Model(boundary, {name: model.get_layer(name).output for name in STAGE_OUTPUTS + ("logits",)},
                        name="trainable_tail")
