@@ -66,7 +66,7 @@ def knee_check(classifier, data_dir: Path, limit: int | None = None) -> dict:
     return {name: summarise(predictions, presets[name]) for name in presets}
 
 
-def classifier_for_run(run_dir: Path):
+def classifier_for_run(run_dir: Path, guard: bool = True):
     import keras
 
     from training.trust import GUARD_FILE, classifier_for
@@ -76,8 +76,8 @@ def classifier_for_run(run_dir: Path):
     metadata = {"classes": ["healthy", "fractured", "beyond_repair"], "temperature": report["temperature"],
                 "presets": report["presets"]}
     guard_path = run_dir / "trust" / GUARD_FILE
-    guard = FeatureGuard.load(guard_path) if guard_path.exists() else None
-    return classifier_for(keras.saving.load_model(run_dir / "model.keras", compile=False), metadata, guard)
+    feature_guard = FeatureGuard.load(guard_path) if guard and guard_path.exists() else None
+    return classifier_for(keras.saving.load_model(run_dir / "model.keras", compile=False), metadata, feature_guard)
 
 
 def markdown(result: dict) -> str:
@@ -96,9 +96,11 @@ def main(argv=None) -> dict:
     where.add_argument("--bundle-dir", type=Path)
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--limit", type=int, help="only the first N images (a quick look)")
+    parser.add_argument("--no-guard", action="store_true",
+                        help="without the feature guard (the model alone; the comparison's figures)")
     args = parser.parse_args(argv)
     if args.run:
-        classifier = classifier_for_run(args.run)
+        classifier = classifier_for_run(args.run, guard=not args.no_guard)
     else:
         from utils.bundle import load_bundle
         from utils.classifier import Classifier
@@ -106,7 +108,8 @@ def main(argv=None) -> dict:
         classifier = Classifier(load_bundle(args.bundle_dir))
     result = knee_check(classifier, args.data_dir, args.limit)
     if args.run:
-        (args.run / "knee_check.json").write_text(json.dumps(result, indent=1))
+        name = "knee_check_no_guard.json" if args.no_guard else "knee_check.json"
+        (args.run / name).write_text(json.dumps(result, indent=1))
     print(markdown(result))
     return result
 
