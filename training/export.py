@@ -273,7 +273,7 @@ follows a preset stored in `metadata.json`:
   a rare class through a large weight; weights
   {metadata['presets']['balanced'].get('class_weights')};
 - *fracture-sensitive*: "fracture" when P(fractured) + P(beyond_repair) reaches the threshold
-  that keeps 95% recall of any fracture on validation.
+  that keeps 95% recall of any fracture on the FracAtlas (clinical) validation films.
 A verdict is flagged "uncertain: needs review" when its own probability is below the preset's
 `min_confidence` or its lead over the next most probable class is below `min_margin`; both are
 chosen on the validation split for the largest coverage at which the verdicts kept are right at
