@@ -116,8 +116,14 @@ def test_serving_shows_the_fracture_map(small_two_stage, tmp_path):
     from utils.inference import to_model_input
     from utils.runtime import KerasEngine, LiteRTEngine
 
+    import keras
+
+    from utils.runtime import build_serving_model
+
     path = tmp_path / "small.keras"
     small_two_stage.save(path, include_optimizer=False)
+    keras.utils.clear_session()  # as in a fresh process: layer names from the file, counters reset
+    build_serving_model(keras.saving.load_model(path, compile=False))  # no clash with the file's names
     litert_path = convert(path, tmp_path / "small.tflite")
     metadata = {"classes": ["healthy", "fractured", "beyond_repair"], "temperature": 1.0,
                 "input": {"shape": [None, SMALL, SMALL, 3]},

@@ -43,7 +43,7 @@ def build_serving_model(model):
     outputs = {"logits": model.output, "features": model.get_layer(FEATURE_LAYER).output}
     if has_localisation(model):
         cells = model.get_layer(LOCALISATION_LAYER).output
-        probability = keras.layers.Activation("sigmoid")(cells)
+        probability = keras.layers.Activation("sigmoid", name="localisation_probability")(cells)
         outputs["localisation"] = keras.layers.Reshape(tuple(cells.shape[1:3]), name="localisation")(probability)
     else:
         kernel = model.get_layer(DENSE_LAYER).get_weights()[0]  # (K, C)
