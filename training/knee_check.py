@@ -62,7 +62,8 @@ def summarise(predictions, preset: dict) -> dict:
 def knee_check(classifier, data_dir: Path, limit: int | None = None) -> dict:
     files = knee_files(data_dir, limit)
     predictions = classifier.predict_many([(str(p), p.read_bytes()) for p in files], batch_size=16)
-    presets = classifier.bundle.metadata["presets"]
+    presets = dict(classifier.bundle.metadata["presets"])
+    presets["argmax"] = {}  # the model's most probable class, no class weights, no uncertainty thresholds
     return {name: summarise(predictions, presets[name]) for name in presets}
 
 
