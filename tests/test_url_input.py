@@ -58,13 +58,17 @@ class Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Type", "image/png")
             self.end_headers()
-            for _ in range(64):
-                self.wfile.write(b"\0" * 65536)
+            try:
+                for _ in range(64):
+                    self.wfile.write(b"\0" * 65536)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client stopped reading at its limit, as it should
         elif self.path == "/slow":
             self.send_response(200)
             self.send_header("Content-Length", "100")
             self.end_headers()
             time.sleep(3)
+            self.close_connection = True
         elif self.path == "/page":
             self.send_body(b"<html><body>not an image</body></html>", content_type="image/png")
         elif self.path == "/missing":
