@@ -110,6 +110,22 @@ if __name__ == "__main__":
     main()
 
 
+def run_logger(out_dir: Path):
+    """log(message): timestamped to stdout and appended to <out_dir>/train.log (runs resume)."""
+    import time
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_file = open(out_dir / "train.log", "a")
+
+    def log(message: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    return log
+
+
 def run_step_parser(description: str, out: bool = True):
     """The options every per-run step (evaluate, trust, litert) takes."""
     import argparse

@@ -135,6 +135,7 @@ def build_metadata(run_dir: Path, eval_report: dict, model_path: Path, command: 
                      "ai_edge_litert": installed_version("ai-edge-litert"),
                      "python": platform.python_version()},
     }
+    metadata["heatmap_kind"] = "fracture map" if metadata["architecture"]["head"] == TWO_STAGE_HEAD else "Grad-CAM"
     if control_report is not None:
         metadata["metrics"]["random_init_control"] = {
             "overall": control_report["overall"]["point"],
@@ -357,8 +358,6 @@ def export(run_dir: Path, bundle_dir: Path, command: str, control_dir: Path | No
     knee = json.loads((run_dir / "knee_check.json").read_text()) if (run_dir / "knee_check.json").exists() else None
     metadata["metrics"]["knee_check"] = knee
     metadata["metrics"]["targets"] = target_check(eval_report, knee, trust_report)
-    metadata["heatmap_kind"] = "fracture map" if "finetune" in json.loads(
-        (run_dir / "train_summary.json").read_text()).get("recipe", "") else "Grad-CAM"
     comparison = run_dir / "comparison.json"
     if comparison.exists():
         metadata["metrics"]["comparison"] = json.loads(comparison.read_text())

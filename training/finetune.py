@@ -40,7 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from training.augment import LIVE_AUGMENTATION, random_view  # noqa: E402
 from training.boxes import MIN_CELL_COVERAGE, cell_targets  # noqa: E402
-from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split  # noqa: E402
+from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split, run_logger  # noqa: E402
 from training.model import DEFAULT_CUT, DEFAULT_FROZEN_UNTIL  # noqa: E402
 from training.pretrained import default_cache_dir  # noqa: E402
 from utils.preprocess import INPUT_SIZE  # noqa: E402
@@ -353,14 +353,7 @@ def main(argv=None) -> dict:
     from training.model import build_two_stage_classifier
 
     args = parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    log_file = open(args.out / "train.log", "a")
-
-    def log(message: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {message}"
-        print(line, flush=True)
-        log_file.write(line + "\n")
-        log_file.flush()
+    log = run_logger(args.out)
 
     data, _ = load_data(args, log)
     if args.backbone != "inception_v3" and args.frozen_until == DEFAULT_FROZEN_UNTIL:

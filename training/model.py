@@ -126,10 +126,6 @@ def two_stage_probabilities(p_fracture: np.ndarray, p_severe: np.ndarray) -> np.
     return np.stack([1 - p_fracture, p_fracture * (1 - p_severe), p_fracture * p_severe], axis=-1)
 
 
-def is_two_stage(model) -> bool:
-    return any(layer.name == "localisation_logit" for layer in model.layers)
-
-
 def training_view(model, frozen_until: str = DEFAULT_FROZEN_UNTIL):
     """(frozen trunk up to frozen_until, trainable tail: boundary -> the stage logits and the map)."""
     import keras

@@ -20,7 +20,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split  # noqa: E402
+from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split, run_logger  # noqa: E402
 from training.features import (AUGMENTATION, CHUNK, build_image_cache, cached_features,  # noqa: E402
                                spec_hash)
 from training.model import DEFAULT_CUT, DEFAULT_FROZEN_UNTIL, build_classifier, split_at  # noqa: E402
@@ -94,14 +94,7 @@ def train(args) -> dict:
     import tensorflow as tf
 
     started = time.time()
-    args.out.mkdir(parents=True, exist_ok=True)
-    log_file = open(args.out / "train.log", "a")
-
-    def log(message: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {message}"
-        print(line, flush=True)
-        log_file.write(line + "\n")
-        log_file.flush()
+    log = run_logger(args.out)
 
     rows = read_split(args.split)
     if args.quick:

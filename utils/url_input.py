@@ -237,9 +237,6 @@ def fetch_image_bytes(url: str, limits: Limits = Limits(), allow: list | None = 
             raise UrlRefused(f"refused: the TLS certificate of {target.host} could not be verified") from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             reason = getattr(exc, "reason", None) or exc
-            if isinstance(reason, urllib3.exceptions.ConnectTimeoutError):
-                raise UrlRefused(f"refused: {target.host} did not accept a connection within "
-                                 f"{limits.connect_timeout:g} s") from None
             raise UrlRefused(f"refused: {target.host} could not be reached ({type(reason).__name__})") from None
         finally:
             pool.close()
