@@ -94,6 +94,21 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
 
 
+def test_the_fracture_stage_learns_from_fracatlas_unless_web_fractures_are_weighted_in():
+    from training.finetune import stage_targets
+
+    labels = np.array([0, 1, 1, 2, 0])  # healthy, fractured, fractured, beyond_repair, healthy
+    from_fracatlas = np.array([True, True, False, False, True])
+    default = stage_targets(labels, from_fracatlas, severe_weight=3.0)
+    np.testing.assert_array_equal(default["fracture"], [0, 1, 1, 1, 0])
+    np.testing.assert_array_equal(default["fracture_w"], [1, 1, 0, 0, 1])
+    # Severity: fractures only, beyond repair at its weight.
+    np.testing.assert_array_equal(default["severity"], [0, 0, 0, 1, 0])
+    np.testing.assert_array_equal(default["severity_w"], [0, 1, 1, 3, 0])
+    weighted = stage_targets(labels, from_fracatlas, severe_weight=3.0, web_fracture_weight=0.25)
+    np.testing.assert_array_equal(weighted["fracture_w"], [1, 1, 0.25, 0.25, 1])
+
+
 def test_the_model_composes_its_stages(small_two_stage):
     from training.model import training_view
     from utils.inference import softmax, to_model_input

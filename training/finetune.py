@@ -71,6 +71,8 @@ def parse_args(argv=None):
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--dropout", type=float, default=0.3)
     parser.add_argument("--localisation-weight", type=float, default=1.0)
+    parser.add_argument("--web-fracture-weight", type=float, default=0.0,
+                        help="weight of the Bone Break fractures in P(any fracture) (0: FracAtlas only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stop-after", type=int, metavar="EPOCH",
                         help="stop after this epoch as an interruption would (rerun without it to go on)")
@@ -94,10 +96,16 @@ def epoch_order(labels: np.ndarray, from_fracatlas: np.ndarray, healthy_per_epoc
     return rng.permutation(np.concatenate(drawn))
 
 
-def stage_targets(labels: np.ndarray, from_fracatlas: np.ndarray, severe_weight: float) -> dict[str, np.ndarray]:
-    """Targets and per-image weights of the two stages (see the module docstring)."""
+def stage_targets(labels: np.ndarray, from_fracatlas: np.ndarray, severe_weight: float,
+                  web_fracture_weight: float = 0.0) -> dict[str, np.ndarray]:
+    """Targets and per-image weights of the two stages (see the module docstring).
+
+    web_fracture_weight > 0 lets the web fractures (every one a positive) into P(any fracture)
+    at that weight: more fracture examples, at the risk of teaching the source again.
+    """
     fractured = labels != HEALTHY
-    return {"fracture": fractured.astype(np.float32), "fracture_w": from_fracatlas.astype(np.float32),
+    fracture_w = np.where(from_fracatlas, 1.0, web_fracture_weight).astype(np.float32)
+    return {"fracture": fractured.astype(np.float32), "fracture_w": fracture_w,
             "severity": (labels == BEYOND).astype(np.float32),
             "severity_w": np.where(labels == BEYOND, severe_weight, 1.0).astype(np.float32) * fractured}
 
@@ -289,7 +297,8 @@ def fit(model, data: dict, args, log=print) -> dict:
             def prepare(b, batch):
                 seeds = [[args.seed, epoch, b, j] for j in range(len(batch))]
                 return make_batch(train["images"], train["masks"], batch, train["labels"], from_fracatlas,
-                                  grid, seeds), stage_targets(train["labels"][batch], from_fracatlas[batch], severe_weight)
+                                  grid, seeds), stage_targets(train["labels"][batch], from_fracatlas[batch], severe_weight,
+                                                                  getattr(args, "web_fracture_weight", 0.0))
 
             pending = pool.submit(prepare, 0, batches[0])
             losses = []
