@@ -4,10 +4,14 @@
                                 [--preset balanced|fracture_sensitive] [--batch-size N]
                                 [--heatmaps DIR] [--report report.pdf] [--reference TEXT]
 
+    python -m utils.cli pacs --server URL (--study UID | --patient-id ID | --accession N | --since YYYYMMDD)
+                             [--store] [--format jsonl|csv] [--output FILE] [--preset ...] [--batch-size N]
+
 Folders are searched recursively; http(s) URLs are fetched under utils.url_input's rules
 (the record's path is the URL). One record per input: path, label, probabilities,
 uncertain, not_xray (the not-an-X-ray guard fired; uncertain is then true and a warning says
-why), warnings, error. Exit status: 0 every input predicted, 1 some failed (the rest are
+why), warnings, error; `pacs` records add the study, series and SOP instance UIDs, and
+--store writes a DICOM SR and Secondary Captures into each study (see utils.pacs). Exit status: 0 every input predicted, 1 some failed (the rest are
 still predicted), 2 usage error.
 """
 
@@ -25,6 +29,7 @@ from utils.report import CSV_COLUMNS, csv_row
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
 PROGRESS_MIN_FILES = 4
+PACS_COLUMNS = ("study_instance_uid", "series_instance_uid", "sop_instance_uid")
 
 
 def expand_paths(paths: list[str]) -> list[Path | str]:
@@ -101,23 +106,25 @@ def heatmap_file_name(path: str, index: int) -> str:
 class Outputs:
     """Writes each prediction as it arrives: records (JSONL/CSV), heatmap PNGs, PDF entries."""
 
-    def __init__(self, classifier, fmt: str, handle, heatmap_dir: Path | None, want_report: bool):
+    def __init__(self, classifier, fmt: str, handle, heatmap_dir: Path | None, want_report: bool,
+                 extra_columns: tuple[str, ...] = ()):
         self.classifier, self.fmt, self.handle = classifier, fmt, handle
+        self.extra_columns = extra_columns
         self.heatmap_dir, self.want_report = heatmap_dir, want_report
         self.failed, self.count, self.report_entries = 0, 0, []
         self.writer = None
         if fmt == "csv":
-            self.writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+            self.writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS + list(extra_columns))
             self.writer.writeheader()
 
-    def add(self, prediction) -> None:
+    def add(self, prediction, record: dict | None = None) -> None:
         from utils.heatmap import overlay_heatmap
 
-        record = prediction.as_record()
+        record = record or prediction.as_record()
         if self.writer is None:
             self.handle.write(json.dumps(record) + "\n")
         else:
-            self.writer.writerow(csv_row(record))
+            self.writer.writerow({**csv_row(record), **{c: record.get(c, "") for c in self.extra_columns}})
         self.handle.flush()
         self.count += 1
         self.failed += bool(prediction.error)
@@ -131,6 +138,18 @@ class Outputs:
         if self.want_report:
             self.report_entries.append({**record, "name": prediction.name,
                                         "model_input": prediction.model_input, "overlay": overlay})
+
+
+def load_classifier(model_dir: Path | None):
+    """The bundle's Classifier, or None after printing why it cannot load."""
+    from utils.bundle import ModelBundleError, load_bundle
+    from utils.classifier import Classifier
+
+    try:
+        return Classifier(load_bundle(model_dir))
+    except ModelBundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,11 +166,91 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--heatmaps", type=Path, metavar="DIR", help="write heatmap overlay PNGs here (the model's fracture map, or Grad-CAM)")
     predict.add_argument("--report", type=Path, metavar="PDF", help="write a PDF report, one page per image")
     predict.add_argument("--reference", default="", help="study/patient reference printed in the PDF")
+    pacs = commands.add_parser("pacs", help="classify the radiographs of PACS studies over DICOMweb",
+                               description="Credentials come from the environment (BONE_XRAY_PACS_USERNAME and "
+                               "_PASSWORD, or _TOKEN; _CA_BUNDLE for a private CA), never from the command line.")
+    pacs.add_argument("--server", metavar="URL", help="DICOMweb root (default: $BONE_XRAY_PACS_URL)")
+    select = pacs.add_argument_group("study selector (at least one)")
+    select.add_argument("--study", metavar="UID", help="StudyInstanceUID")
+    select.add_argument("--patient-id", metavar="ID")
+    select.add_argument("--accession", metavar="N", help="AccessionNumber")
+    select.add_argument("--since", metavar="YYYYMMDD", help="studies from this date on")
+    pacs.add_argument("--store", action="store_true",
+                      help="write a DICOM SR and a Secondary Capture per film into each study (new objects only)")
+    pacs.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    pacs.add_argument("--output", type=Path, help="write here instead of stdout")
+    pacs.add_argument("--preset", choices=("balanced", "fracture_sensitive"), default="balanced")
+    pacs.add_argument("--batch-size", type=int, default=8)
+    pacs.add_argument("--model-dir", type=Path, help="model bundle folder (default: model/)")
     return parser
+
+
+def run_pacs(args, classifier) -> int:
+    """The `pacs` command: each matching study in turn, records streamed as they come."""
+    from tqdm import tqdm
+
+    from utils.pacs import PacsConfig, PacsError, connect, find_studies, run_study
+
+    try:
+        client = connect(PacsConfig.from_environment(args.server))
+        studies = find_studies(client, study_uid=args.study, patient_id=args.patient_id, accession=args.accession,
+                               since=args.since)
+    except PacsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not studies:
+        print("error: no study on the PACS matches the selector", file=sys.stderr)
+        return 1
+    handle = open(args.output, "w", newline="") if args.output else sys.stdout
+    outputs = Outputs(classifier, args.format, handle, None, False, extra_columns=PACS_COLUMNS)
+    status = 0
+    try:
+        for study in studies:
+            uid = study["StudyInstanceUID"]
+            bars = []
+
+            def on_images(n, uid=uid):
+                bars.append(tqdm(total=n, unit="image", file=sys.stderr, desc=f"study ...{uid[-8:]}",
+                                 disable=n < PROGRESS_MIN_FILES))
+
+            try:
+                run = run_study(client, classifier, uid, args.preset, args.batch_size, args.store,
+                                on_record=lambda record, prediction: outputs.add(prediction, record),
+                                on_images=on_images, progress=lambda k: bars[0].update(k))
+            except PacsError as exc:
+                print(f"error: study {uid}: {exc}", file=sys.stderr)
+                status = 1
+                continue
+            finally:
+                for bar in bars:
+                    bar.close()
+            for note in run.skipped:
+                print(f"note: {note}", file=sys.stderr)
+            if args.store:
+                print(f"stored in study {uid}: {len(run.stored_sr)} SR, {len(run.stored_captures)} secondary "
+                      f"capture(s) of {run.classified} classified film(s)", file=sys.stderr)
+            for failure in run.store_failures:
+                print(f"error: study {uid}: {failure}", file=sys.stderr)
+            status = status or int(not run.ok)
+    finally:
+        if args.output:
+            handle.close()
+    if outputs.failed:
+        print(f"{outputs.failed} of {outputs.count} images could not be classified", file=sys.stderr)
+    return status
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)  # exits 2 on usage errors
+    if args.command == "pacs":
+        if args.batch_size < 1:
+            print("error: --batch-size must be at least 1", file=sys.stderr)
+            return 2
+        if not (args.study or args.patient_id or args.accession or args.since):
+            print("error: choose the studies with --study, --patient-id, --accession or --since", file=sys.stderr)
+            return 2
+        classifier = load_classifier(args.model_dir)
+        return 1 if classifier is None else run_pacs(args, classifier)
     if args.batch_size < 1:
         print("error: --batch-size must be at least 1", file=sys.stderr)
         return 2
@@ -159,13 +258,8 @@ def main(argv=None) -> int:
     if not paths:
         print("error: the folders given contain no files", file=sys.stderr)
         return 2
-    from utils.bundle import ModelBundleError, load_bundle
-    from utils.classifier import Classifier
-
-    try:
-        classifier = Classifier(load_bundle(args.model_dir))
-    except ModelBundleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    classifier = load_classifier(args.model_dir)
+    if classifier is None:
         return 1
     from tqdm import tqdm
 

@@ -1,0 +1,389 @@
+"""A PACS over DICOMweb, the edge adapter: find studies (QIDO-RS), stream their radiographs
+(WADO-RS) through the Classifier, and store new result objects in the same study (STOW-RS).
+
+The server is configured by the operator (`.streamlit/secrets.toml` or the environment), so
+the URL rules of `utils.url_input` do not apply. TLS is verified (optionally against a CA
+bundle); credentials come from the configuration, never from the command line. Messages and
+logs name studies and instances by UID only: patient identifiers and other PHI never appear
+in them, and the HTTP library's error text (it holds the query URL) is not passed on.
+Nothing on the server is modified or deleted: results are new objects with new UIDs.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping
+
+IMAGE_MODALITIES = ("CR", "DX", "RF")
+STUDY_FIELDS = ("StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyDescription",
+                "ModalitiesInStudy", "PatientID", "NumberOfStudyRelatedInstances")
+# SOP classes in radiograph series that hold no image to classify (checked by name, so every
+# SR flavour, PDF/CDA encapsulations, key-object notes and presentation states are caught).
+NOT_IMAGE_WORDS = ("SR Storage", "Structured", "Encapsulated", "Presentation State", "Key Object",
+                   "Waveform", "Raw Data")
+TIMEOUT_S = (5, 60)  # connect, read
+LOG = logging.getLogger("bone_xray.pacs")
+# dicomweb-client logs request URLs (QIDO queries hold patient IDs) at info/debug.
+logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
+
+
+class PacsError(Exception):
+    """A PACS problem, in one sentence that holds no PHI."""
+
+
+@dataclass(frozen=True)
+class PacsConfig:
+    url: str
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+    ca_bundle: str | None = None  # a CA file for a private PKI; verification is never off
+
+    def __repr__(self) -> str:  # keep secrets out of tracebacks and logs
+        return f"PacsConfig(url={self.url!r}, auth={'token' if self.token else 'basic' if self.username else 'none'})"
+
+    @classmethod
+    def from_mapping(cls, values: Mapping) -> "PacsConfig":
+        """From `[pacs]` in .streamlit/secrets.toml: url, and optional username/password,
+        token and ca_bundle."""
+        url = str(values.get("url") or "").strip()
+        if not url.startswith(("http://", "https://")):
+            raise PacsError("The PACS URL must start with http:// or https://.")
+        text = {k: (str(values[k]) if values.get(k) else None) for k in ("username", "password", "token", "ca_bundle")}
+        if text["username"] and text["token"]:
+            raise PacsError("Configure either a username and password or a token for the PACS, not both.")
+        return cls(url=url.rstrip("/"), **text)
+
+    @classmethod
+    def from_environment(cls, url: str | None = None, environ: Mapping = os.environ) -> "PacsConfig":
+        """BONE_XRAY_PACS_URL (or url), _USERNAME, _PASSWORD, _TOKEN, _CA_BUNDLE."""
+        values = {key: environ.get(f"BONE_XRAY_PACS_{key.upper()}")
+                  for key in ("url", "username", "password", "token", "ca_bundle")}
+        if url:
+            values["url"] = url
+        if not values["url"]:
+            raise PacsError("No PACS configured: pass --server URL or set BONE_XRAY_PACS_URL.")
+        return cls.from_mapping(values)
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+
+    @property
+    def path(self) -> str:
+        return f"studies/{self.study_uid}/series/{self.series_uid}/instances/{self.sop_uid}"
+
+
+@dataclass
+class StudyImages:
+    """What a study holds for the classifier: the radiograph instances and the skipped ones."""
+    study_uid: str
+    images: list[InstanceRef] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # one note per skipped instance
+
+
+def connect(config: PacsConfig):
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    session = requests.Session()
+    session.verify = config.ca_bundle or True
+    if config.token:
+        session.headers["Authorization"] = f"Bearer {config.token}"
+    elif config.username:
+        session.auth = (config.username, config.password or "")
+    client = DICOMwebClient(config.url, session=session, timeout=TIMEOUT_S)
+    # The library's own retries (5 attempts, exponential waits: 30 s before an unreachable
+    # server is reported) are off; store() retries once, and a failed read is that image's error.
+    client.set_http_retry_params(retry=False)
+    return client
+
+
+def explain(exc: Exception, action: str) -> PacsError:
+    """One PHI-free sentence for a failed request (never the library's text: it holds the URL)."""
+    import requests
+
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status == 401:
+        return PacsError(f"The PACS refused the credentials while {action} (401): check the configured "
+                         "username and password or token.")
+    if status == 403:
+        return PacsError(f"The PACS does not allow this account to go on {action} (403 Forbidden).")
+    if status == 404:
+        return PacsError(f"The PACS has no such resource ({action}: 404).")
+    if status is not None:
+        return PacsError(f"The PACS answered {status} while {action}.")
+    if isinstance(exc, requests.exceptions.SSLError):
+        return PacsError(f"The PACS's TLS certificate could not be verified while {action}; configure its "
+                         "CA bundle (ca_bundle / BONE_XRAY_PACS_CA_BUNDLE).")
+    if isinstance(exc, requests.exceptions.Timeout):
+        return PacsError(f"The PACS did not answer in time while {action}.")
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return PacsError(f"The PACS cannot be reached while {action}: check the server URL and that it is running.")
+    return PacsError(f"The PACS request failed while {action} ({type(exc).__name__}).")
+
+
+def call(action: str, function: Callable, *args, **kwargs):
+    import requests
+
+    try:
+        return function(*args, **kwargs)
+    except (requests.exceptions.RequestException, OSError) as exc:
+        raise explain(exc, action) from None
+
+
+def first_value(item: Mapping, keyword: str, default=None):
+    """A value from a DICOM JSON object (QIDO-RS result) by keyword."""
+    from pydicom.datadict import tag_for_keyword
+
+    element = item.get(f"{tag_for_keyword(keyword):08X}", {})
+    values = element.get("Value") or []
+    if not values:
+        return default
+    value = values[0]
+    return value.get("Alphabetic", default) if isinstance(value, dict) else value
+
+
+def study_filters(study_uid: str | None = None, patient_id: str | None = None, accession: str | None = None,
+                  since: str | None = None) -> dict:
+    filters = {}
+    if study_uid:
+        filters["StudyInstanceUID"] = study_uid
+    if patient_id:
+        filters["PatientID"] = patient_id
+    if accession:
+        filters["AccessionNumber"] = accession
+    if since:
+        if not re.fullmatch(r"\d{8}", since):
+            raise PacsError("The date must be written YYYYMMDD, for example 20261201.")
+        filters["StudyDate"] = f"{since}-"
+    if not filters:
+        raise PacsError("Choose the studies: a study UID, a patient ID, an accession number or a date.")
+    return filters
+
+
+def find_studies(client, limit: int = 200, **selector) -> list[dict]:
+    """Studies matching the selector (see study_filters), newest first, as plain dicts."""
+    found = call("searching for studies", client.search_for_studies, search_filters=study_filters(**selector),
+                 fields=list(STUDY_FIELDS), limit=limit)
+    studies = [{keyword: first_value(item, keyword, "") for keyword in STUDY_FIELDS} for item in found]
+    return sorted(studies, key=lambda s: (s["StudyDate"] or "", s["StudyTime"] or ""), reverse=True)
+
+
+def not_an_image(sop_class_uid: str) -> str | None:
+    """The SOP class's name when instances of it hold no radiograph (an SR, a PDF, a state)."""
+    from pydicom.uid import UID
+
+    name = UID(sop_class_uid).name
+    return name if any(word in name for word in NOT_IMAGE_WORDS) else None
+
+
+def study_images(client, study_uid: str) -> StudyImages:
+    """The CR, DX and RF instances of a study that can hold pixel data; the others are noted."""
+    result = StudyImages(study_uid)
+    series = call("listing the study's series", client.search_for_series, study_instance_uid=study_uid,
+                  fields=["Modality", "SeriesInstanceUID"], get_remaining=True)
+    if not series:
+        raise PacsError(f"The PACS has no series in study {study_uid} (no such study, or it is empty).")
+    for item in series:
+        if first_value(item, "Modality", "") not in IMAGE_MODALITIES:
+            continue
+        series_uid = first_value(item, "SeriesInstanceUID")
+        instances = call("listing a series' instances", client.search_for_instances, study_instance_uid=study_uid,
+                         series_instance_uid=series_uid, fields=["SOPClassUID", "InstanceNumber"], get_remaining=True)
+        instances.sort(key=lambda i: (int(first_value(i, "InstanceNumber", 0) or 0), first_value(i, "SOPInstanceUID")))
+        for instance in instances:
+            ref = InstanceRef(study_uid, series_uid, first_value(instance, "SOPInstanceUID"),
+                              str(first_value(instance, "SOPClassUID", "")))
+            kind = not_an_image(ref.sop_class_uid)
+            if kind:
+                result.skipped.append(f"Skipped instance {ref.sop_uid} ({kind}): not an image.")
+            else:
+                result.images.append(ref)
+    return result
+
+
+def retrieve(client, ref: InstanceRef):
+    """The instance as stored (any transfer syntax: the decoder handles JPEG, JPEG 2000, RLE)."""
+    return call("retrieving an instance", client.retrieve_instance, ref.study_uid, ref.series_uid, ref.sop_uid,
+                media_types=(("application/dicom", "*"),))
+
+
+def dataset_bytes(dataset) -> bytes:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def header_only(dataset):
+    """The dataset without its pixels: what the result objects need (identity, references)."""
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in dataset:
+            delattr(dataset, keyword)
+    return dataset
+
+
+@dataclass
+class Classified:
+    ref: InstanceRef
+    prediction: object  # utils.classifier.Prediction
+    header: object  # pydicom Dataset without pixel data
+
+    def record(self) -> dict:
+        record = self.prediction.as_record()
+        record.update(study_instance_uid=self.ref.study_uid, series_instance_uid=self.ref.series_uid,
+                      sop_instance_uid=self.ref.sop_uid)
+        return record
+
+
+def classify_instances(client, classifier, refs: list[InstanceRef], preset: str, batch_size: int = 8,
+                       progress: Callable[[int], None] | None = None) -> Iterator[Classified]:
+    """Retrieve and classify batch_size instances at a time, yielding each as it is done, so a
+    long series streams in flat memory. A failed retrieval or decode is that image's error."""
+    from utils.classifier import Prediction
+
+    for start in range(0, len(refs), batch_size):
+        chunk = refs[start:start + batch_size]
+        items, headers, errors = [], {}, {}
+        for ref in chunk:
+            try:
+                dataset = retrieve(client, ref)
+                items.append((ref.path, dataset_bytes(dataset)))
+                headers[ref.path] = header_only(dataset)
+            except PacsError as exc:
+                errors[ref.path] = str(exc)
+            except Exception as exc:  # a body the DICOM parser rejects
+                errors[ref.path] = f"The instance could not be read ({type(exc).__name__})."
+        predictions = {p.name: p for p in classifier.predict_many(items, preset=preset, batch_size=batch_size)}
+        del items
+        for ref in chunk:
+            prediction = predictions.get(ref.path) or Prediction(name=ref.path, error=errors[ref.path])
+            if prediction.error:
+                LOG.warning("instance %s not classified: %s", ref.sop_uid, prediction.error)
+            yield Classified(ref, prediction, headers.get(ref.path))
+        if progress is not None:
+            progress(len(chunk))
+
+
+@dataclass
+class StoreResult:
+    stored: list[str] = field(default_factory=list)  # SOP instance UIDs the server confirmed
+    failed: list[str] = field(default_factory=list)  # one PHI-free sentence per failure
+
+
+def as_part10(dataset):
+    """STOW-RS carries DICOM files (PS3.10). dicomweb-client writes each dataset as pydicom
+    writes it, which leaves out the 128-byte preamble and "DICM" of a dataset built in memory;
+    the server then stores and later serves a file that pydicom (and so WADO-RS retrieval)
+    refuses to read."""
+    if getattr(dataset, "preamble", None) is None:
+        dataset.preamble = b"\0" * 128
+    return dataset
+
+
+def store(client, datasets: list, study_uid: str, what: str, attempts: int = 2) -> StoreResult:
+    """STOW-RS into the study; one retry when the request fails on the way. Only the instances
+    the server lists as stored count (a cut request leaves nothing half-counted)."""
+    result = StoreResult()
+    datasets = [as_part10(d) for d in datasets]
+    wanted = [str(d.SOPInstanceUID) for d in datasets]
+    last_error = None
+    for attempt in range(attempts):
+        try:
+            response = call(f"storing {what}", client.store_instances, datasets, study_instance_uid=study_uid)
+        except PacsError as exc:
+            last_error = exc
+            LOG.warning("storing %s failed (attempt %d of %d): %s", what, attempt + 1, attempts, exc)
+            continue
+        confirmed = {str(item.ReferencedSOPInstanceUID) for item in response.get("ReferencedSOPSequence", [])}
+        result.stored = [uid for uid in wanted if uid in confirmed]
+        refused = [uid for uid in wanted if uid not in confirmed]
+        if refused:
+            result.failed.append(f"The PACS did not confirm {len(refused)} of {len(wanted)} {what}.")
+        return result
+    result.failed.append(f"Storing {what} failed after {attempts} attempts: {last_error}")
+    return result
+
+
+SC_BATCH = 16  # secondary captures stored per STOW request while a study streams
+
+
+@dataclass
+class StudyRun:
+    """What one study's run did: counts, notes and what the server confirmed storing."""
+    study_uid: str
+    classified: int = 0
+    failed: int = 0
+    skipped: list[str] = field(default_factory=list)
+    stored_sr: list[str] = field(default_factory=list)
+    stored_captures: list[str] = field(default_factory=list)
+    store_failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.store_failures
+
+
+def run_study(client, classifier, study_uid: str, preset: str, batch_size: int = 8, store_results: bool = False,
+              on_record: Callable[[dict, object], None] | None = None,
+              on_images: Callable[[int], None] | None = None, progress: Callable[[int], None] | None = None) -> StudyRun:
+    """Classify a study's radiographs as they stream in; with store_results, write a Secondary
+    Capture per classified film (in batches, as the study streams) and one SR at the end.
+
+    on_record(record, prediction) sees each image's record; on_images(n) is told the number
+    of images before the first is retrieved; progress(k) after every k images."""
+    from utils.dicom_results import build_results_sr, build_secondary_capture
+    from utils.heatmap import overlay_heatmap
+
+    run = StudyRun(study_uid)
+    listing = study_images(client, study_uid)
+    run.skipped = listing.skipped
+    if on_images is not None:
+        on_images(len(listing.images))
+    model = classifier.bundle.metadata
+    entries, study_header, captures = [], None, []
+    capture_series = None
+
+    def flush_captures():
+        if captures:
+            result = store(client, captures, study_uid, f"{len(captures)} secondary capture(s)")
+            run.stored_captures += result.stored
+            run.store_failures += result.failed
+            captures.clear()
+
+    for item in classify_instances(client, classifier, listing.images, preset, batch_size, progress):
+        record = item.record()
+        prediction = item.prediction
+        if on_record is not None:
+            on_record(record, prediction)
+        run.failed += bool(prediction.error)
+        run.classified += not prediction.error
+        entries.append((record, item.ref.sop_class_uid))
+        if item.header is not None and study_header is None:
+            study_header = item.header
+        if store_results and not prediction.error:
+            from pydicom.uid import generate_uid
+
+            capture_series = capture_series or generate_uid()
+            overlay = overlay_heatmap(prediction.model_input, prediction.heatmap(prediction.label or "healthy"))
+            captures.append(build_secondary_capture(item.header, overlay, record, model, capture_series,
+                                                    instance_number=len(entries)))
+            if len(captures) >= SC_BATCH:
+                flush_captures()
+    if store_results:
+        flush_captures()
+        if study_header is None:
+            run.store_failures.append("No image of the study could be read, so no report was stored.")
+        else:
+            result = store(client, [build_results_sr(entries, study_header, model)], study_uid, "the results report (SR)")
+            run.stored_sr += result.stored
+            run.store_failures += result.failed
+    return run
