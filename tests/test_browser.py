@@ -257,3 +257,58 @@ def test_batch_upload_csv_and_pdf_downloads(server, browser, tmp_path):
         page.get_by_text("PDF report for all 3 images").click()
     assert len(PdfReader(download_info.value.path()).pages) == 3
     page.close()
+
+
+@pytest.fixture(scope="module")
+def pacs_server(bundle_dir, tmp_path_factory):
+    """A real Orthanc with one study, and the app started with it in its secrets file."""
+    from pydicom.uid import generate_uid
+
+    from tests.pacs_fixtures import USERS, film, new_study, start_orthanc, stop_orthanc, upload
+
+    folder = tmp_path_factory.mktemp("pacs_browser")
+    orthanc_process, orthanc = start_orthanc(folder)
+    study = new_study(accession="ACC-BROWSER")
+    upload(orthanc, [film(study, generate_uid(), 1, seed=31), film(study, generate_uid(), 1, seed=32)])
+    secrets = folder / "secrets.toml"
+    secrets.write_text(f'[pacs]\nurl = "{orthanc.url}"\nusername = "writer"\npassword = "{USERS["writer"]}"\n')
+    port = free_port()
+    env = dict(os.environ, BONE_XRAY_MODEL_DIR=str(bundle_dir), PYTHONUNBUFFERED="1")
+    log = open(folder / "streamlit.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--secrets.files", str(secrets)],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        yield url, orthanc, study, folder / "streamlit.log"
+    finally:
+        log.close()
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        stop_orthanc(orthanc_process)
+
+
+def test_a_pacs_study_in_the_browser(pacs_server, browser):
+    """Search by accession, classify the study, send the results back; the SR is then there."""
+    from tests.pacs_fixtures import PATIENT_NAME
+    from tests.test_pacs import series_of
+
+    url, orthanc, study, log_path = pacs_server
+    page = open_app(browser, url)
+    page.get_by_text("From PACS").first.wait_for(timeout=60_000)
+    page.get_by_label("Accession number").fill("ACC-BROWSER")
+    page.get_by_role("button", name="Search the PACS").click()
+    page.get_by_role("button", name="Classify this study").wait_for(timeout=60_000)
+    page.get_by_role("button", name="Classify this study").click()
+    page.get_by_text("2 radiograph(s) classified").wait_for(timeout=120_000)
+    page.get_by_role("button", name="Send the results to the PACS").click()
+    page.get_by_text("Stored 1 report (SR) and 2 secondary capture(s)").wait_for(timeout=120_000)
+    page.close()
+    assert len(series_of(orthanc, study.StudyInstanceUID, "SR")) == 1
+    assert len(series_of(orthanc, study.StudyInstanceUID, "OT")) == 1
+    assert PATIENT_NAME not in log_path.read_text()

@@ -29,6 +29,8 @@ TIMEOUT_S = (5, 60)  # connect, read
 LOG = logging.getLogger("bone_xray.pacs")
 # dicomweb-client logs request URLs (QIDO queries hold patient IDs) at info/debug.
 logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
+# retrying (dicomweb-client's retry wrapper) logs each failed attempt with its exception.
+logging.getLogger("retrying").setLevel(logging.CRITICAL)
 
 
 class PacsError(Exception):
@@ -332,58 +334,89 @@ class StudyRun:
         return not self.failed and not self.store_failures
 
 
+class ResultWriter:
+    """Writes one study's results back as it is given each classified image: a Secondary
+    Capture per classified film (stored SC_BATCH at a time, so a long series does not pile
+    up in memory) and, on finish(), the SR with an entry per image."""
+
+    def __init__(self, client, study_uid: str, model: dict, run: StudyRun):
+        self.client, self.study_uid, self.model, self.run = client, study_uid, model, run
+        self.entries, self.captures, self.study_header, self.capture_series = [], [], None, None
+
+    def add(self, item: Classified) -> None:
+        from pydicom.uid import generate_uid
+
+        from utils.dicom_results import build_secondary_capture
+        from utils.heatmap import overlay_heatmap
+
+        record, prediction = item.record(), item.prediction
+        self.entries.append((record, item.ref.sop_class_uid))
+        if item.header is None or prediction.error:
+            return
+        self.study_header = self.study_header or item.header
+        self.capture_series = self.capture_series or generate_uid()
+        overlay = overlay_heatmap(prediction.model_input, prediction.heatmap(prediction.label or "healthy"))
+        self.captures.append(build_secondary_capture(item.header, overlay, record, self.model, self.capture_series,
+                                                     instance_number=len(self.entries)))
+        if len(self.captures) >= SC_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.captures:
+            result = store(self.client, self.captures, self.study_uid, f"{len(self.captures)} secondary capture(s)")
+            self.run.stored_captures += result.stored
+            self.run.store_failures += result.failed
+            self.captures = []
+
+    def finish(self) -> None:
+        from utils.dicom_results import build_results_sr
+
+        self.flush()
+        if self.study_header is None:
+            self.run.store_failures.append("No image of the study could be read, so no report was stored.")
+            return
+        result = store(self.client, [build_results_sr(self.entries, self.study_header, self.model)], self.study_uid,
+                       "the results report (SR)")
+        self.run.stored_sr += result.stored
+        self.run.store_failures += result.failed
+
+
+def store_results(client, study_uid: str, items: list[Classified], model: dict) -> StudyRun:
+    """Write already classified images of one study back (the app's "send to PACS")."""
+    run = StudyRun(study_uid, classified=sum(not i.prediction.error for i in items),
+                   failed=sum(bool(i.prediction.error) for i in items))
+    writer = ResultWriter(client, study_uid, model, run)
+    for item in items:
+        writer.add(item)
+    writer.finish()
+    return run
+
+
 def run_study(client, classifier, study_uid: str, preset: str, batch_size: int = 8, store_results: bool = False,
               on_record: Callable[[dict, object], None] | None = None,
-              on_images: Callable[[int], None] | None = None, progress: Callable[[int], None] | None = None) -> StudyRun:
-    """Classify a study's radiographs as they stream in; with store_results, write a Secondary
-    Capture per classified film (in batches, as the study streams) and one SR at the end.
+              on_images: Callable[[int], None] | None = None, progress: Callable[[int], None] | None = None,
+              keep: list | None = None) -> StudyRun:
+    """Classify a study's radiographs as they stream in; with store_results, write the result
+    objects back as it goes (ResultWriter).
 
     on_record(record, prediction) sees each image's record; on_images(n) is told the number
-    of images before the first is retrieved; progress(k) after every k images."""
-    from utils.dicom_results import build_results_sr, build_secondary_capture
-    from utils.heatmap import overlay_heatmap
-
+    of images before the first is retrieved; progress(k) after every k images; keep, a list,
+    receives every Classified item (for a caller that stores later: only for small studies)."""
     run = StudyRun(study_uid)
     listing = study_images(client, study_uid)
     run.skipped = listing.skipped
     if on_images is not None:
         on_images(len(listing.images))
-    model = classifier.bundle.metadata
-    entries, study_header, captures = [], None, []
-    capture_series = None
-
-    def flush_captures():
-        if captures:
-            result = store(client, captures, study_uid, f"{len(captures)} secondary capture(s)")
-            run.stored_captures += result.stored
-            run.store_failures += result.failed
-            captures.clear()
-
+    writer = ResultWriter(client, study_uid, classifier.bundle.metadata, run) if store_results else None
     for item in classify_instances(client, classifier, listing.images, preset, batch_size, progress):
-        record = item.record()
-        prediction = item.prediction
         if on_record is not None:
-            on_record(record, prediction)
-        run.failed += bool(prediction.error)
-        run.classified += not prediction.error
-        entries.append((record, item.ref.sop_class_uid))
-        if item.header is not None and study_header is None:
-            study_header = item.header
-        if store_results and not prediction.error:
-            from pydicom.uid import generate_uid
-
-            capture_series = capture_series or generate_uid()
-            overlay = overlay_heatmap(prediction.model_input, prediction.heatmap(prediction.label or "healthy"))
-            captures.append(build_secondary_capture(item.header, overlay, record, model, capture_series,
-                                                    instance_number=len(entries)))
-            if len(captures) >= SC_BATCH:
-                flush_captures()
-    if store_results:
-        flush_captures()
-        if study_header is None:
-            run.store_failures.append("No image of the study could be read, so no report was stored.")
-        else:
-            result = store(client, [build_results_sr(entries, study_header, model)], study_uid, "the results report (SR)")
-            run.stored_sr += result.stored
-            run.store_failures += result.failed
+            on_record(item.record(), item.prediction)
+        run.failed += bool(item.prediction.error)
+        run.classified += not item.prediction.error
+        if writer is not None:
+            writer.add(item)
+        if keep is not None:
+            keep.append(item)
+    if writer is not None:
+        writer.finish()
     return run
