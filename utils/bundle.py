@@ -16,6 +16,9 @@ DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parents[1] / "model"
 METADATA_FILE = "metadata.json"
 
 
+FASTER_PRECISIONS = ("int8",)
+
+
 class ModelBundleError(RuntimeError):
     """The bundled model cannot be used; str(error) says why and what to do."""
 
@@ -25,12 +28,15 @@ class Bundle:
     can run the LiteRT file without TensorFlow), the LiteRT file, the guard statistics."""
 
     def __init__(self, model=None, metadata: dict | None = None, directory: Path = Path("."),
-                 guard=None, litert_path: Path | None = None, model_path: Path | None = None):
+                 guard=None, litert_path: Path | None = None, model_path: Path | None = None,
+                 litert_paths: dict[str, Path] | None = None):
         self._model = model
         self.metadata = metadata or {}
         self.directory = Path(directory)
         self.guard = guard  # utils.guard.FeatureGuard, or None when the bundle has none
         self.litert_path = litert_path
+        # Faster engines that passed the equivalence check ({"int8": path}), by precision.
+        self.litert_paths = dict(litert_paths or {})
         self.model_path = model_path
         self._lock = threading.Lock()
 
@@ -45,6 +51,12 @@ class Bundle:
     @property
     def temperature(self) -> float:
         return float(self.metadata["temperature"])
+
+    def temperature_for(self, precision: str) -> float:
+        """A faster engine may carry its own temperature (fitted on validation)."""
+        if precision == "float32":
+            return self.temperature
+        return float(self.metadata.get(f"runtime_{precision}", {}).get("temperature", self.temperature))
 
     @property
     def input_size(self) -> int:
@@ -148,9 +160,11 @@ def load_bundle(directory: Path | None = None, load_keras: bool | None = None) -
     metadata = read_metadata(directory)
     model_path = verify_model_file(directory, metadata)
     litert_path = verify_derived_file(directory, metadata, "runtime", "LiteRT file")
+    faster = {precision: verify_derived_file(directory, metadata, f"runtime_{precision}", f"{precision} LiteRT file")
+              for precision in FASTER_PRECISIONS}
     if load_keras is None:
         load_keras = litert_path is None or not litert_available()
     model = load_keras_model(model_path) if load_keras else None
     return Bundle(model=model, metadata=metadata, directory=directory,
                   guard=load_feature_guard(directory, metadata), litert_path=litert_path,
-                  model_path=model_path)
+                  model_path=model_path, litert_paths={k: v for k, v in faster.items() if v is not None})

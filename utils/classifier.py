@@ -16,13 +16,33 @@ from utils.preprocess import preprocess
 DEFAULT_PRESET = "balanced"
 
 
-def make_engine(bundle: Bundle):
-    """LiteRT when the bundle ships its file and ai-edge-litert is installed, else Keras."""
+def make_engine(bundle: Bundle, precision: str = "float32", threads: int | None = None):
+    """LiteRT when the bundle ships its file and ai-edge-litert is installed, else Keras.
+    precision "int8": the bundle's int8 LiteRT file (see the model card's equivalence check)."""
     from utils.runtime import KerasEngine, LiteRTEngine, litert_available
 
+    if precision != "float32":
+        path = bundle.litert_paths.get(precision)
+        if path is None or not litert_available():
+            raise ValueError(f"the model bundle has no {precision} engine")
+        return LiteRTEngine(path, threads=threads)
     if bundle.litert_path is not None and litert_available():
-        return LiteRTEngine(bundle.litert_path)
+        return LiteRTEngine(bundle.litert_path, threads=threads)
     return KerasEngine(bundle.model)
+
+
+def prepare_input(name: str, data: bytes, input_size: int) -> "Prediction":
+    """Decode, preprocess and screen one input (no model needed): a Prediction with its
+    model input, or with `error` when the bytes cannot be read."""
+    prediction = Prediction(name=name)
+    try:
+        decoded = decode_image_bytes(data)
+        prediction.model_input = preprocess(decoded.pixels, input_size)[..., 0]
+        prediction.warnings = decoded.warnings
+        prediction.not_xray = screen_decoded(decoded.pixels, decoded.colour_fraction)
+    except InputError as exc:
+        prediction.error = str(exc)
+    return prediction
 
 
 @dataclass
@@ -59,9 +79,14 @@ class Classifier:
     """Wraps a loaded bundle with one forward engine (LiteRT when the bundle has it, else a
     compiled Keras tf.function; never a per-call `model.predict`)."""
 
-    def __init__(self, bundle: Bundle, engine=None):
+    def __init__(self, bundle: Bundle, engine=None, precision: str = "float32"):
         self.bundle = bundle
-        self.engine = engine or make_engine(bundle)
+        self.precision = precision
+        self.engine = engine or make_engine(bundle, precision)
+
+    @property
+    def temperature(self) -> float:
+        return self.bundle.temperature_for(self.precision)
 
     def forward(self, batch_uint8: np.ndarray) -> dict[str, np.ndarray]:
         """(N, S, S, 1) uint8 model inputs -> logits, features and (N, C, h, w) heatmaps.
@@ -96,50 +121,44 @@ class Classifier:
         return self.logits_and_features(batch_uint8)[0]
 
     def probabilities(self, batch_uint8: np.ndarray) -> np.ndarray:
-        return calibrated_probabilities(self.logits(batch_uint8), self.bundle.temperature)
+        return calibrated_probabilities(self.logits(batch_uint8), self.temperature)
+
+    def complete(self, prepared: list[Prediction], preset: str = DEFAULT_PRESET) -> None:
+        """Run the model on prepared inputs (prepare_input, no error) as one batch and fill in
+        probabilities, heatmaps, the guard's verdict and the label under the preset."""
+        if not prepared:
+            return
+        thresholds = self.bundle.preset(preset)
+        out = self.forward(np.stack([p.model_input[..., None] for p in prepared]))
+        probs = calibrated_probabilities(np.asarray(out["logits"], np.float64), self.temperature)
+        distances = self.bundle.guard.distance(out["features"]) if self.bundle.guard is not None else None
+        for i, (prediction, row) in enumerate(zip(prepared, probs)):
+            prediction.probabilities = {c: float(v) for c, v in zip(self.bundle.classes, row)}
+            prediction.heatmaps = out["heatmaps"][i]
+            if distances is not None:
+                prediction.ood_distance = float(distances[i])
+                if prediction.not_xray is None and distances[i] > self.bundle.guard.threshold:
+                    prediction.not_xray = FEATURE_MESSAGE
+            if prediction.not_xray is not None:
+                prediction.warnings.append(prediction.not_xray)
+            prediction.label, prediction.uncertain = prediction.verdict(thresholds)
 
     def predict_many(self, items: list[tuple[str, bytes]], preset: str = DEFAULT_PRESET,
                      batch_size: int = 8, progress=None) -> list[Prediction]:
         """Classify (name, bytes) pairs; unreadable inputs get `error` and do not stop the rest."""
-        thresholds = self.bundle.preset(preset)
         results: list[Prediction] = []
         pending: list[Prediction] = []
-
-        def flush():
-            if not pending:
-                return
-            out = self.forward(np.stack([p.model_input[..., None] for p in pending]))
-            probs = calibrated_probabilities(np.asarray(out["logits"], np.float64), self.bundle.temperature)
-            features = out["features"]
-            distances = self.bundle.guard.distance(features) if self.bundle.guard is not None else None
-            for i, (prediction, row) in enumerate(zip(pending, probs)):
-                prediction.probabilities = {c: float(v) for c, v in zip(self.bundle.classes, row)}
-                prediction.heatmaps = out["heatmaps"][i]
-                if distances is not None:
-                    prediction.ood_distance = float(distances[i])
-                    if prediction.not_xray is None and distances[i] > self.bundle.guard.threshold:
-                        prediction.not_xray = FEATURE_MESSAGE
-                if prediction.not_xray is not None:
-                    prediction.warnings.append(prediction.not_xray)
-                prediction.label, prediction.uncertain = prediction.verdict(thresholds)
-            pending.clear()
-
         for index, (name, data) in enumerate(items):
-            prediction = Prediction(name=name)
-            try:
-                decoded = decode_image_bytes(data)
-                prediction.model_input = preprocess(decoded.pixels, self.bundle.input_size)[..., 0]
-                prediction.warnings = decoded.warnings
-                prediction.not_xray = screen_decoded(decoded.pixels, decoded.colour_fraction)
-                pending.append(prediction)
-            except InputError as exc:
-                prediction.error = str(exc)
+            prediction = prepare_input(name, data, self.bundle.input_size)
             results.append(prediction)
+            if prediction.error is None:
+                pending.append(prediction)
             if len(pending) >= batch_size:
-                flush()
+                self.complete(pending, preset)
+                pending = []
             if progress is not None:
                 progress(index + 1, len(items))
-        flush()
+        self.complete(pending, preset)
         return results
 
     def predict_bytes(self, name: str, data: bytes, preset: str = DEFAULT_PRESET) -> Prediction:

@@ -29,6 +29,7 @@ from utils.report import CSV_COLUMNS, csv_row
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
 PROGRESS_MIN_FILES = 4
+DECODE_WORKERS = 2  # threads reading and decoding the next batch while the model runs
 PACS_COLUMNS = ("study_instance_uid", "series_instance_uid", "sop_instance_uid")
 
 
@@ -76,26 +77,38 @@ def read_input(path: Path | str) -> bytes:
         raise InputError(f"The file cannot be read ({exc.strerror or exc}).") from None
 
 
-def predict_paths(classifier, paths: list[Path | str], preset: str, batch_size: int,
-                  progress=None) -> Iterator:
-    """Yield one Prediction per path, reading and classifying batch_size files at a time."""
-    from utils.classifier import Prediction
+def prepare_path(path: Path | str, input_size: int):
+    """Read and decode one input into a Prediction (model input, or its error)."""
+    from utils.classifier import Prediction, prepare_input
     from utils.decode import InputError
 
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        readable, records = [], {}
-        for path in chunk:
-            try:
-                readable.append((str(path), read_input(path)))
-            except InputError as exc:
-                records[str(path)] = Prediction(name=str(path), error=str(exc))
-        for prediction in classifier.predict_many(readable, preset=preset, batch_size=batch_size):
-            records[prediction.name] = prediction
-        for path in chunk:
-            yield records[str(path)]
-        if progress is not None:
-            progress.update(len(chunk))
+    try:
+        return prepare_input(str(path), read_input(path), input_size)
+    except InputError as exc:
+        return Prediction(name=str(path), error=str(exc))
+
+
+def predict_paths(classifier, paths: list[Path | str], preset: str, batch_size: int,
+                  progress=None, decode_workers: int = DECODE_WORKERS) -> Iterator:
+    """Yield one Prediction per path, in order. The next batch is read and decoded in a thread
+    pool while the model runs on this one, so decoding and inference overlap (both release
+    the GIL in their native code); at most two batches are in memory."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    size = classifier.bundle.input_size
+    with ThreadPoolExecutor(max_workers=max(1, decode_workers)) as pool:
+        def submit(chunk):
+            return [pool.submit(prepare_path, path, size) for path in chunk]
+
+        pending = submit(chunks[0]) if chunks else []
+        for index in range(len(chunks)):
+            prepared = [future.result() for future in pending]
+            pending = submit(chunks[index + 1]) if index + 1 < len(chunks) else []
+            classifier.complete([p for p in prepared if p.error is None], preset)
+            yield from prepared
+            if progress is not None:
+                progress.update(len(prepared))
 
 
 def heatmap_file_name(path: str, index: int) -> str:
@@ -140,16 +153,49 @@ class Outputs:
                                         "model_input": prediction.model_input, "overlay": overlay})
 
 
-def load_classifier(model_dir: Path | None):
+def load_classifier(model_dir: Path | None, precision: str = "float32"):
     """The bundle's Classifier, or None after printing why it cannot load."""
     from utils.bundle import ModelBundleError, load_bundle
     from utils.classifier import Classifier
 
     try:
-        return Classifier(load_bundle(model_dir))
-    except ModelBundleError as exc:
+        return Classifier(load_bundle(model_dir), precision=precision)
+    except (ModelBundleError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
+
+
+def run_ray(args) -> int:
+    """predict --engine ray: Ray Data (utils.ray_batch), imported only here."""
+    if args.output is None:
+        print("error: --engine ray writes its records into a folder: give --output DIR", file=sys.stderr)
+        return 2
+    if args.heatmaps or args.report:
+        print("error: --heatmaps and --report are not available with --engine ray", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        from utils import ray_batch
+    except ImportError:
+        print("error: --engine ray needs Ray: pip install -r requirements-scale.txt", file=sys.stderr)
+        return 1
+    from utils.bundle import ModelBundleError
+
+    try:
+        summary = ray_batch.run(args.paths, args.output, args.format, args.address, args.workers, args.preset,
+                                args.batch_size, args.model_dir, args.precision,
+                                log=lambda m: print(m, file=sys.stderr))
+    except (ModelBundleError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    failed = ray_batch.failed_records(args.output, args.format)
+    print(f"{summary['classified']} input(s) classified, {summary['already_recorded']} already had records; "
+          f"records in {args.output}", file=sys.stderr)
+    if failed:
+        print(f"{failed} of {summary['inputs']} inputs could not be classified", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,8 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="classify images (files, folders or http(s) image URLs)")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="a file, a folder (searched recursively) or an "
                          "http(s) image URL (private and loopback addresses are refused; see BONE_XRAY_URL_ALLOW)")
-    predict.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
-    predict.add_argument("--output", type=Path, help="write here instead of stdout")
+    predict.add_argument("--format", choices=("jsonl", "csv", "parquet"), default="jsonl",
+                         help="parquet: with --engine ray only")
+    predict.add_argument("--output", type=Path, help="write here instead of stdout (with --engine ray: a folder)")
+    predict.add_argument("--engine", choices=("local", "ray"), default="local",
+                         help="ray: Ray Data on a cluster (pip install -r requirements-scale.txt); SOURCE may "
+                              "then also be any pyarrow filesystem URI (s3://, gs://, ...)")
+    predict.add_argument("--address", help="with --engine ray: the cluster to join ('auto': the one started with "
+                                           "'ray start'); default: start a local one")
+    predict.add_argument("--workers", type=int, default=1, help="with --engine ray: classifier actors (each loads "
+                                                                 "the model once)")
+    predict.add_argument("--precision", choices=("float32", "int8"), default="float32",
+                         help="int8: the bundle's quantized engine, when it passed the equivalence check")
     predict.add_argument("--preset", choices=("balanced", "fracture_sensitive"), default="balanced")
     predict.add_argument("--batch-size", type=int, default=8)
     predict.add_argument("--model-dir", type=Path, help="model bundle folder (default: model/)")
@@ -254,11 +310,16 @@ def main(argv=None) -> int:
     if args.batch_size < 1:
         print("error: --batch-size must be at least 1", file=sys.stderr)
         return 2
+    if args.engine == "ray":
+        return run_ray(args)
+    if args.format == "parquet":
+        print("error: --format parquet needs --engine ray", file=sys.stderr)
+        return 2
     paths = expand_paths(args.paths)
     if not paths:
         print("error: the folders given contain no files", file=sys.stderr)
         return 2
-    classifier = load_classifier(args.model_dir)
+    classifier = load_classifier(args.model_dir, args.precision)
     if classifier is None:
         return 1
     from tqdm import tqdm

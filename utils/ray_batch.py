@@ -1,0 +1,248 @@
+"""Batch inference on Ray Data, the edge adapter behind `predict ... --engine ray`.
+
+    python -m utils.cli predict SOURCE... --engine ray --output DIR [--address auto] [--workers N]
+
+- Inputs: local files and folders (expanded as the local CLI does: recursive, sorted, hidden
+  entries skipped) or any URI pyarrow's filesystems read (s3://, gs://, hdfs://, file://).
+- The bytes are read by `ray.data.read_binary_files`; decoding and preprocessing run in
+  `map_batches` tasks (`utils.classifier.prepare_input`, the same code as the local path);
+  classification runs in an actor pool whose actors load the bundle once each; Ray's writers
+  write JSON lines, CSV or Parquet with the local CLI's record schema.
+- Resumable: records already in the output folder are read first and their inputs skipped.
+- A bad file gives its error record and stops nothing.
+
+Ray is optional (requirements-scale.txt): the app and the local CLI never import this module.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from pathlib import Path
+
+FORMATS = ("jsonl", "csv", "parquet")
+DECODE_CPUS = 0.5  # the CPU reservation of a read or decode task
+FILE_SUFFIX = {"jsonl": "json", "csv": "csv", "parquet": "parquet"}
+
+
+def is_uri(text: str) -> bool:
+    return "://" in text and not text.startswith(("http://", "https://"))
+
+
+def list_uri(uri: str) -> list[str]:
+    """Files under a pyarrow filesystem URI (a file or a folder, recursively), sorted."""
+    import pyarrow.fs as pafs
+
+    filesystem, root = pafs.FileSystem.from_uri(uri)
+    scheme = uri.split("://", 1)[0]
+    info = filesystem.get_file_info(root)
+    if info.type == pafs.FileType.File:
+        return [uri]
+    if info.type == pafs.FileType.NotFound:
+        return [uri]  # reported as that input's error record
+    found = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+    names = sorted(f.path for f in found if f.type == pafs.FileType.File
+                   and not any(part.startswith(".") for part in Path(f.path).relative_to(root).parts))
+    return [f"{scheme}://{name}" for name in names]
+
+
+def input_paths(sources: list[str]) -> list[str]:
+    """Every input as the record's `path` will name it: local paths as the local CLI names
+    them (relative stays relative), URIs as URIs."""
+    from utils.cli import expand_paths
+
+    paths: list[str] = []
+    for source in sources:
+        paths += list_uri(source) if is_uri(source) else [str(p) for p in expand_paths([source])]
+    return paths
+
+
+def read_records(output: Path, fmt: str) -> list[dict]:
+    """Every record in the output folder (CSV rows as the CSV writer wrote them); a line cut
+    short by an interrupted write is left out."""
+    records: list[dict] = []
+    for name in sorted(glob.glob(str(output / f"*.{FILE_SUFFIX[fmt]}"))):
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                records += pq.read_table(name).to_pylist()
+            except Exception:
+                continue
+        elif fmt == "csv":
+            import csv
+
+            with open(name, newline="") as handle:
+                records += [row for row in csv.DictReader(handle) if row.get("path")]
+        else:
+            with open(name) as handle:
+                for line in handle:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(record, dict) and "path" in record:
+                        records.append(record)
+    return records
+
+
+def recorded_paths(output: Path, fmt: str) -> set[str]:
+    """The inputs that already have a record (a resumed run skips them)."""
+    return {str(r["path"]) for r in read_records(output, fmt)}
+
+
+def failed_records(output: Path, fmt: str) -> int:
+    return sum(bool(r.get("error")) for r in read_records(output, fmt))
+
+
+def read_path(path: str) -> str:
+    """What read_binary_files is given for an input: local paths absolute (Ray's workers do
+    not share the driver's working folder), URIs as they are."""
+    return path if is_uri(path) else os.path.abspath(path)
+
+
+def source_roots(sources: list[str]) -> list[tuple[str, str]]:
+    """(absolute prefix, prefix as the record names it) per local source, longest first:
+    enough for a task to turn a read path back into the local CLI's name for it."""
+    roots = {os.path.abspath(s): str(Path(s)) for s in sources if not is_uri(s)}
+    return sorted(roots.items(), key=lambda item: -len(item[0]))
+
+
+def display_path(read_as: str, roots: list[tuple[str, str]]) -> str:
+    for absolute, shown in roots:
+        if read_as == absolute or read_as.startswith(absolute.rstrip(os.sep) + os.sep):
+            return shown + read_as[len(absolute):]
+    return read_as
+
+
+def decode_batch(batch: dict, roots: list, input_size: int, max_bytes: int) -> dict:
+    """map_batches task: bytes -> model inputs (the local path's prepare_input)."""
+    import numpy as np
+
+    from utils.classifier import prepare_input
+
+    out = {"path": [], "model_input": [], "warnings": [], "not_xray": [], "error": []}
+    for read_as, data in zip(batch["path"], batch["bytes"]):
+        path = display_path(str(read_as), roots)
+        if len(data) > max_bytes:
+            prediction = prepare_input(path, b"", input_size)
+            prediction.error = f"The file is larger than {max_bytes // 2**20} MB."
+        else:
+            prediction = prepare_input(path, bytes(data), input_size)
+        out["path"].append(path)
+        out["model_input"].append(prediction.model_input if prediction.model_input is not None
+                                  else np.zeros((input_size, input_size), np.uint8))
+        out["warnings"].append(json.dumps(prediction.warnings))
+        out["not_xray"].append(prediction.not_xray or "")
+        out["error"].append(prediction.error or "")
+    return {"path": np.array(out["path"], dtype=object), "model_input": np.stack(out["model_input"]),
+            "warnings": np.array(out["warnings"], dtype=object), "not_xray": np.array(out["not_xray"], dtype=object),
+            "error": np.array(out["error"], dtype=object)}
+
+
+class ClassifyBatch:
+    """map_batches actor: loads the bundle once, then classifies the decoded batches."""
+
+    def __init__(self, model_dir: str | None, preset: str, precision: str, threads: int):
+        from utils.bundle import load_bundle
+        from utils.classifier import Classifier, make_engine
+
+        bundle = load_bundle(model_dir, load_keras=False)
+        self.classifier = Classifier(bundle, make_engine(bundle, precision=precision, threads=threads), precision)
+        self.preset = preset
+
+    def __call__(self, batch: dict) -> dict:
+        import pandas as pd
+
+        from utils.classifier import Prediction
+
+        predictions = []
+        for i, path in enumerate(batch["path"]):
+            prediction = Prediction(name=str(path), warnings=json.loads(batch["warnings"][i]),
+                                    not_xray=batch["not_xray"][i] or None, error=batch["error"][i] or None)
+            if prediction.error is None:
+                prediction.model_input = batch["model_input"][i]
+            predictions.append(prediction)
+        self.classifier.complete([p for p in predictions if p.error is None], self.preset)
+        return pd.DataFrame([p.as_record() for p in predictions])
+
+
+def flat_rows(frame):
+    """The CSV writer's rows: the local CLI's CSV columns."""
+    import pandas as pd
+
+    from utils.report import csv_row
+
+    return pd.DataFrame([csv_row(r) for r in frame.to_dict("records")])
+
+
+def quiet_ray() -> None:
+    """Ray Data's per-operator progress log lines would drown the CLI's own messages."""
+    import logging
+
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.enable_operator_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def run(sources: list[str], output: Path, fmt: str = "jsonl", address: str | None = None, workers: int = 1,
+        preset: str = "balanced", batch_size: int = 8, model_dir: Path | None = None, precision: str = "float32",
+        log=print) -> dict:
+    """Classify every input not yet in `output` on a Ray cluster; returns counts."""
+    import ray
+
+    from utils.bundle import load_bundle
+    from utils.cli import MAX_FILE_BYTES
+
+    paths = input_paths(sources)
+    output.mkdir(parents=True, exist_ok=True)
+    done = recorded_paths(output, fmt)
+    todo = [p for p in paths if p not in done]
+    summary = {"inputs": len(paths), "already_recorded": len(paths) - len(todo), "classified": 0}
+    if not todo:
+        log(f"all {len(paths)} inputs already have records in {output}")
+        return summary
+    bundle = load_bundle(model_dir, load_keras=False)  # checks the bundle before a cluster starts
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(os.cpu_count() or 1, workers), include_dashboard=False, log_to_driver=False)
+    missing = [p for p in todo if not is_uri(p) and not os.path.isfile(read_path(p))]
+    readable = [read_path(p) for p in todo if p not in set(missing)]
+    quiet_ray()
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    # Each actor's interpreter uses its share of the cores; the actors reserve less than all
+    # of them so that the decode tasks always find a slot (else a 2-core node would starve).
+    threads = max(1, int(cpus) // max(workers, 1))
+    actor_cpus = min(1.0, max(0.25, (cpus - DECODE_CPUS) / workers))
+    datasets = []
+    if readable:
+        data = ray.data.read_binary_files(readable, include_paths=True, ray_remote_args={"num_cpus": DECODE_CPUS})
+        data = data.map_batches(decode_batch, fn_kwargs={"roots": source_roots(sources),
+                                                         "input_size": bundle.input_size,
+                                                         "max_bytes": MAX_FILE_BYTES},
+                                batch_size=batch_size, batch_format="numpy", num_cpus=DECODE_CPUS)
+        datasets.append(data.map_batches(ClassifyBatch, fn_constructor_kwargs={
+            "model_dir": str(model_dir) if model_dir else None, "preset": preset, "precision": precision,
+            "threads": threads}, compute=ray.data.ActorPoolStrategy(size=workers), batch_size=batch_size,
+            batch_format="numpy",
+            num_cpus=actor_cpus))
+    if missing:
+        from utils.classifier import Prediction
+
+        datasets.append(ray.data.from_items([Prediction(name=p, error="No such file.").as_record() for p in missing]))
+    records = datasets[0] if len(datasets) == 1 else datasets[0].union(*datasets[1:])
+    if fmt == "csv":
+        records.map_batches(flat_rows, batch_format="pandas").write_csv(str(output))
+    elif fmt == "parquet":
+        records.write_parquet(str(output))
+    else:
+        # pandas writes 10 decimals by default; 15 keeps the probabilities as the local CLI's.
+        records.write_json(str(output), double_precision=15)
+    summary["classified"] = len(todo)
+    return summary
