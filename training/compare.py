@@ -39,7 +39,8 @@ def row(run: Path, data_dir: Path, split: Path, cache_dir: Path) -> dict:
     args = summary["args"]
     return {"model": NAMES.get(backbone, backbone), "backbone": backbone, "run": run.name,
             "recipe": f"two-stage, live augmentation, {len(summary['history'])} epochs, lr {args['lr']}, "
-                      f"frozen until {args['frozen_until']}",
+                      f"frozen until {args['frozen_until']}, web fractures in P(any fracture) at weight "
+                      f"{float(args.get('web_fracture_weight', 0.0)):g}",
             "best_epoch": summary["best_epoch"], "epochs": len(summary["history"]),
             "val_fracatlas_auroc": best["fracatlas_auroc"], "val_severity_auroc": best["severity_auroc"],
             "val_macro_auroc": best["macro_auroc"],

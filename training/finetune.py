@@ -5,8 +5,10 @@
   the pooled features; the three class probabilities composed from the two).
 - Which images teach what, so that the healthy-vs-fracture decision cannot be learnt from
   the image's source:
-  - P(any fracture) and the fracture map learn from FracAtlas only, where both answers come
-    from the same hospitals; the map's targets are the cells the fracture boxes cover;
+  - P(any fracture) learns from FracAtlas, where both answers come from the same hospitals,
+    plus the web fractures at a small weight (`--web-fracture-weight`, 0.25: each is a
+    positive, so a large weight would teach the source again; 0 is FracAtlas only);
+  - the fracture map learns from FracAtlas only; its targets are the cells the boxes cover;
   - P(beyond_repair | fracture) learns among fractures only: FracAtlas fractures and the Bone
     Break types (comminuted = beyond repair).
 - Every step draws fresh views (`training.augment.random_view`) for every class; the trunk up
@@ -22,7 +24,7 @@
 Writes <out>/model.keras (no optimizer state), val_logits.npz and train_summary.json, the files
 the later pipeline steps (evaluate, trust, litert, export) read.
 
-Usage: python -m training.finetune [--out artifacts/finetune] [--epochs 12] [--quick]
+Usage: python -m training.finetune [--out artifacts/finetune] [--epochs 8] [--quick]
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def parse_args(argv=None):
                         default="inception_v3", help="the shipped InceptionV3, or the comparison's others")
     parser.add_argument("--cut", default=DEFAULT_CUT)
     parser.add_argument("--frozen-until", default=DEFAULT_FROZEN_UNTIL)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--healthy-per-epoch", type=int, default=700)
     parser.add_argument("--web-fractures-per-epoch", type=int, default=350)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -71,7 +73,7 @@ def parse_args(argv=None):
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--dropout", type=float, default=0.3)
     parser.add_argument("--localisation-weight", type=float, default=1.0)
-    parser.add_argument("--web-fracture-weight", type=float, default=0.0,
+    parser.add_argument("--web-fracture-weight", type=float, default=0.25,
                         help="weight of the Bone Break fractures in P(any fracture) (0: FracAtlas only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stop-after", type=int, metavar="EPOCH",
