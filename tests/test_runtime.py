@@ -71,3 +71,34 @@ def test_altered_litert_file_fails(bundle_dir, tmp_path):
     path.write_bytes(path.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(ModelBundleError, match="LiteRT file"):
         load_bundle(copy)
+
+
+def test_the_int8_engine_passed_its_check_and_serves_the_same_verdicts(bundle_dir):
+    """The bundled int8 engine is recorded with a passing equivalence check, and on synthetic
+    films it gives the float32 engine's verdicts with close probabilities."""
+    bundle = load_bundle(bundle_dir, load_keras=False)
+    if "int8" not in bundle.litert_paths:
+        pytest.skip("this bundle ships no int8 engine")
+    check = bundle.metadata["runtime_int8"]["equivalence"]
+    assert all(result.get("passed", True) for name, result in check.items() if "dynamic" in name)
+    exact, fast = Classifier(bundle), Classifier(bundle, precision="int8")
+    assert fast.engine.name == "litert" and fast.temperature == bundle.metadata["runtime_int8"]["temperature"]
+    films = [("f.png", png_bytes((synthetic_radiograph(300, 260, seed=s) * 255).astype(np.uint8))) for s in range(6)]
+    for a, b in zip(exact.predict_many(films), fast.predict_many(films)):
+        assert max(abs(a.probabilities[c] - b.probabilities[c]) for c in a.probabilities) < 0.1
+    # The faster engine is the CLI's default for batch work.
+    from utils.cli import default_precision
+
+    assert default_precision(bundle_dir) == "int8"
+
+
+def test_altered_int8_file_fails(bundle_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(bundle_dir, copy)
+    metadata = json.loads((copy / "metadata.json").read_text())
+    if "runtime_int8" not in metadata:
+        pytest.skip("this bundle ships no int8 engine")
+    path = copy / metadata["runtime_int8"]["file"]
+    path.write_bytes(path.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ModelBundleError, match="int8 LiteRT file"):
+        load_bundle(copy)

@@ -153,6 +153,20 @@ class Outputs:
                                         "model_input": prediction.model_input, "overlay": overlay})
 
 
+def default_precision(model_dir: Path | None) -> str:
+    """Batch work runs the int8 engine when the bundle ships one (it passed the equivalence
+    check: same verdicts, flags and AUROC as float32); else float32."""
+    import json
+
+    from utils.bundle import METADATA_FILE, bundle_dir
+
+    try:
+        metadata = json.loads((Path(model_dir or bundle_dir()) / METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return "float32"  # load_bundle reports what is wrong
+    return "int8" if metadata.get("runtime_int8") else "float32"
+
+
 def load_classifier(model_dir: Path | None, precision: str = "float32"):
     """The bundle's Classifier, or None after printing why it cannot load."""
     from utils.bundle import ModelBundleError, load_bundle
@@ -214,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "'ray start'); default: start a local one")
     predict.add_argument("--workers", type=int, default=1, help="with --engine ray: classifier actors (each loads "
                                                                  "the model once)")
-    predict.add_argument("--precision", choices=("float32", "int8"), default="float32",
-                         help="int8: the bundle's quantized engine, when it passed the equivalence check")
+    predict.add_argument("--precision", choices=("float32", "int8"), default=None,
+                         help="int8 (the default when the bundle ships it): the quantized engine that passed the "
+                              "equivalence check in the model card, about 3.5x faster; float32: the app's engine")
     predict.add_argument("--preset", choices=("balanced", "fracture_sensitive"), default="balanced")
     predict.add_argument("--batch-size", type=int, default=8)
     predict.add_argument("--model-dir", type=Path, help="model bundle folder (default: model/)")
@@ -310,6 +325,8 @@ def main(argv=None) -> int:
     if args.batch_size < 1:
         print("error: --batch-size must be at least 1", file=sys.stderr)
         return 2
+    if args.precision is None:
+        args.precision = default_precision(args.model_dir)
     if args.engine == "ray":
         return run_ray(args)
     if args.format == "parquet":
