@@ -97,7 +97,15 @@ def predict_paths(classifier, paths: list[Path | str], preset: str, batch_size: 
 
     chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
     size = classifier.bundle.input_size
-    with ThreadPoolExecutor(max_workers=max(1, decode_workers)) as pool:
+    if decode_workers < 1:  # no overlap: read, decode, classify one batch after the other
+        for chunk in chunks:
+            prepared = [prepare_path(path, size) for path in chunk]
+            classifier.complete([p for p in prepared if p.error is None], preset)
+            yield from prepared
+            if progress is not None:
+                progress.update(len(prepared))
+        return
+    with ThreadPoolExecutor(max_workers=decode_workers) as pool:
         def submit(chunk):
             return [pool.submit(prepare_path, path, size) for path in chunk]
 
