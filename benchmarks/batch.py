@@ -1,10 +1,18 @@
-"""Batch benchmark: CLI throughput by batch size, and the app's peak memory on a big batch.
+"""Batch benchmark: CLI and Ray throughput, Ray's memory over a long run, and the app's
+peak memory on a big batch. All figures come from one run, side by side.
 
-Usage: python -m benchmarks.batch [--images 200] [--cli-images 48]
+Usage: python -m benchmarks.batch [--images 200] [--cli-images 96] [--memory-images 10000]
+                                  [--skip-app] [--skip-ray]
 
 1. CLI path (read, decode, preprocess, classify) over synthetic 2,000 x 2,500 JPEGs in a
-   folder, batch size 1 vs the CLI default, images per second.
-2. The app (through streamlit.testing.v1.AppTest, in a fresh process) given --images such
+   folder, images per second: float32 with batches one after the other (the path before
+   issue 15) against the int8 engine with decoding overlapped (the default now), and batch 1.
+2. Ray Data (`--engine ray`, int8) on the same folder with 1 and 2 workers, on a local
+   cluster started beforehand (the cluster's start is not counted; the actors' model
+   loading is).
+3. Ray's memory: the peak RSS of the driver and every Ray process, sampled every 0.2 s, over
+   a 1,000-image and a --memory-images run (small films, so the run is inference-bound).
+4. The app (through streamlit.testing.v1.AppTest, in a fresh process) given --images such
    images in one upload: peak RSS of that process, and RSS before the upload.
 """
 
@@ -14,6 +22,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,21 +71,101 @@ print(json.dumps({"rows": rows, "rss_before_upload": before,
 """
 
 
-def cli_throughput(classifier, folder: Path, batch_size: int) -> float:
+def cli_throughput(classifier, folder: Path, batch_size: int, decode_workers: int = 2) -> float:
     """The CLI's own read-decode-classify loop with a loaded model (model loading excluded)."""
     from utils.cli import expand_paths, predict_paths
 
     paths = expand_paths([str(folder)])
     start = time.perf_counter()
-    predictions = list(predict_paths(classifier, paths, "balanced", batch_size))
+    predictions = list(predict_paths(classifier, paths, "balanced", batch_size, decode_workers=decode_workers))
     assert all(p.label for p in predictions)
     return len(paths) / (time.perf_counter() - start)
+
+
+class TreeMemory:
+    """Peak summed RSS of this process and all its descendants (Ray's raylet and workers)."""
+
+    def __init__(self, interval: float = 0.2):
+        import threading
+
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for process in [me] + me.children(recursive=True):
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def ray_throughput(folder: Path, out: Path, workers: int) -> float:
+    from utils import ray_batch
+
+    paths = len(list(folder.glob("*.jpg")))
+    start = time.perf_counter()
+    ray_batch.run([str(folder)], out, "jsonl", workers=workers, precision="int8", log=lambda m: None)
+    return paths / (time.perf_counter() - start)
+
+
+def ray_figures(folder: Path, tmp: Path, memory_images: int) -> dict:
+    import ray
+
+    from tests.conftest import synthetic_radiograph
+
+    figures = {}
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    try:
+        for workers in (1, 2):
+            figures[f"ray_ips_{workers}_workers"] = ray_throughput(folder, tmp / f"ray_{workers}", workers)
+        from PIL import Image
+
+        small = io.BytesIO()
+        Image.fromarray((synthetic_radiograph(512, 416, seed=3) * 255).astype(np.uint8)).save(small, format="JPEG",
+                                                                                                quality=90)
+        for count in (1000, memory_images):
+            films = tmp / f"films_{count}"
+            films.mkdir()
+            for i in range(count):  # the same bytes under many names: memory depends on the count
+                (films / f"f{i:05d}.jpg").write_bytes(small.getvalue())
+            start = time.perf_counter()
+            with TreeMemory() as memory:
+                from utils import ray_batch
+
+                ray_batch.run([str(films)], tmp / f"out_{count}", "jsonl", workers=1, precision="int8",
+                              log=lambda m: None)
+            figures[f"ray_peak_rss_mb_{count}"] = memory.peak / 2**20
+            figures[f"ray_seconds_{count}"] = time.perf_counter() - start
+            shutil.rmtree(films)
+        figures["ray_memory_growth"] = (figures[f"ray_peak_rss_mb_{memory_images}"]
+                                        / figures["ray_peak_rss_mb_1000"] - 1.0)
+    finally:
+        ray.shutdown()
+    return figures
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--cli-images", type=int, default=48)
+    parser.add_argument("--cli-images", type=int, default=96)
+    parser.add_argument("--memory-images", type=int, default=10000)
+    parser.add_argument("--skip-app", action="store_true")
+    parser.add_argument("--skip-ray", action="store_true")
     args = parser.parse_args(argv)
     figures = {"cores": os.cpu_count(), "image": f"{WIDTH}x{HEIGHT} JPEG"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,10 +180,20 @@ def main(argv=None) -> dict:
         from utils.bundle import load_bundle
         from utils.classifier import Classifier
 
-        classifier = Classifier(load_bundle())
-        cli_throughput(classifier, cli_folder, 8)  # warm-up: graph tracing
-        figures["cli_ips_batch1"] = cli_throughput(classifier, cli_folder, 1)
-        figures["cli_ips_batch8"] = cli_throughput(classifier, cli_folder, 8)
+        bundle = load_bundle(load_keras=False)
+        before, now = Classifier(bundle), Classifier(bundle, precision="int8")
+        cli_throughput(now, cli_folder, 8)  # warm-up: caches, thread pools
+        figures["cli_ips_float32_sequential"] = cli_throughput(before, cli_folder, 8, decode_workers=0)
+        figures["cli_ips_int8_overlap"] = cli_throughput(now, cli_folder, 8)
+        figures["cli_ips_int8_overlap_batch1"] = cli_throughput(now, cli_folder, 1)
+        figures["cli_speedup"] = figures["cli_ips_int8_overlap"] / figures["cli_ips_float32_sequential"]
+        if not args.skip_ray:
+            figures.update(ray_figures(cli_folder, folder, args.memory_images))
+            for workers in (1, 2):
+                figures[f"ray_{workers}_vs_cli"] = figures[f"ray_ips_{workers}_workers"] / figures["cli_ips_int8_overlap"]
+        if args.skip_app:
+            print_figures(figures)
+            return figures
         app_folder = folder / "app"
         app_folder.mkdir()
         for path in sorted(folder.glob("*.jpg"))[: args.images]:
@@ -108,14 +207,32 @@ def main(argv=None) -> dict:
     figures["app_peak_rss_mb"] = memory["peak_rss"] / 2**20
     figures["app_rss_before_upload_mb"] = memory["rss_before_upload"] / 2**20
     figures["app_rss_after_mb"] = memory["rss_after"] / 2**20
+    print_figures(figures)
+    return figures
+
+
+def print_figures(figures: dict) -> None:
     print(f"{figures['cores']} cores, synthetic {figures['image']}")
-    print(f"CLI end to end, batch 1     {figures['cli_ips_batch1']:8.2f} images/s")
-    print(f"CLI end to end, batch 8     {figures['cli_ips_batch8']:8.2f} images/s")
+    print(f"CLI float32, batches in turn     {figures['cli_ips_float32_sequential']:8.2f} images/s")
+    print(f"CLI int8 + decode overlap        {figures['cli_ips_int8_overlap']:8.2f} images/s "
+          f"({figures['cli_speedup']:.2f}x; target 2.5x of 12.4 = 31.0)")
+    print(f"CLI int8 + overlap, batch 1      {figures['cli_ips_int8_overlap_batch1']:8.2f} images/s")
+    for workers in (1, 2):
+        if f"ray_ips_{workers}_workers" in figures:
+            print(f"Ray, {workers} worker(s)                {figures[f'ray_ips_{workers}_workers']:8.2f} images/s "
+                  f"({figures[f'ray_{workers}_vs_cli']:.0%} of the CLI; target >= 85%)")
+    if "ray_memory_growth" in figures:
+        counts = sorted(int(k.rsplit("_", 1)[1]) for k in figures if k.startswith("ray_peak_rss_mb_"))
+        print(f"Ray peak RSS: {figures[f'ray_peak_rss_mb_{counts[0]}']:.0f} MB at {counts[0]} images, "
+              f"{figures[f'ray_peak_rss_mb_{counts[-1]}']:.0f} MB at {counts[-1]} "
+              f"(growth {figures['ray_memory_growth']:+.1%}; target <= 5%)")
+    if "app_images" not in figures:
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}))
+        return
     print(f"app, {figures['app_images']} images in one upload: peak RSS {figures['app_peak_rss_mb']:.0f} MB "
           f"(before upload {figures['app_rss_before_upload_mb']:.0f} MB, after {figures['app_rss_after_mb']:.0f} MB), "
           f"{figures['app_batch_seconds']:.0f} s")
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}))
-    return figures
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 
 FORMATS = ("jsonl", "csv", "parquet")
 DECODE_CPUS = 0.5  # the CPU reservation of a read or decode task
+OBJECT_STORE_BUDGET = 256 * 2**20  # bytes of blocks in flight (see quiet_ray)
 FILE_SUFFIX = {"jsonl": "json", "csv": "csv", "parquet": "parquet"}
 
 
@@ -178,12 +179,18 @@ def flat_rows(frame):
 
 
 def quiet_ray() -> None:
-    """Ray Data's per-operator progress log lines would drown the CLI's own messages."""
+    """Ray Data settings for a batch job: a memory budget, and no per-operator progress
+    lines (they would drown the CLI's own messages)."""
     import logging
 
     import ray
 
     context = ray.data.DataContext.get_current()
+    # Decoding outruns the classifier; without a cap the decoded batches pile up in the object
+    # store (147 KB a film) until its default limit, a third of RAM: memory would grow with
+    # the archive. With this budget Ray Data backpressures the decode tasks instead.
+    limits = context.execution_options.resource_limits
+    context.execution_options.resource_limits = limits.copy(object_store_memory=OBJECT_STORE_BUDGET)
     context.enable_progress_bars = False
     context.enable_operator_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -222,7 +229,7 @@ def run(sources: list[str], output: Path, fmt: str = "jsonl", address: str | Non
     actor_cpus = min(1.0, max(0.25, (cpus - DECODE_CPUS) / workers))
     datasets = []
     if readable:
-        data = ray.data.read_binary_files(readable, include_paths=True, ray_remote_args={"num_cpus": DECODE_CPUS})
+        data = ray.data.read_binary_files(readable, include_paths=True, num_cpus=DECODE_CPUS)
         data = data.map_batches(decode_batch, fn_kwargs={"roots": source_roots(sources),
                                                          "input_size": bundle.input_size,
                                                          "max_bytes": MAX_FILE_BYTES},
