@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,18 +14,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, png_bytes, synthetic_radiograph
+from tests.pacs_fixtures import free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason="Debian chromium is not installed (scripts/test.sh installs it)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_healthy(url: str, process, timeout: float = 120) -> None:
@@ -42,29 +37,35 @@ def wait_healthy(url: str, process, timeout: float = 120) -> None:
     raise TimeoutError("streamlit did not become healthy")
 
 
+@contextlib.contextmanager
+def streamlit_app(env: dict, log_path, *extra_args: str):
+    """`streamlit run app.py` on a free loopback port until the block ends; yields its URL."""
+    port = free_port()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true", *extra_args],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(url, process)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
 @pytest.fixture(scope="module")
 def server(bundle_dir, tmp_path_factory):
-    port = free_port()
     # Loopback is allowed only so that the URL test can serve its image from 127.0.0.1.
     env = dict(os.environ, BONE_XRAY_MODEL_DIR=str(bundle_dir), PYTHONUNBUFFERED="1",
                BONE_XRAY_URL_ALLOW="127.0.0.1/32")
     log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
-    log = open(log_path, "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, process)
+    with streamlit_app(env, log_path) as url:
         yield url, log_path
-    finally:
-        log.close()
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.fixture(scope="module")
@@ -272,24 +273,11 @@ def pacs_server(bundle_dir, tmp_path_factory):
     upload(orthanc, [film(study, generate_uid(), 1, seed=31), film(study, generate_uid(), 1, seed=32)])
     secrets = folder / "secrets.toml"
     secrets.write_text(f'[pacs]\nurl = "{orthanc.url}"\nusername = "writer"\npassword = "{USERS["writer"]}"\n')
-    port = free_port()
     env = dict(os.environ, BONE_XRAY_MODEL_DIR=str(bundle_dir), PYTHONUNBUFFERED="1")
-    log = open(folder / "streamlit.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--secrets.files", str(secrets)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, process)
-        yield url, orthanc, study, folder / "streamlit.log"
+        with streamlit_app(env, folder / "streamlit.log", "--secrets.files", str(secrets)) as url:
+            yield url, orthanc, study, folder / "streamlit.log"
     finally:
-        log.close()
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
         stop_orthanc(orthanc_process)
 
 
