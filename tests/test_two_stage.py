@@ -20,7 +20,11 @@ GEOMETRY_ONLY = {**LIVE_AUGMENTATION, "downscale": {**LIVE_AUGMENTATION["downsca
                  "gamma": (1.0, 1.0), "contrast": (1.0, 1.0), "brightness": 0.0,
                  "blur": {**LIVE_AUGMENTATION["blur"], "p": 0.0}, "sharpen": {**LIVE_AUGMENTATION["sharpen"], "p": 0.0},
                  "noise": {**LIVE_AUGMENTATION["noise"], "p": 0.0}, "jpeg": {**LIVE_AUGMENTATION["jpeg"], "p": 0.0},
-                 "annotations": {**LIVE_AUGMENTATION["annotations"], "p": 0.0}}
+                 "annotations": {**LIVE_AUGMENTATION["annotations"], "p": 0.0},
+                 "stretch": {**LIVE_AUGMENTATION["stretch"], "p": 0.0},
+                 "tight_crop": {**LIVE_AUGMENTATION["tight_crop"], "p": 0.0},
+                 "collimation": {**LIVE_AUGMENTATION["collimation"], "p": 0.0},
+                 "intensity_network": {**LIVE_AUGMENTATION["intensity_network"], "p": 0.0}}
 SMALL = 75  # InceptionV3's smallest input: keeps the model tests quick
 
 

@@ -5,7 +5,11 @@ One view of a cached (S, S) uint8 model input and its (S, S) fracture-box mask:
   and zoom-outs; the box mask is warped with the same matrix, so the boxes stay on the bone;
 - resolution: downscale (to 224 px or less) and back up;
 - tone: gamma, contrast, brightness, blur or sharpening, noise, JPEG re-compression;
-- burned-in annotations: text, L/R side markers and rulers, as on clinical exports.
+- burned-in annotations: text, L/R side markers and rulers, as on clinical exports;
+- framings seen on films from other hospitals: an aspect-ratio stretch (exports that squash a
+  film to a square), a tight crop upsampled from 224 px (joint crops), collimation borders;
+- random shallow-network intensity remapping, mixed in through a smooth location-dependent
+  mask (GIN + IPA, Ouyang et al., IEEE TMI 2023): other exposures and detector curves.
 
 Every class gets the same distribution of views, so no augmentation marks a class. All draws
 come from the rng passed in: the same seed gives the same view.
@@ -30,6 +34,10 @@ LIVE_AUGMENTATION = {
     "noise": {"p": 0.4, "sigma": (2.0, 10.0)},
     "jpeg": {"p": 0.5, "quality": (30, 90)},
     "annotations": {"p": 0.5, "max_items": 3},
+    "stretch": {"p": 0.4, "log_range": (np.log(0.7), np.log(1.43))},
+    "tight_crop": {"p": 0.2, "zoom": (1.6, 3.0), "side": 224},
+    "collimation": {"p": 0.3, "width_frac": (0.03, 0.2)},
+    "intensity_network": {"p": 0.3, "hidden": 4},
 }
 
 
@@ -42,12 +50,36 @@ def affine_matrix(size: int, rng: np.random.Generator, params: dict = LIVE_AUGME
     centre = size / 2 + rng.uniform(-1, 1, size=2) * reach * size
     matrix = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, zoom)
     matrix[:, 2] += size / 2 - centre  # the chosen point lands in the middle of the view
+    matrix = (stretch_matrix(size, rng, params) @ np.vstack([matrix, [0, 0, 1]]))[:2]
     flip = np.eye(3)
     if rng.random() < params["hflip"]:
         flip = np.array([[-1, 0, size - 1], [0, 1, 0], [0, 0, 1]], dtype=np.float64) @ flip
     if rng.random() < params["vflip"]:
         flip = np.array([[1, 0, 0], [0, -1, size - 1], [0, 0, 1]], dtype=np.float64) @ flip
     return (flip @ np.vstack([matrix, [0, 0, 1]]))[:2]
+
+
+def stretch_matrix(size: int, rng: np.random.Generator, params: dict = LIVE_AUGMENTATION) -> np.ndarray:
+    """3x3: one axis scaled about the centre (identity when not drawn), as when an export
+    squashes a film to a square."""
+    spec = params.get("stretch")
+    if not spec or rng.random() >= spec["p"]:
+        return np.eye(3)
+    factor = float(np.exp(rng.uniform(*spec["log_range"])))
+    sx, sy = (factor, 1.0) if rng.random() < 0.5 else (1.0, factor)
+    c = size / 2
+    return np.array([[sx, 0, c - sx * c], [0, sy, c - sy * c], [0, 0, 1]], dtype=np.float64)
+
+
+def tight_crop_matrix(size: int, rng: np.random.Generator, params: dict = LIVE_AUGMENTATION) -> np.ndarray:
+    """2x3: a close-up of a random part of the film (the view is later shrunk to 224 px and back)."""
+    spec = params["tight_crop"]
+    zoom = rng.uniform(*spec["zoom"])
+    reach = (1.0 - 1.0 / zoom) * 0.5
+    centre = size / 2 + rng.uniform(-1, 1, size=2) * reach * size
+    matrix = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), rng.uniform(-10, 10), zoom)
+    matrix[:, 2] += size / 2 - centre
+    return matrix
 
 
 def warp(image: np.ndarray, matrix: np.ndarray, nearest: bool = False) -> np.ndarray:
@@ -65,6 +97,57 @@ def degrade_resolution(view: np.ndarray, rng: np.random.Generator, params: dict 
     side = int(rng.integers(spec["min_side"], spec["max_side"] + 1))
     small = cv2.resize(view, (side, side), interpolation=cv2.INTER_AREA)
     return cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def shrink_and_restore(view: np.ndarray, side: int) -> np.ndarray:
+    size = view.shape[0]
+    small = cv2.resize(view, (side, side), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def add_collimation(view: np.ndarray, rng: np.random.Generator, params: dict = LIVE_AUGMENTATION) -> np.ndarray:
+    """Flat dark or bright bands along one to four edges, as collimator shutters leave them."""
+    spec = params.get("collimation")
+    if not spec or rng.random() >= spec["p"]:
+        return view
+    view = view.copy()
+    size = view.shape[0]
+    value = int(rng.integers(0, 40)) if rng.random() < 0.6 else int(rng.integers(200, 256))
+    for side in rng.permutation(4)[: int(rng.integers(1, 5))]:
+        width = int(size * rng.uniform(*spec["width_frac"]))
+        if side == 0:
+            view[:width] = value
+        elif side == 1:
+            view[size - width:] = value
+        elif side == 2:
+            view[:, :width] = value
+        else:
+            view[:, size - width:] = value
+    return view
+
+
+def remap_intensity(view: np.ndarray, rng: np.random.Generator, params: dict = LIVE_AUGMENTATION) -> np.ndarray:
+    """A random two-layer convolutional network (3x3 kernels, leaky ReLU) remaps the grey levels;
+    its output, matched to the view's mean and spread, is blended in through a smooth random
+    mask, so the remapping differs from place to place (GIN with IPA-style mixing)."""
+    spec = params.get("intensity_network")
+    if not spec or rng.random() >= spec["p"]:
+        return view
+    x = view.astype(np.float32) / 255.0
+    out = np.zeros_like(x)
+    identity = np.zeros((3, 3), np.float32)
+    identity[1, 1] = 1.0
+    for _ in range(spec["hidden"]):  # random kernels around identity: new grey curves and texture
+        first = identity * rng.uniform(-1.5, 1.5) + rng.normal(0, 0.3, (3, 3)).astype(np.float32)
+        hidden = cv2.filter2D(x, -1, first) + rng.uniform(-0.5, 0.5)
+        hidden = np.where(hidden > 0, hidden, 0.2 * hidden)
+        second = identity * rng.uniform(-1.0, 1.0) + rng.normal(0, 0.2, (3, 3)).astype(np.float32)
+        out += cv2.filter2D(hidden, -1, second)
+    out = (out - out.mean()) / (out.std() + 1e-6) * x.std() + x.mean()
+    coarse = rng.uniform(0, 1, (4, 4)).astype(np.float32)
+    mask = cv2.resize(coarse, x.shape[::-1], interpolation=cv2.INTER_CUBIC).clip(0, 1)
+    blended = x * (1 - mask) + out * mask
+    return np.clip(np.round(blended * 255.0), 0, 255).astype(np.uint8)
 
 
 def adjust_tone(view: np.ndarray, rng: np.random.Generator, params: dict = LIVE_AUGMENTATION) -> np.ndarray:
@@ -127,14 +210,47 @@ def random_view(image: np.ndarray, mask: np.ndarray | None, rng: np.random.Gener
     boxes stays in view: a close-up that crops the fracture out would teach "fractured" on a
     film that shows none.
     """
+    tight = params.get("tight_crop") is not None and rng.random() < params["tight_crop"]["p"]
     for _ in range(tries):
-        matrix = affine_matrix(image.shape[0], rng, params)
+        matrix = (tight_crop_matrix if tight else affine_matrix)(image.shape[0], rng, params)
         view_mask = None if mask is None else warp(mask.astype(np.uint8), matrix, nearest=True).astype(bool)
         if view_mask is None or view_mask.sum() >= 0.5 * mask.sum():
             break
     view = warp(image, matrix)
-    view = degrade_resolution(view, rng, params)
+    view = shrink_and_restore(view, params["tight_crop"]["side"]) if tight else degrade_resolution(view, rng, params)
+    view = add_collimation(view, rng, params)
+    view = remap_intensity(view, rng, params)
     view = adjust_tone(view, rng, params)
     view = burn_in_annotations(view, rng, params)
     view = recompress_jpeg(view, rng, params)
     return view, view_mask
+
+
+def box_free_matrix(mask: np.ndarray, rng: np.random.Generator, params: dict = LIVE_AUGMENTATION,
+                    tries: int = 20, margin: int = 8) -> np.ndarray | None:
+    """A 2x3 close-up whose view shows no part of any box, the boxes grown by `margin` pixels
+    first (so the edge of a fracture is not in view either); None when none was found."""
+    grown = cv2.dilate(mask.astype(np.uint8), np.ones((2 * margin + 1, 2 * margin + 1), np.uint8))
+    crop = {**params, "tight_crop": {**params["tight_crop"], "zoom": (1.8, 3.5)}}
+    for _ in range(tries):
+        matrix = tight_crop_matrix(mask.shape[0], rng, crop)
+        if not warp(grown, matrix, nearest=True).any():
+            return matrix
+    return None
+
+
+def box_free_view(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                  params: dict = LIVE_AUGMENTATION) -> np.ndarray | None:
+    """A box-free close-up of a fractured film (box_free_matrix), augmented like any view: a
+    "no fracture visible" example from the very films that carry fractures. None when the
+    boxes leave no such close-up."""
+    matrix = box_free_matrix(mask, rng, params)
+    if matrix is None:
+        return None
+    view = warp(image, matrix)
+    if rng.random() < 0.5:
+        spec = params["downscale"]
+        view = shrink_and_restore(view, int(rng.integers(spec["min_side"], spec["max_side"] + 1)))
+    for step in (add_collimation, remap_intensity, adjust_tone, burn_in_annotations, recompress_jpeg):
+        view = step(view, rng, params)
+    return view

@@ -40,7 +40,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from training.augment import LIVE_AUGMENTATION, random_view  # noqa: E402
+from training.augment import LIVE_AUGMENTATION, box_free_view, random_view  # noqa: E402
 from training.boxes import MIN_CELL_COVERAGE, cell_targets  # noqa: E402
 from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split, run_logger  # noqa: E402
 from training.model import DEFAULT_CUT, DEFAULT_FROZEN_UNTIL  # noqa: E402
@@ -75,6 +75,16 @@ def parse_args(argv=None):
     parser.add_argument("--localisation-weight", type=float, default=1.0)
     parser.add_argument("--web-fracture-weight", type=float, default=0.25,
                         help="weight of the Bone Break fractures in P(any fracture) (0: FracAtlas only)")
+    parser.add_argument("--box-free-share", type=float, default=0.5,
+                        help="each epoch, this share of the boxed FracAtlas fractures comes back once more as a "
+                             "close-up that shows no box, taught as 'no fracture visible' (0: off)")
+    parser.add_argument("--mixstyle", type=float, default=0.5,
+                        help="probability per batch of mixing feature statistics between images at the "
+                             "frozen trunk's output (MixStyle; 0: off)")
+    parser.add_argument("--chest-negatives", type=int, default=0,
+                        help="this many chest_kermany films (split by patient) as extra 'no fracture' examples")
+    parser.add_argument("--check-knees", type=int, default=400,
+                        help="knee films of the unseen-source check scored each epoch (all wrist and hbfmid films)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stop-after", type=int, metavar="EPOCH",
                         help="stop after this epoch as an interruption would (rerun without it to go on)")
@@ -87,24 +97,39 @@ def parse_args(argv=None):
 
 
 def epoch_order(labels: np.ndarray, from_fracatlas: np.ndarray, healthy_per_epoch: int,
-                web_fractures_per_epoch: int, rng: np.random.Generator) -> np.ndarray:
-    """Every FracAtlas fracture and every beyond-repair image, plus fresh draws of the healthy
-    films and of the other web fractures (these teach the severity stage only), shuffled."""
-    keep = np.flatnonzero((labels == BEYOND) | ((labels == FRACTURED) & from_fracatlas))
+                web_fractures_per_epoch: int, rng: np.random.Generator,
+                boxed: np.ndarray | None = None, box_free_share: float = 0.0,
+                every_epoch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, box_free flags): every FracAtlas fracture and every beyond-repair image, fresh
+    draws of the FracAtlas healthy films and of the other web fractures, the `every_epoch`
+    images (extra negatives from another source), and a share of the boxed fractures once more
+    as box-free close-ups (flag True), shuffled together."""
+    extra = np.zeros(len(labels), bool) if every_epoch is None else every_epoch
+    keep = np.flatnonzero((labels == BEYOND) | ((labels == FRACTURED) & from_fracatlas) | extra)
     drawn = [keep]
-    for pool, n in ((np.flatnonzero(labels == HEALTHY), healthy_per_epoch),
+    for pool, n in ((np.flatnonzero((labels == HEALTHY) & ~extra), healthy_per_epoch),
                     (np.flatnonzero((labels == FRACTURED) & ~from_fracatlas), web_fractures_per_epoch)):
         drawn.append(rng.choice(pool, size=min(n, pool.size), replace=False))
-    return rng.permutation(np.concatenate(drawn))
+    flags = [np.zeros(sum(len(d) for d in drawn), bool)]
+    if boxed is not None and box_free_share > 0 and len(boxed):
+        repeat = rng.choice(boxed, size=int(round(box_free_share * len(boxed))), replace=False)
+        drawn.append(repeat)
+        flags.append(np.ones(len(repeat), bool))
+    order = rng.permutation(sum(len(d) for d in drawn))
+    return np.concatenate(drawn)[order], np.concatenate(flags)[order]
 
 
 def stage_targets(labels: np.ndarray, from_fracatlas: np.ndarray, severe_weight: float,
-                  web_fracture_weight: float = 0.0) -> dict[str, np.ndarray]:
+                  web_fracture_weight: float = 0.0, shows_fracture: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Targets and per-image weights of the two stages (see the module docstring).
 
     web_fracture_weight > 0 lets the web fractures (every one a positive) into P(any fracture)
     at that weight: more fracture examples, at the risk of teaching the source again.
+    shows_fracture False marks a view of a fractured film that shows no fracture (a box-free
+    close-up): a negative for P(any fracture), and no severity target.
     """
+    if shows_fracture is not None:
+        labels = np.where(shows_fracture, labels, HEALTHY)
     fractured = labels != HEALTHY
     fracture_w = np.where(from_fracatlas, 1.0, web_fracture_weight).astype(np.float32)
     return {"fracture": fractured.astype(np.float32), "fracture_w": fracture_w,
@@ -113,24 +138,33 @@ def stage_targets(labels: np.ndarray, from_fracatlas: np.ndarray, severe_weight:
 
 
 def make_batch(images: np.ndarray, masks: dict, indices: np.ndarray, labels: np.ndarray,
-               from_fracatlas: np.ndarray, grid: int, seeds: list, params: dict = LIVE_AUGMENTATION):
+               from_fracatlas: np.ndarray, grid: int, seeds: list, params: dict = LIVE_AUGMENTATION,
+               box_free: np.ndarray | None = None):
     """Fresh views of images[indices] with their localisation targets.
 
-    Returns (x (B, S, S, 1) uint8, cell targets (B, g, g), map weight (B,)): FracAtlas healthy
-    films teach an empty map, FracAtlas fractures with boxes teach their boxes' cells, other
-    images do not train the map.
+    Returns (x (B, S, S, 1) uint8, cell targets (B, g, g), map weight (B,), shows fracture (B,)):
+    FracAtlas healthy films (and other "no fracture" sources) teach an empty map, FracAtlas
+    fractures with boxes teach their boxes' cells, a box-free close-up of a fractured film
+    (box_free True) teaches an empty map and no fracture, web figures do not train the map.
     """
-    views, targets, weights = [], [], []
-    for index, seed in zip(indices, seeds):
+    views, targets, weights, shows = [], [], [], []
+    box_free = np.zeros(len(indices), bool) if box_free is None else box_free
+    for index, seed, free in zip(indices, seeds, box_free):
         rng = np.random.default_rng(seed)
-        view, mask = random_view(images[index], masks.get(int(index)), rng, params)
-        views.append(view)
-        if mask is not None:
-            targets.append(cell_targets(mask, grid))
-        else:
+        mask = masks.get(int(index))
+        view = box_free_view(images[index], mask, rng, params) if free and mask is not None else None
+        if view is not None:
+            views.append(view)
             targets.append(np.zeros((grid, grid), np.float32))
-        weights.append(float(from_fracatlas[index] and (labels[index] == HEALTHY or mask is not None)))
-    return np.stack(views)[..., None], np.stack(targets), np.array(weights, np.float32)
+            weights.append(1.0)
+            shows.append(False)
+            continue
+        view, mask = random_view(images[index], mask, rng, params)
+        views.append(view)
+        targets.append(cell_targets(mask, grid) if mask is not None else np.zeros((grid, grid), np.float32))
+        weights.append(float((from_fracatlas[index] and mask is not None) or labels[index] == HEALTHY))
+        shows.append(True)
+    return np.stack(views)[..., None], np.stack(targets), np.array(weights, np.float32), np.array(shows)
 
 
 def validation_scores(labels: np.ndarray, sources: np.ndarray, log_probs: np.ndarray,
@@ -179,6 +213,24 @@ def backbone_weights(args) -> Path | None:
     return pretrained_weights_path(args.cache_dir)
 
 
+def mix_style(features, alpha: float = 0.1, eps: float = 1e-6):
+    """MixStyle (Zhou et al., ICLR 2021): each image's per-channel feature mean and spread are
+    mixed with another image's of the batch (weights from Beta(alpha, alpha)), so the tail
+    cannot key on an image's style (exposure, detector, processing) rather than its content."""
+    import tensorflow as tf
+
+    mean = tf.reduce_mean(features, axis=(1, 2), keepdims=True)
+    spread = tf.sqrt(tf.math.reduce_variance(features, axis=(1, 2), keepdims=True) + eps)
+    normed = (features - mean) / spread
+    batch = tf.shape(features)[0]
+    g1, g2 = tf.random.gamma((batch, 1, 1, 1), alpha), tf.random.gamma((batch, 1, 1, 1), alpha)
+    weight = g1 / (g1 + g2 + eps)
+    other = tf.random.shuffle(tf.range(batch))
+    mixed_mean = weight * mean + (1 - weight) * tf.gather(mean, other)
+    mixed_spread = weight * spread + (1 - weight) * tf.gather(spread, other)
+    return normed * mixed_spread + mixed_mean
+
+
 class Trainer:
     """Owns the model, the optimizer and their checkpoints in one run folder."""
 
@@ -220,10 +272,14 @@ class Trainer:
         if self._step is None:
             bce = tf.nn.sigmoid_cross_entropy_with_logits
             tail, trunk, optimizer, lam = self.tail, self.trunk, self.optimizer, self.args.localisation_weight
+            mix_p = float(getattr(self.args, "mixstyle", 0.0))
 
             @tf.function(reduce_retracing=True)
             def step(x, cell_targets, map_weight, fracture, fracture_w, severity, severity_w):
                 features = trunk(x, training=False)
+                if mix_p > 0:
+                    features = tf.cond(tf.random.uniform(()) < mix_p, lambda: mix_style(features),
+                                       lambda: features)
                 with tf.GradientTape() as tape:
                     out = tail(features, training=True)
                     loss_fracture = tf.reduce_sum(bce(fracture, out["fracture_logit"][:, 0]) * fracture_w) \
@@ -264,19 +320,18 @@ class Trainer:
 
 
 def fit(model, data: dict, args, log=print) -> dict:
-    """Train on data["train"] and select on data["val"]; each is a dict of images (N, S, S)
-    uint8, labels (N,), sources (N,) and masks {index: (S, S) bool}. Resumes from args.out."""
+    """Train on data["train"] and select on data["val"] (plus data["checks"], the unseen-source
+    films, when present: measured each epoch, never trained on); each split is a dict of images
+    (N, S, S) uint8, labels (N,), sources (N,) and masks {index: (S, S) bool}. Resumes from args.out."""
     started = time.time()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     train, val = data["train"], data["val"]
-    from_fracatlas = train["sources"] == "fracatlas"
+    plan = epoch_plan(train, args)
     n_fractures = int((train["labels"] != HEALTHY).sum())
     n_severe = int((train["labels"] == BEYOND).sum())
     severe_weight = float(np.sqrt(max(n_fractures - n_severe, 1) / max(n_severe, 1)))
-    per_epoch = len(epoch_order(train["labels"], from_fracatlas, args.healthy_per_epoch,
-                                args.web_fractures_per_epoch, np.random.default_rng(0)))
-    steps_per_epoch = int(np.ceil(per_epoch / args.batch_size))
+    steps_per_epoch = int(np.ceil(len(plan(0)[0]) / args.batch_size))
     trainer = Trainer(model, args, steps_per_epoch)
     grid = trainer.grid
     val_targets = {i: cell_targets(m, grid) for i, m in val["masks"].items()}
@@ -292,15 +347,16 @@ def fit(model, data: dict, args, log=print) -> dict:
     with ThreadPoolExecutor(max_workers=1) as pool:  # next batch's views while this one trains
         for epoch in range(state["epoch"] + 1, args.epochs + 1):
             t0 = time.time()
-            order = epoch_order(train["labels"], from_fracatlas, args.healthy_per_epoch,
-                                args.web_fractures_per_epoch, np.random.default_rng([args.seed, epoch]))
-            batches = [order[i:i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+            order, box_free = plan(epoch)
+            batches = [slice(i, i + args.batch_size) for i in range(0, len(order), args.batch_size)]
 
-            def prepare(b, batch):
+            def prepare(b, part):
+                batch = order[part]
                 seeds = [[args.seed, epoch, b, j] for j in range(len(batch))]
-                return make_batch(train["images"], train["masks"], batch, train["labels"], from_fracatlas,
-                                  grid, seeds), stage_targets(train["labels"][batch], from_fracatlas[batch], severe_weight,
-                                                                  getattr(args, "web_fracture_weight", 0.0))
+                x, cells, map_weight, shows = make_batch(train["images"], train["masks"], batch, train["labels"],
+                                                         plan.clinical, grid, seeds, box_free=box_free[part])
+                return (x, cells, map_weight), stage_targets(train["labels"][batch], plan.clinical[batch],
+                                                             severe_weight, getattr(args, "web_fracture_weight", 0.0), shows)
 
             pending = pool.submit(prepare, 0, batches[0])
             losses = []
@@ -309,15 +365,14 @@ def fit(model, data: dict, args, log=print) -> dict:
                 if b + 1 < len(batches):
                     pending = pool.submit(prepare, b + 1, batches[b + 1])
                 losses.append(trainer.train_step(x, cells, map_weight, targets))
-            log_probs, cell_logits = trainer.predict(val["images"])
-            scores = validation_scores(val["labels"], val["sources"], log_probs, cell_logits, val_targets)
+            entry = score_epoch(trainer, data, val_targets)
             mean_loss = np.mean(losses, axis=0)
-            entry = {"epoch": epoch, "loss": float(mean_loss[0]), "loss_fracture": float(mean_loss[1]),
-                     "loss_severity": float(mean_loss[2]), "loss_map": float(mean_loss[3]), **scores,
-                     "images": int(len(order)), "seconds": round(time.time() - t0, 1)}
+            entry.update(epoch=epoch, loss=float(mean_loss[0]), loss_fracture=float(mean_loss[1]),
+                         loss_severity=float(mean_loss[2]), loss_map=float(mean_loss[3]),
+                         images=int(len(order)), seconds=round(time.time() - t0, 1))
             state["history"].append(entry)
-            if scores["score"] > state["best_score"]:
-                state.update(best_score=scores["score"], best_epoch=epoch)
+            if entry["score"] > state["best_score"]:
+                state.update(best_score=entry["score"], best_epoch=epoch)
                 trainer.tail.save_weights(best_path)
             trainer.save(out)
             state["epoch"] = epoch
@@ -335,9 +390,65 @@ def fit(model, data: dict, args, log=print) -> dict:
             "wall_seconds": round(earlier_seconds + time.time() - started, 1)}
 
 
+class epoch_plan:
+    """What each epoch trains on: plan(epoch) -> (indices, box_free flags), drawn from the seed."""
+
+    def __init__(self, train: dict, args):
+        self.labels, self.args = train["labels"], args
+        # Clinical films (FracAtlas and extra negatives) count fully in P(any fracture).
+        self.clinical = train["sources"] != "bone_break"
+        self.extra = train["sources"] == "chest_kermany"
+        self.boxed = np.array(sorted(train["masks"]), dtype=int)
+
+    def __call__(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        a = self.args
+        return epoch_order(self.labels, self.clinical & ~self.extra, a.healthy_per_epoch, a.web_fractures_per_epoch,
+                           np.random.default_rng([a.seed, epoch]), self.boxed, getattr(a, "box_free_share", 0.0),
+                           self.extra)
+
+
+def score_epoch(trainer: "Trainer", data: dict, val_targets: dict) -> dict:
+    """Validation scores, the unseen-source figures (when data["checks"] is there) and the
+    selection score combining them (training.offsource.selection_score)."""
+    from training.offsource import epoch_figures, selection_score, youden_threshold
+    from utils.inference import softmax
+
+    val = data["val"]
+    log_probs, cell_logits = trainer.predict(val["images"])
+    scores = validation_scores(val["labels"], val["sources"], log_probs, cell_logits, val_targets)
+    figures = None
+    if data.get("checks"):
+        p_any = 1.0 - softmax(log_probs)[:, 0]
+        fa = val["sources"] == "fracatlas"
+        threshold = youden_threshold(val["labels"][fa] != HEALTHY, p_any[fa])
+        checks = data["checks"]
+        p_check = {name: 1.0 - softmax(trainer.predict(c["images"])[0])[:, 0] for name, c in checks.items()}
+        figures = epoch_figures(p_check, {name: c["labels"] for name, c in checks.items()}, threshold)
+        scores.update(figures, val_fracture_threshold=threshold)
+    scores["val_only_score"] = scores["score"]
+    scores["score"] = selection_score(scores, figures)
+    return scores
+
+
+def chest_negative_rows(data_dir: Path, count: int, seed: int = 0) -> list[dict]:
+    """`count` normal chest_kermany films as training-only "no fracture" rows, one per patient
+    (patients drawn at random, so no patient appears twice)."""
+    from training.offsource import check_rows
+
+    rows = [r for r in check_rows(data_dir, "chest_kermany") if r["finding"] == "normal"]
+    by_patient = {}
+    for row in rows:
+        by_patient.setdefault(row["patient_id"], row)
+    patients = sorted(by_patient)
+    picked = np.random.default_rng(seed).permutation(len(patients))[:count]
+    return [{"path": f"chest_kermany/{by_patient[patients[i]]['path']}", "sha256": by_patient[patients[i]]["sha256"],
+             "source": "chest_kermany", "label": "healthy", "split": "train"} for i in sorted(picked)]
+
+
 def load_data(args, log=print) -> tuple[dict, list[dict]]:
     from training.boxes import box_masks
     from training.features import build_image_cache
+    from training.offsource import check_images
     from training.train import quick_subset
 
     rows = read_split(args.split)
@@ -345,6 +456,10 @@ def load_data(args, log=print) -> tuple[dict, list[dict]]:
         rows = quick_subset(rows, seed=args.seed)
     images = build_image_cache(rows, args.data_dir, args.cache_dir)
     masks = box_masks(rows, args.data_dir, args.cache_dir, images.shape[1])
+    if getattr(args, "chest_negatives", 0):  # cached apart, so the main cache stays valid
+        chest = chest_negative_rows(args.data_dir, args.chest_negatives, args.seed)
+        images = np.concatenate([images, build_image_cache(chest, args.data_dir, args.cache_dir)])
+        rows = rows + chest
     labels = np.array([CLASSES.index(r["label"]) for r in rows])
     sources = np.array([r["source"] for r in rows])
     split_of = np.array([r["split"] for r in rows])
@@ -355,8 +470,17 @@ def load_data(args, log=print) -> tuple[dict, list[dict]]:
         data[split] = {"images": images[idx], "labels": labels[idx], "sources": sources[idx],
                        "sha256": np.array([rows[i]["sha256"] for i in idx]),
                        "masks": {position[i]: m for i, m in masks.items() if i in position}}
+    knees = 12 if args.quick else getattr(args, "check_knees", 400)
+    checks = check_images(args.data_dir, args.cache_dir, limit_per_source=None)
+    if "knee_oai" in checks:  # a fixed subset of the knees keeps the per-epoch check short
+        checks["knee_oai"] = {k: v[:knees] for k, v in checks["knee_oai"].items()}
+    if args.quick:
+        checks = {name: {k: v[:12] for k, v in c.items()} for name, c in checks.items()}
+    if "hbfmid_check" in checks:
+        data["checks"] = checks
     log(f"{len(rows)} images; train {len(data['train']['labels'])} ({len(data['train']['masks'])} with boxes), "
-        f"val {len(data['val']['labels'])}")
+        f"val {len(data['val']['labels'])}; unseen-source films scored each epoch: "
+        + (", ".join(f"{n} {len(c['labels'])}" for n, c in checks.items()) or "none"))
     return data, rows
 
 
