@@ -105,3 +105,70 @@ def fit_uncertainty_thresholds(probs: np.ndarray, labels: np.ndarray, preset: di
     return {"min_confidence": best[0], "min_margin": best[1], "target_val_covered_accuracy": target_accuracy,
             "val_coverage": float(kept.mean()),
             "val_covered_accuracy": float(correct[kept].mean()) if kept.any() else float("nan")}
+
+
+# The two-stage verdict's uncertainty band (logit units around the fracture threshold) and
+# severity margin are searched on these grids; the severity margin stays small because the
+# beyond-repair examples are few and web-only.
+BAND_GRID = np.round(np.arange(0.0, 3.01, 0.05), 2)
+SEVERITY_MARGIN_GRID = np.round(np.arange(0.0, 0.251, 0.01), 2)
+
+
+def youden_threshold(positive: np.ndarray, score: np.ndarray) -> float:
+    """The threshold maximising sensitivity + specificity of `score >= threshold`."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thresholds = roc_curve(positive, score)
+    return float(min(thresholds[int(np.argmax(tpr - fpr))], 1.0))
+
+
+def smallest_band(p_any: np.ndarray, positive: np.ndarray, threshold: float,
+                  target_accuracy: float = TARGET_COVERED_ACCURACY) -> tuple[float, float, float]:
+    """(band, coverage, covered accuracy): the narrowest logit band around the threshold whose
+    films outside it are called fracture / no fracture right at least target_accuracy of the
+    time; the widest band on the grid when none reaches it."""
+    from utils.inference import logit
+
+    distance = np.abs(np.array([logit(p) for p in p_any]) - logit(threshold))
+    called = p_any >= threshold
+    for band in BAND_GRID:
+        kept = distance >= band
+        if kept.any() and (called[kept] == positive[kept]).mean() >= target_accuracy:
+            break
+    kept = distance >= band
+    return float(band), float(kept.mean()), float((called[kept] == positive[kept]).mean()) if kept.any() else float("nan")
+
+
+def severity_rule(p_severe: np.ndarray, severe: np.ndarray,
+                  target_accuracy: float = TARGET_COVERED_ACCURACY) -> dict:
+    """Severity threshold (Youden, among fractures) and the narrowest margin around it whose
+    kept fractures are graded right at least target_accuracy of the time (else the widest)."""
+    threshold = youden_threshold(severe, p_severe) if len(set(severe)) > 1 else 0.5
+    for margin in SEVERITY_MARGIN_GRID:
+        kept = np.abs(p_severe - threshold) >= margin
+        if kept.any() and ((p_severe[kept] >= threshold) == severe[kept]).mean() >= target_accuracy:
+            break
+    return {"severity_threshold": threshold, "severity_margin": float(margin)}
+
+
+def two_stage_presets(probs: np.ndarray, labels: np.ndarray, clinical: np.ndarray) -> dict[str, dict]:
+    """The two presets of the two-stage verdict, fitted on validation: the fracture threshold
+    on the clinical (FracAtlas) films, where both answers come from the same hospitals (the
+    balanced one maximises sensitivity + specificity, the fracture-sensitive one keeps
+    SENSITIVE_TARGET_RECALL of the fractures), the band around it, and the severity rule among
+    all validation fractures."""
+    p_any = probs[:, 1] + probs[:, 2]
+    positive = labels > 0
+    fractures = labels > 0
+    severity = severity_rule(probs[fractures, 2] / np.maximum(p_any[fractures], 1e-12), labels[fractures] == 2)
+    thresholds = {"balanced": youden_threshold(positive[clinical], p_any[clinical]),
+                  "fracture_sensitive": any_fracture_threshold(probs[clinical], labels[clinical])}
+    presets = {}
+    for name, threshold in thresholds.items():
+        band, coverage, accuracy = smallest_band(p_any[clinical], positive[clinical], threshold)
+        presets[name] = {"rule": "two_stage", "fracture_threshold": threshold, "fracture_band": band,
+                         **severity, "threshold_fitted_on": "FracAtlas validation films",
+                         "target_val_covered_accuracy": TARGET_COVERED_ACCURACY,
+                         "val_coverage": coverage, "val_covered_accuracy": accuracy}
+    presets["fracture_sensitive"]["target_val_recall_any_fracture"] = SENSITIVE_TARGET_RECALL
+    return presets

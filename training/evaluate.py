@@ -23,7 +23,7 @@ warnings.filterwarnings("ignore", module="sklearn")
 
 from training.calibrate import (SENSITIVE_TARGET_RECALL, any_fracture_threshold,  # noqa: E402
                                 expected_calibration_error, fit_class_weights, fit_temperature,
-                                fit_uncertainty_thresholds)
+                                fit_uncertainty_thresholds, two_stage_presets)
 from training.data import CLASSES, read_split, run_step_parser  # noqa: E402
 from training.features import build_image_cache  # noqa: E402
 from utils.inference import calibrated_probabilities, decide, to_model_input  # noqa: E402
@@ -180,8 +180,24 @@ def plots(out_dir: Path, y, probs_raw, probs_cal, pred) -> list[str]:
     return names
 
 
+def weighted_presets(val_probs: np.ndarray, labels: np.ndarray, clinical: np.ndarray) -> dict[str, dict]:
+    """The older rule: decision weights for balanced accuracy (the rare classes' say), a
+    fracture-sensitive threshold, and uncertainty thresholds, all from validation."""
+    weights = fit_class_weights(val_probs, labels)
+    presets = {
+        "balanced": {"class_weights": weights, "any_fracture_threshold": None},
+        "fracture_sensitive": {"class_weights": weights,
+                               "any_fracture_threshold": any_fracture_threshold(val_probs[clinical], labels[clinical]),
+                               "target_val_recall_any_fracture": SENSITIVE_TARGET_RECALL,
+                               "threshold_fitted_on": "FracAtlas validation films"},
+    }
+    for preset in presets.values():  # "uncertain: needs review" thresholds, also from validation
+        preset.update(fit_uncertainty_thresholds(val_probs, labels, preset))
+    return presets
+
+
 def evaluate(run_dir: Path, out_dir: Path, data_dir: Path, split_file: Path, cache_dir: Path,
-             quick: bool = False) -> dict:
+             quick: bool = False, verdict: str = "two_stage") -> dict:
     import keras
 
     from training.train import quick_subset
@@ -197,25 +213,15 @@ def evaluate(run_dir: Path, out_dir: Path, data_dir: Path, split_file: Path, cac
     val = np.load(run_dir / "val_logits.npz")
     temperature = fit_temperature(val["logits"], val["labels"])
     val_probs = calibrated_probabilities(val["logits"], temperature)
-    # Decision weights chosen on validation for balanced accuracy (the rare classes' say).
-    weights = fit_class_weights(val_probs, val["labels"])
-    # The fracture-sensitive threshold keeps its recall on the clinical validation films
-    # (FracAtlas): web figures, all fractures, would otherwise set the threshold for them.
+    # The fracture thresholds keep to the clinical validation films (FracAtlas): web figures,
+    # all fractures, would otherwise set them.
     source_of = {r["sha256"]: r["source"] for r in read_split(split_file)}
     clinical = np.array([source_of.get(str(h)) == "fracatlas" for h in val["sha256"]]) \
         if "sha256" in val.files else np.ones(len(val["labels"]), bool)
-    if not (val["labels"][clinical] > 0).any():
+    if not (val["labels"][clinical] > 0).any() or (val["labels"][clinical] > 0).all():
         clinical = np.ones(len(val["labels"]), bool)
-    presets = {
-        "balanced": {"class_weights": weights, "any_fracture_threshold": None},
-        "fracture_sensitive": {"class_weights": weights,
-                               "any_fracture_threshold": any_fracture_threshold(val_probs[clinical],
-                                                                                val["labels"][clinical]),
-                               "target_val_recall_any_fracture": SENSITIVE_TARGET_RECALL,
-                               "threshold_fitted_on": "FracAtlas validation films"},
-    }
-    for preset in presets.values():  # "uncertain: needs review" thresholds, also from validation
-        preset.update(fit_uncertainty_thresholds(val_probs, val["labels"], preset))
+    presets = (two_stage_presets(val_probs, val["labels"], clinical) if verdict == "two_stage"
+               else weighted_presets(val_probs, val["labels"], clinical))
 
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
     logits = model_logits(model, images)
@@ -286,22 +292,7 @@ def markdown_report(report: dict) -> str:
               f"accuracy {base['accuracy']:.3f}, balanced accuracy {base['balanced_accuracy']:.3f}.",
               f"Temperature {report['temperature']:.3f} (fitted on validation). Test ECE "
               f"{report['ece_before']:.3f} before, {report['ece_after']:.3f} after temperature scaling.",
-              f"Fracture-sensitive threshold on P(any fracture): "
-              f"{report['presets']['fracture_sensitive']['any_fracture_threshold']:.3f} "
-              f"(recall of any fracture >= {SENSITIVE_TARGET_RECALL} on the FracAtlas validation films).", "",
-              "Uncertainty flag (\"uncertain: needs review\" when the verdict's probability is below "
-              "min_confidence or its lead over the next class is below min_margin; both chosen on "
-              "validation for the largest coverage at >= "
-              f"{report['presets']['balanced']['target_val_covered_accuracy']:.0%} accuracy on covered images):", "",
-              "| preset | min_confidence | min_margin | validation coverage | test coverage | "
-              "test accuracy on covered | test accuracy on all |", "|---|---|---|---|---|---|---|"]
-    for name, sel in report.get("selective", {}).items():
-        preset = report["presets"][name]
-        lines.append(f"| {name} | {preset['min_confidence']:.2f} | {preset['min_margin']:.2f} | "
-                     f"{preset['val_coverage']:.3f} | {sel['coverage']:.3f} [{sel['ci95']['coverage'][0]:.3f}, "
-                     f"{sel['ci95']['coverage'][1]:.3f}] | {sel['covered_accuracy']:.3f} "
-                     f"[{sel['ci95']['covered_accuracy'][0]:.3f}, {sel['ci95']['covered_accuracy'][1]:.3f}] | "
-                     f"{sel['accuracy_all']:.3f} |")
+              ""] + preset_lines(report)
     lines += ["", "FracAtlas test images by body-part flag (balanced preset):", "",
               "| flag | n | accuracy | binary AUROC | recall any fracture |", "|---|---|---|---|---|"]
     for flag, m in report["fracatlas_by_body_part"].items():
@@ -310,10 +301,58 @@ def markdown_report(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def two_stage_cells(preset: dict) -> str:
+    return (f"{preset['fracture_threshold']:.3f} | {preset['fracture_band']:.2f} | "
+            f"{preset['severity_threshold']:.3f} | {preset['severity_margin']:.2f}")
+
+
+def weighted_cells(preset: dict) -> str:
+    return f"{preset['min_confidence']:.2f} | {preset['min_margin']:.2f}"
+
+
+def preset_lines(report: dict) -> list[str]:
+    """The presets and their uncertainty flag on validation and test, as markdown lines."""
+    presets, selective = report["presets"], report.get("selective", {})
+    if presets["balanced"].get("rule") == "two_stage":
+        lines = ["Two-stage verdict: a fracture when P(any fracture) >= the preset's threshold (fitted on the "
+                 "FracAtlas validation films: balanced maximises sensitivity + specificity, fracture-sensitive keeps "
+                 f"recall >= {SENSITIVE_TARGET_RECALL}); then beyond repair when P(beyond repair | fracture) >= the "
+                 "severity threshold. \"Uncertain: needs review\" inside a band around the fracture threshold "
+                 "(logit units) or the severity margin, the narrowest keeping "
+                 f"{presets['balanced']['target_val_covered_accuracy']:.0%} accuracy on covered validation films.", "",
+                 "| preset | fracture threshold | band (logit) | severity threshold | severity margin | "
+                 "validation coverage | test coverage | test accuracy on covered | test accuracy on all |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+        cells = two_stage_cells
+    else:
+        lines = [f"Fracture-sensitive threshold on P(any fracture): "
+                 f"{presets['fracture_sensitive']['any_fracture_threshold']:.3f} "
+                 f"(recall of any fracture >= {SENSITIVE_TARGET_RECALL} on the FracAtlas validation films).", "",
+                 "Uncertainty flag (\"uncertain: needs review\" when the verdict's probability is below "
+                 "min_confidence or its lead over the next class is below min_margin; both chosen on "
+                 "validation for the largest coverage at >= "
+                 f"{presets['balanced']['target_val_covered_accuracy']:.0%} accuracy on covered images):", "",
+                 "| preset | min_confidence | min_margin | validation coverage | test coverage | "
+                 "test accuracy on covered | test accuracy on all |", "|---|---|---|---|---|---|---|"]
+        cells = weighted_cells
+    for name, sel in selective.items():
+        preset = presets[name]
+        lines.append(f"| {name} | {cells(preset)} | "
+                     f"{preset['val_coverage']:.3f} | {sel['coverage']:.3f} [{sel['ci95']['coverage'][0]:.3f}, "
+                     f"{sel['ci95']['coverage'][1]:.3f}] | {sel['covered_accuracy']:.3f} "
+                     f"[{sel['ci95']['covered_accuracy'][0]:.3f}, {sel['ci95']['covered_accuracy'][1]:.3f}] | "
+                     f"{sel['accuracy_all']:.3f} |")
+    return lines
+
+
 def main(argv=None) -> None:
-    args = run_step_parser(__doc__.splitlines()[0]).parse_args(argv)
+    parser = run_step_parser(__doc__.splitlines()[0])
+    parser.add_argument("--verdict", choices=("two_stage", "weighted"), default="two_stage",
+                        help="two_stage: fracture or not, then severity (the default); weighted: the older "
+                             "class-weighted argmax")
+    args = parser.parse_args(argv)
     report = evaluate(args.run, args.out or args.run / "eval", args.data_dir, args.split,
-                      args.cache_dir, args.quick)
+                      args.cache_dir, args.quick, args.verdict)
     print(markdown_report(report))
 
 

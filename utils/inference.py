@@ -26,15 +26,16 @@ def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarr
 def decide(probs: np.ndarray, preset: dict) -> tuple[str, bool]:
     """(label, uncertain) for one image's calibrated probabilities under a decision preset.
 
-    preset["class_weights"]: each probability is multiplied by its weight before comparing
-    (1 / training prior gives the balanced-error rule, so rare classes are not drowned out);
-    absent means plain argmax. preset["any_fracture_threshold"]: when set, P(fractured) +
-    P(beyond_repair) at or above it means a fracture (the higher-weighted fracture class),
-    below it means healthy. preset["min_confidence"] / preset["min_margin"]: a verdict whose
-    own calibrated probability, or whose lead over the next most probable class, is below
-    the threshold is flagged uncertain (thresholds chosen on validation).
+    A preset with rule "two_stage" follows the model's two stages (decide_two_stage). Older
+    presets weigh the classes: preset["class_weights"] multiplies each probability before
+    comparing (absent: plain argmax); preset["any_fracture_threshold"], when set, calls a
+    fracture at P(fractured) + P(beyond_repair) at or above it; preset["min_confidence"] /
+    preset["min_margin"] flag a verdict uncertain when its probability, or its lead over the
+    next class, is below them (all chosen on validation).
     """
     probs = np.asarray(probs, dtype=np.float64)
+    if preset.get("rule") == "two_stage":
+        return decide_two_stage(probs, preset)
     scores = probs * np.asarray(preset.get("class_weights") or np.ones(len(probs)), dtype=np.float64)
     threshold = preset.get("any_fracture_threshold")
     if threshold is None:
@@ -44,6 +45,30 @@ def decide(probs: np.ndarray, preset: dict) -> tuple[str, bool]:
     else:
         index = 0
     return CLASSES[index], is_uncertain(probs, index, preset)
+
+
+def logit(p: float, eps: float = 1e-6) -> float:
+    p = min(max(float(p), eps), 1 - eps)
+    return float(np.log(p / (1 - p)))
+
+
+def decide_two_stage(probs: np.ndarray, preset: dict) -> tuple[str, bool]:
+    """First fracture or not: P(any fracture) against preset["fracture_threshold"] (at or
+    above: a fracture). Then, for a fracture only, its severity: P(beyond_repair | fracture)
+    against preset["severity_threshold"]. Uncertain: P(any fracture) within
+    preset["fracture_band"] of the threshold on the logit scale, or, for a fracture, the
+    severity within preset["severity_margin"] of its threshold. A film whose most probable
+    class is healthy is never called beyond repair (at most fractured)."""
+    p_any = float(probs[1] + probs[2])
+    threshold = float(preset["fracture_threshold"])
+    uncertain = abs(logit(p_any) - logit(threshold)) < float(preset.get("fracture_band", 0.0))
+    if p_any < threshold:
+        return CLASSES[0], uncertain
+    p_severe = float(probs[2] / max(p_any, 1e-12))
+    severity_threshold = float(preset.get("severity_threshold", 0.5))
+    severe = p_severe >= severity_threshold and int(np.argmax(probs)) != 0
+    uncertain = uncertain or abs(p_severe - severity_threshold) < float(preset.get("severity_margin", 0.0))
+    return CLASSES[2] if severe else CLASSES[1], uncertain
 
 
 def verdict_margin(probs: np.ndarray, index: int) -> float:
