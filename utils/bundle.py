@@ -17,6 +17,9 @@ METADATA_FILE = "metadata.json"
 
 
 FASTER_PRECISIONS = ("int8",)
+# One engine everywhere (app, CLI, PACS, Ray), so one film gets one verdict: the fastest that
+# passed the equivalence check, unless this variable names another ("float32" or "int8").
+PRECISION_VARIABLE = "BONE_XRAY_PRECISION"
 
 
 class ModelBundleError(RuntimeError):
@@ -103,6 +106,19 @@ def read_metadata(directory: Path) -> dict:
     return metadata
 
 
+def serving_precision(metadata: dict) -> str:
+    """The engine every serving path runs: $BONE_XRAY_PRECISION when set, else int8 when the
+    bundle ships it (it passed the equivalence check in the model card), else float32."""
+    chosen = os.environ.get(PRECISION_VARIABLE, "").strip().lower()
+    if chosen:
+        if chosen not in ("float32", *FASTER_PRECISIONS):
+            raise ModelBundleError(f"{PRECISION_VARIABLE}={chosen!r} is not an engine; use float32 or int8.")
+        return chosen
+    from utils.runtime import litert_available
+
+    return "int8" if metadata.get("runtime_int8") and litert_available() else "float32"
+
+
 def verify_model_file(directory: Path, metadata: dict) -> Path:
     path = directory / metadata["model_file"]
     if not path.exists():
@@ -118,13 +134,13 @@ def verify_model_file(directory: Path, metadata: dict) -> Path:
 
 def load_feature_guard(directory: Path, metadata: dict):
     """The not-an-X-ray guard's statistics named in metadata["guard"], checked by sha256."""
-    from utils.guard import FeatureGuard
+    from utils.guard import load_guard
 
     path = verify_derived_file(directory, metadata, "guard", "guard file")
     if path is None:
         return None
     try:
-        return FeatureGuard.load(path)
+        return load_guard(path)
     except Exception as exc:  # a damaged npz raises several types
         raise ModelBundleError(f"The guard file {path.name} cannot be read: {type(exc).__name__}.") from None
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from utils.bundle import Bundle
 from utils.decode import InputError, decode_image_bytes
-from utils.guard import FEATURE_MESSAGE, screen_decoded
+from utils.guard import screen_decoded
 from utils.heatmap import normalise_class_maps
 from utils.inference import CLASSES, calibrated_probabilities, decide, to_model_input
 from utils.preprocess import preprocess
@@ -39,6 +39,7 @@ def prepare_input(name: str, data: bytes, input_size: int) -> "Prediction":
         decoded = decode_image_bytes(data)
         prediction.model_input = preprocess(decoded.pixels, input_size)[..., 0]
         prediction.warnings = decoded.warnings
+        prediction.incomplete = decoded.incomplete
         prediction.not_xray = screen_decoded(decoded.pixels, decoded.colour_fraction)
     except InputError as exc:
         prediction.error = str(exc)
@@ -57,17 +58,24 @@ class Prediction:
     not_xray: str | None = None  # why the guard thinks this is not a radiograph
     ood_distance: float | None = None  # the guard's feature distance (threshold in metadata)
     heatmaps: np.ndarray | None = None  # (C, h, w) Grad-CAM of each class, in [0, 1]
+    incomplete: str | None = None  # why part of the image is missing (then never a confident verdict)
 
     def heatmap(self, class_name: str) -> np.ndarray:
         return self.heatmaps[CLASSES.index(class_name)]
 
     def verdict(self, preset: dict) -> tuple[str | None, bool]:
-        """(label, uncertain) under a decision preset; an input the guard flagged is always
-        uncertain (no confident verdict outside what the model knows)."""
+        """(label, uncertain) under a decision preset; an input the guard flagged, or one with
+        missing image data, is always uncertain (no confident verdict outside what the model
+        knows, or on a part of the film)."""
         if self.error or self.probabilities is None:
             return None, False
         label, uncertain = decide(np.array([self.probabilities[c] for c in CLASSES]), preset)
-        return label, uncertain or self.not_xray is not None
+        return label, uncertain or self.not_xray is not None or self.incomplete is not None
+
+    @property
+    def failed(self) -> bool:
+        """The input could not be read properly: an error, or image data missing."""
+        return self.error is not None or self.incomplete is not None
 
     def as_record(self) -> dict:
         return {"path": self.name, "label": self.label, "probabilities": self.probabilities,
@@ -138,7 +146,7 @@ class Classifier:
             if distances is not None:
                 prediction.ood_distance = float(distances[i])
                 if prediction.not_xray is None and distances[i] > self.bundle.guard.threshold:
-                    prediction.not_xray = FEATURE_MESSAGE
+                    prediction.not_xray = self.bundle.guard.message
             if prediction.not_xray is not None:
                 prediction.warnings.append(prediction.not_xray)
             prediction.label, prediction.uncertain = prediction.verdict(thresholds)

@@ -161,9 +161,10 @@ def burn_in(overlay_rgb: np.ndarray, lines: list[str]) -> np.ndarray:
 
 def verdict_lines(record: dict) -> list[str]:
     """The verdict's word, then the probability of the most likely class."""
+    from utils.guard import record_flag
     from utils.verdict import verdict_style
 
-    style = verdict_style(record.get("label"), bool(record.get("uncertain")), bool(record.get("not_xray")))
+    style = verdict_style(record.get("label"), bool(record.get("uncertain")), record_flag(record))
     probabilities = record.get("probabilities") or {}
     if not probabilities:
         return [style.word]

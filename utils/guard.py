@@ -2,9 +2,13 @@
 
 Two checks, cheapest first:
 1. `screen_decoded`: colour photos and blank/flat images are caught from the decoded pixels.
-2. `mahalanobis_distance`: distance of the model's penultimate features (global average
-   pool) from the training radiographs' class means under their shared covariance (Lee et
-   al., 2018); a distance above the threshold fitted on validation means out of distribution.
+2. A guard on the model's penultimate features (global average pool), one of:
+   - `RadiographGuard`: a linear classifier trained on radiographs of every training source
+     (and their augmented views, and chest films from another hospital) against things that
+     are not radiographs; it answers "is this a radiograph?";
+   - `FeatureGuard` (older bundles): the distance from the training radiographs' class means
+     under their shared covariance (Lee et al., 2018). It measures "unlike the training
+     films", so real films from other hospitals trip it too; its message says so.
 
 The fitted statistics live beside the model (`ood_guard.npz`, its sha256 in metadata.json).
 """
@@ -26,8 +30,10 @@ RANGE_PERCENTILES = (1.0, 99.0)
 COLOUR_MESSAGE = ("This looks like a colour photo ({share:.0%} of pixels are clearly coloured), not a "
                   "radiograph; the verdict is not reliable.")
 FLAT_MESSAGE = "The image is almost uniform (no visible structure); the verdict is not reliable."
-FEATURE_MESSAGE = ("This image does not look like the bone radiographs the model was trained on; "
-                   "the verdict is not reliable.")
+FEATURE_MESSAGE = ("This image is unlike the films the model was trained on (another framing, exposure or "
+                   "hospital, or not a radiograph at all); a reader should decide.")
+NOT_RADIOGRAPH_MESSAGE = ("This does not look like a radiograph (a photo, document, drawing or screenshot); "
+                          "the verdict is not reliable.")
 
 
 def dynamic_range(pixels: np.ndarray) -> float:
@@ -46,11 +52,61 @@ def screen_decoded(pixels: np.ndarray, colour_share: float) -> str | None:
     return None
 
 
+def is_confident_not_radiograph(message: str | None) -> bool:
+    """True for the flags that say "not a radiograph" (colour photo, blank, the radiograph
+    guard); False for "unlike the training films" and for no flag."""
+    return message is not None and message != FEATURE_MESSAGE
+
+
+def record_flag(record: dict) -> bool | str:
+    """A record's guard flag for verdict_style: the message when its warnings name one, else
+    the record's not_xray bool (records keep the flag as a bool and its message in warnings)."""
+    if not record.get("not_xray"):
+        return False
+    warnings = record.get("warnings") or []
+    return FEATURE_MESSAGE if FEATURE_MESSAGE in warnings else True
+
+
+@dataclass(frozen=True)
+class RadiographGuard:
+    """P(not a radiograph) from standardised features through a logistic layer; above
+    `threshold` means not a radiograph."""
+    mean: np.ndarray  # (D,) float32
+    scale: np.ndarray  # (D,) float32
+    weights: np.ndarray  # (D,) float32
+    bias: float
+    threshold: float
+    message = NOT_RADIOGRAPH_MESSAGE
+
+    def distance(self, features: np.ndarray) -> np.ndarray:
+        """P(not a radiograph) of each row (named like FeatureGuard's score)."""
+        z = (np.asarray(features, np.float64) - self.mean) / self.scale
+        return 1.0 / (1.0 + np.exp(-(z @ self.weights.astype(np.float64) + self.bias)))
+
+    def is_outlier(self, features: np.ndarray) -> np.ndarray:
+        return self.distance(features) > self.threshold
+
+    def save(self, path: Path) -> None:
+        np.savez(path, kind="radiograph", mean=self.mean.astype(np.float32), scale=self.scale.astype(np.float32),
+                 weights=self.weights.astype(np.float32), bias=np.float64(self.bias),
+                 threshold=np.float64(self.threshold))
+
+
+def load_guard(path: Path):
+    """The guard saved at path: a RadiographGuard or (older bundles) a FeatureGuard."""
+    with np.load(path) as data:
+        if "kind" in data.files and str(data["kind"]) == "radiograph":
+            return RadiographGuard(data["mean"], data["scale"], data["weights"], float(data["bias"]),
+                                   float(data["threshold"]))
+    return FeatureGuard.load(path)
+
+
 @dataclass(frozen=True)
 class FeatureGuard:
     class_means: np.ndarray  # (C, D) float32
     precision: np.ndarray  # (D, D) float32, inverse of the shared (shrunk) covariance
     threshold: float  # distances above it are out of distribution
+    message = FEATURE_MESSAGE
 
     def distance(self, features: np.ndarray) -> np.ndarray:
         return mahalanobis_distance(features, self.class_means, self.precision)

@@ -8,6 +8,7 @@ import io
 
 import numpy as np
 
+from utils.guard import record_flag
 from utils.heatmap import heatmap_caption
 from utils.inference import CLASSES
 from utils.verdict import verdict_style
@@ -63,8 +64,8 @@ def build_pdf(entries: list[dict], metadata: dict, preset_name: str, reference: 
         pdf.cell(0, 10, "Bone X-ray Classifier report", new_x="LMARGIN", new_y="NEXT")
         pdf.set_font("Helvetica", "", 10)
         lines = [f"File: {entry['name']}", f"Created: {stamp}",
-                 f"Model: {metadata.get('name', '?')} v{metadata.get('version', '?')}, "
-                 f"sha256 {metadata.get('sha256', '?')}",
+                 f"Model: {metadata.get('name', '?')} v{metadata.get('version', '?')}",
+                 f"Model sha256: {metadata.get('sha256', '?')}",
                  f"Decision preset: {preset_name.replace('_', ' ')}"]
         if reference.strip():
             lines.insert(1, f"Study / patient reference: {reference.strip()}")
@@ -83,7 +84,7 @@ def build_pdf(entries: list[dict], metadata: dict, preset_name: str, reference: 
         if entry.get("error"):
             pdf.multi_cell(0, 7, _latin1(f"Not classified: {entry['error']}"), new_x="LMARGIN", new_y="NEXT")
         else:
-            style = verdict_style(entry["label"], bool(entry.get("uncertain")), bool(entry.get("not_xray")))
+            style = verdict_style(entry["label"], bool(entry.get("uncertain")), record_flag(entry))
             lean = "" if style.kind == entry["label"] else f" (the model leans to {entry['label'].replace('_', ' ')})"
             pdf.set_text_color(*style.pdf_rgb)
             pdf.cell(0, 8, _latin1(f"Verdict: {style.pdf_mark} {style.word}{lean}"), new_x="LMARGIN", new_y="NEXT")

@@ -27,11 +27,21 @@ STYLES = {
     "beyond_repair": VerdictStyle("beyond_repair", "BEYOND REPAIR", ":material/dangerous:", "red", (175, 20, 20), "[!!]"),
     "uncertain": VerdictStyle("uncertain", "UNCERTAIN: NEEDS REVIEW", ":material/help:", "gray", (85, 85, 85), "[?]"),
     "not_xray": VerdictStyle("not_xray", "NOT A RADIOGRAPH? NEEDS REVIEW", ":material/help:", "gray", (85, 85, 85), "[?]"),
+    "unfamiliar": VerdictStyle("unfamiliar", "UNLIKE THE TRAINING FILMS: NEEDS REVIEW", ":material/help:", "gray",
+                               (85, 85, 85), "[?]"),
 }
 
 
-def verdict_style(label: str | None, uncertain: bool, not_xray: bool) -> VerdictStyle:
-    """The finding decides the colour; an uncertain or flagged verdict is grey."""
+def verdict_style(label: str | None, uncertain: bool, not_xray: bool | str | None) -> VerdictStyle:
+    """The finding decides the colour; an uncertain or flagged verdict is grey.
+
+    not_xray: the guard's flag, as its message or as a bool. "Not a radiograph" is kept for
+    the flags that are sure of it (photos, documents, blank images); a film the guard finds
+    merely unlike the training films says so."""
+    from utils.guard import is_confident_not_radiograph
+
+    if isinstance(not_xray, str):
+        return STYLES["not_xray" if is_confident_not_radiograph(not_xray) else "unfamiliar"]
     if not_xray:
         return STYLES["not_xray"]
     if uncertain or label is None:
