@@ -6,7 +6,7 @@ import datetime as dt
 
 import streamlit as st
 
-from utils.bundle import ModelBundleError, bundle_dir, load_bundle
+from utils.bundle import ModelBundleError, bundle_dir, load_bundle, serving_precision
 from utils.classifier import Classifier
 from utils.heatmap import colorize_heatmap, heatmap_caption, overlay_heatmap, upsample_heatmap
 from utils.inference import CLASSES
@@ -19,19 +19,31 @@ CLASS_TEXT = {
     "beyond_repair": "shattered or crushed bone, segmental and comminuted fractures, pseudoarthrosis, non-union.",
 }
 PRESET_TEXT = {
+    "balanced": "Balanced: calls a fracture when P(any fracture) reaches the threshold that balances sensitivity "
+                "and specificity on validation films; then grades its severity.",
+    "fracture_sensitive": "Fracture-sensitive: calls a fracture at a lower probability, so fewer fractures are missed.",
+    "uncertain": "Each preset flags a verdict 'uncertain: needs review' when P(any fracture) is close to its "
+                 "threshold (or the severity close to its own), within a band chosen on validation films so that "
+                 "the verdicts kept were right at least 90% of the time there.",
+}
+WEIGHTED_PRESET_TEXT = {  # bundles with the older class-weighted rule
     "balanced": "Balanced: each probability is weighed by a class weight chosen on validation data for "
                 "balanced accuracy, so the rare classes are not drowned out.",
-    "fracture_sensitive": "Fracture-sensitive: calls a fracture at a lower probability, so fewer fractures are missed.",
     "uncertain": "Each preset flags a verdict 'uncertain: needs review' when its probability, or its lead over "
                  "the next class, is below thresholds chosen on validation data so that the verdicts kept were "
                  "right at least 90% of the time there.",
 }
+URL_HELP = ("http or https only. Private, loopback and link-local addresses are refused; to allow a network on "
+            "purpose (a hospital's image server), set BONE_XRAY_URL_ALLOW on the server, e.g. "
+            "BONE_XRAY_URL_ALLOW=10.20.0.0/16 (see the README). The image is kept in memory only, up to the "
+            "upload size limit.")
 BATCH_SIZE = 8
 
 
 @st.cache_resource(show_spinner="Loading the model (once per server)...")
 def get_classifier(directory: str) -> Classifier:
-    classifier = Classifier(load_bundle(directory))
+    bundle = load_bundle(directory)
+    classifier = Classifier(bundle, precision=serving_precision(bundle.metadata))
     # One line per process: the browser load test counts these to prove the model is shared.
     print(f"bone-xray: model {classifier.bundle.metadata['sha256'][:12]} loaded ({classifier.engine.name})",
           flush=True)
@@ -58,6 +70,8 @@ def clear_history() -> None:
 
 
 def history_verdict(entry: dict) -> str:
+    if entry.get("flag") == "unfamiliar":
+        return "unlike the training films (uncertain)"
     if entry.get("not_xray"):
         return "not a radiograph? (uncertain)"
     return f"**{pretty(entry['label'])}**" + (" (uncertain)" if entry.get("uncertain") else "")
@@ -78,8 +92,10 @@ def show_history(box) -> None:
 def show_sidebar(classifier: Classifier) -> str:
     metadata = classifier.bundle.metadata
     with st.sidebar:
+        texts = PRESET_TEXT if metadata["presets"]["balanced"].get("rule") == "two_stage" \
+            else {**PRESET_TEXT, **WEIGHTED_PRESET_TEXT}
         preset = st.radio("Decision preset", list(metadata["presets"]), format_func=pretty,
-                          help="\n\n".join([PRESET_TEXT.get(p, p) for p in metadata["presets"]] + [PRESET_TEXT["uncertain"]]))
+                          help="\n\n".join([texts.get(p, p) for p in metadata["presets"]] + [texts["uncertain"]]))
         st.header("Model")
         st.markdown(f"**{metadata['name']}** v{metadata['version']}  \n"
                     f"sha256 `{metadata['sha256'][:12]}`  \n"
@@ -93,10 +109,7 @@ def show_sidebar(classifier: Classifier) -> str:
                     f"- macro AUROC {overall['macro_auroc']:.3f}\n"
                     f"- fracture AUROC on clinical films (FracAtlas) {fracatlas.get('binary_auroc', float('nan')):.3f}\n"
                     f"- calibration error (ECE) {test['ece_after']:.3f}")
-        card = classifier.bundle.directory / "MODEL_CARD.md"
-        if card.exists():
-            with st.expander("Model card"):
-                st.markdown(card.read_text())
+        st.caption("The whole model card, with its evaluation plots, is the **Model card** page above.")
     return preset
 
 
@@ -126,7 +139,8 @@ def record_history(name: str, prediction) -> None:
     if prediction.label:
         st.session_state.setdefault("history", []).append(
             {"time": dt.datetime.now().strftime("%H:%M:%S"), "name": name, "label": prediction.label,
-             "uncertain": prediction.uncertain, "not_xray": prediction.not_xray is not None})
+             "uncertain": prediction.uncertain, "not_xray": prediction.not_xray is not None,
+             "flag": verdict_style(prediction.label, prediction.uncertain, prediction.not_xray).kind})
 
 
 def classify_url(classifier: Classifier, url: str, preset_name: str) -> tuple[str, object]:
@@ -142,7 +156,8 @@ def classify_url(classifier: Classifier, url: str, preset_name: str) -> tuple[st
             try:
                 prediction = classifier.predict_bytes(url, fetch_image_bytes(url), preset=preset_name)
             except UrlRefused as exc:
-                prediction = Prediction(name=url, error=str(exc))
+                prediction = Prediction(name=url, error=f"{exc} To allow an address on purpose, the server's "
+                                                        "operator sets BONE_XRAY_URL_ALLOW (see the README).")
         results.clear()
         results[key] = prediction
         record_history(url, prediction)
@@ -301,17 +316,36 @@ def report_entries(classifier: Classifier, items, preset: dict) -> list[dict]:
 
 
 def pdf_bytes(classifier: Classifier, items, preset_name: str):
-    """A callable for st.download_button: the PDF is built only when asked for."""
+    """A callable for st.download_button: the PDF is built only when asked for. The reference
+    is read now, while the script runs: the callable runs outside the session's context."""
+    reference = st.session_state.get("reference", "")
+
     def build() -> bytes:
         preset = classifier.bundle.preset(preset_name)
         return build_pdf(report_entries(classifier, items, preset), classifier.bundle.metadata,
-                         preset_name, st.session_state.get("reference", ""))
+                         preset_name, reference)
     return build
+
+
+def show_name(name: str) -> None:
+    """The film's name as the heading; for an image URL, its file name, with the link small below."""
+    if name.startswith(("http://", "https://")):
+        st.subheader(display_name(name))
+        st.caption(f"From [{name}]({name})")
+    else:
+        st.subheader(name)
+
+
+def display_name(url: str) -> str:
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    return unquote(parts.path.rstrip("/").rsplit("/", 1)[-1]) or parts.hostname or url
 
 
 def show_single(classifier: Classifier, file_id: str, prediction, preset_name: str) -> None:
     preset = classifier.bundle.preset(preset_name)
-    st.subheader(prediction.name)
+    show_name(prediction.name)
     if prediction.error:
         st.error(prediction.error)
         return
@@ -334,9 +368,14 @@ def show_single(classifier: Classifier, file_id: str, prediction, preset_name: s
             st.image(prediction.model_input, caption="The image as the model saw it", clamp=True, width=360)
     with right:
         probability = prediction.probabilities[label]
-        style = verdict_style(label, uncertain, prediction.not_xray is not None)
+        style = verdict_style(label, uncertain, prediction.not_xray)
         line = f"### Verdict: :{style.theme_colour}[{style.icon} {style.word}]"
-        if prediction.not_xray:
+        if prediction.not_xray and style.kind == "unfamiliar":
+            st.markdown(line)
+            st.warning(f"**Unlike the films the model was trained on.** {prediction.not_xray}")
+            st.caption(f"Its pick would be {pretty(label)} ({probability:.0%}), but on films unlike its training "
+                       "films that pick is not reliable.")
+        elif prediction.not_xray:
             st.markdown(line)
             st.error(f"**Not a bone radiograph?** {prediction.not_xray}")
             st.caption(f"The model's probabilities are shown below but mean little for this input "
@@ -350,9 +389,10 @@ def show_single(classifier: Classifier, file_id: str, prediction, preset_name: s
             st.markdown(f"{line} ({probability:.0%})")
         most_probable = max(CLASSES, key=lambda c: prediction.probabilities[c])
         if most_probable != label:
+            why = ("it calls a fracture once P(any fracture) reaches its threshold"
+                   if preset.get("rule") == "two_stage" else "it weighs rarer classes up so that they are not missed")
             st.caption(f"The {pretty(preset_name)} preset chose {pretty(label)} although {pretty(most_probable)} is "
-                       f"more probable ({prediction.probabilities[most_probable]:.0%}): it weighs rarer classes up "
-                       "so that they are not missed. See the model card.")
+                       f"more probable ({prediction.probabilities[most_probable]:.0%}): {why}. See the model card.")
         for cls in CLASSES:
             st.progress(float(prediction.probabilities[cls]),
                         text=f"{pretty(cls)}: {prediction.probabilities[cls]:.1%}")
@@ -422,8 +462,7 @@ def show_main(classifier: Classifier, preset_name: str) -> None:
     uploads = st.file_uploader("Radiographs (JPEG, PNG, DICOM; files without an extension are fine)",
                                accept_multiple_files="directory" if folder_mode else True)
     url = st.text_input("...or paste an image URL", key="image_url", placeholder="https://example.org/film.png",
-                        help="http or https only. Private, loopback and link-local addresses are refused; the "
-                             "image is kept in memory only, up to the upload size limit.").strip()
+                        help=URL_HELP).strip()
     st.text_input("Study / patient reference for PDF reports (optional, typed by you)", key="reference",
                   max_chars=120)
     items = classify_uploads(classifier, uploads, preset_name) if uploads else []
@@ -438,4 +477,6 @@ def show_main(classifier: Classifier, preset_name: str) -> None:
         show_single(classifier, *selected, preset_name)
 
 
-main()
+# The page list names the main page; with st.navigation, pages/ is not scanned on its own.
+st.navigation([st.Page(main, title="Classify radiographs", icon="🦴", default=True),
+               st.Page("pages/1_Model_card.py", title="Model card", icon="📄")]).run()

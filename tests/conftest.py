@@ -67,3 +67,16 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "manifest.csv").exists():
         pytest.skip(f"training data not found at {SHARED_DATA} (../shared/data beside the checkout)")
     return SHARED_DATA
+
+
+# Markers by module (pytest.ini lists them): the fast subset leaves out the real servers.
+MODULE_MARKERS = {"test_browser": ("browser",), "test_pacs": ("pacs",), "test_pacs_app": ("pacs",),
+                  "test_ray_batch": ("ray",)}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name in MODULE_MARKERS.get(item.module.__name__.rsplit(".", 1)[-1], ()):
+            item.add_marker(getattr(pytest.mark, name))
+        if "pacs" in item.name and "test_browser" in item.module.__name__:
+            item.add_marker(pytest.mark.pacs)

@@ -300,3 +300,59 @@ def test_a_pacs_study_in_the_browser(pacs_server, browser):
     assert len(series_of(orthanc, study.StudyInstanceUID, "SR")) == 1
     assert len(series_of(orthanc, study.StudyInstanceUID, "OT")) == 1
     assert PATIENT_NAME not in log_path.read_text()
+
+
+def test_the_typed_reference_reaches_the_pdf_for_one_film_and_a_batch(server, browser):
+    from pypdf import PdfReader
+
+    url, log_path = server
+    page = open_app(browser, url)
+    reference = "Study ACC-4471 / ward 3"
+    box = page.get_by_role("textbox", name="Study / patient reference for PDF reports (optional, typed by you)")
+    box.fill(reference)
+    box.press("Enter")
+    wait_until_idle(page)
+    upload_synthetic(page, seed=12)
+    page.get_by_text("PDF report for this image").wait_for(timeout=120_000)
+    with page.expect_download(timeout=120_000) as download_info:
+        page.get_by_text("PDF report for this image").click()
+    text = PdfReader(download_info.value.path()).pages[0].extract_text()
+    assert f"Study / patient reference: {reference}" in text
+    files = [{"name": f"ref{i}.png", "mimeType": "image/png",
+              "buffer": png_bytes((synthetic_radiograph(seed=40 + i) * 255).astype(np.uint8))} for i in range(2)]
+    page.locator("input[type=file]").set_input_files(files)
+    page.get_by_text("PDF report for all 2 images").wait_for(timeout=180_000)
+    with page.expect_download(timeout=180_000) as download_info:
+        page.get_by_text("PDF report for all 2 images").click()
+    pages = PdfReader(download_info.value.path()).pages
+    assert len(pages) == 2 and all(f"Study / patient reference: {reference}" in p.extract_text() for p in pages)
+    page.close()
+    assert "missing ScriptRunContext" not in log_path.read_text()
+
+
+def test_the_pages_have_real_names_and_an_image_url_is_a_file_name(server, browser, image_server):
+    url, _ = server
+    page = open_app(browser, url)
+    nav = page.locator("[data-testid=stSidebarNav]").inner_text()
+    assert "Classify radiographs" in nav and "Model card" in nav and "app" not in nav.split()
+    assert page.get_by_text("Model card", exact=True).count() == 1  # the page link, no sidebar expander too
+    box = page.get_by_role("textbox", name="...or paste an image URL")
+    box.fill(f"{image_server}/film.png")
+    box.press("Enter")
+    page.get_by_text("Verdict:").first.wait_for(timeout=120_000)
+    heading = page.locator("h3").filter(has_text="film.png").first.inner_text()
+    assert heading.strip() == "film.png"  # the file name as the heading, not the whole URL
+    link = page.get_by_role("link", name=f"{image_server}/film.png")
+    assert link.count() == 1
+    page.close()
+
+
+def test_the_server_log_stays_free_of_file_watcher_noise(server, browser):
+    url, log_path = server
+    page = open_app(browser, url)
+    upload_synthetic(page, seed=13)
+    page.get_by_text("Verdict:").first.wait_for(timeout=120_000)
+    page.close()
+    log = log_path.read_text()
+    assert "Inotify" not in log and "watchdog" not in log.lower()
+    assert "Network URL" not in log  # the tests bind 127.0.0.1 as the README's command does

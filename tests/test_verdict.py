@@ -23,6 +23,10 @@ THEME = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())["theme"
     ("fractured", True, False, "uncertain", "gray"),
     ("healthy", True, False, "uncertain", "gray"),
     ("beyond_repair", True, True, "not_xray", "gray"),
+    ("healthy", True, "This does not look like a radiograph (a photo, document, drawing or screenshot); the "
+                      "verdict is not reliable.", "not_xray", "gray"),
+    ("healthy", True, "This image is unlike the films the model was trained on (another framing, exposure or "
+                      "hospital, or not a radiograph at all); a reader should decide.", "unfamiliar", "gray"),
 ])
 def test_the_colour_follows_the_finding(label, uncertain, not_xray, kind, colour):
     style = verdict_style(label, uncertain, not_xray)
@@ -69,10 +73,14 @@ def test_the_app_colours_an_upload_by_its_verdict(bundle_dir, classifier, monkey
 
     from tests.conftest import png_bytes, synthetic_radiograph
 
+    from utils.bundle import serving_precision
+    from utils.classifier import Classifier
+
     data = png_bytes((synthetic_radiograph(seed=4) * 255).astype(np.uint8))
-    prediction = classifier.predict_bytes("film.png", data)
+    served = Classifier(classifier.bundle, precision=serving_precision(classifier.bundle.metadata))
+    prediction = served.predict_bytes("film.png", data)
     label, uncertain = prediction.verdict(classifier.bundle.preset("balanced"))
-    expected = verdict_style(label, uncertain, prediction.not_xray is not None)
+    expected = verdict_style(label, uncertain, prediction.not_xray)
     monkeypatch.setenv("BONE_XRAY_MODEL_DIR", str(bundle_dir))
     app = AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
     app.run()

@@ -11,8 +11,9 @@ Folders are searched recursively; http(s) URLs are fetched under utils.url_input
 (the record's path is the URL). One record per input: path, label, probabilities,
 uncertain, not_xray (the not-an-X-ray guard fired; uncertain is then true and a warning says
 why), warnings, error; `pacs` records add the study, series and SOP instance UIDs, and
---store writes a DICOM SR and Secondary Captures into each study (see utils.pacs). Exit status: 0 every input predicted, 1 some failed (the rest are
-still predicted), 2 usage error.
+--store writes a DICOM SR and Secondary Captures into each study (see utils.pacs). Exit status: 0 every input predicted, 1 some failed or were
+incomplete (a truncated file: its record is uncertain, with the reason in its warnings; the rest
+are still predicted), 2 usage error.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ class Outputs:
             self.writer.writerow({**csv_row(record), **{c: record.get(c, "") for c in self.extra_columns}})
         self.handle.flush()
         self.count += 1
-        self.failed += bool(prediction.error)
+        self.failed += prediction.failed
         overlay = None
         if prediction.error is None and (self.heatmap_dir or self.want_report):
             overlay = overlay_heatmap(prediction.model_input, prediction.heatmap(prediction.label))
@@ -162,17 +163,17 @@ class Outputs:
 
 
 def default_precision(model_dir: Path | None) -> str:
-    """Batch work runs the int8 engine when the bundle ships one (it passed the equivalence
-    check: same verdicts, flags and AUROC as float32); else float32."""
+    """The engine every serving path runs (utils.bundle.serving_precision), so the CLI, the
+    app, PACS and Ray give one film one verdict."""
     import json
 
-    from utils.bundle import METADATA_FILE, bundle_dir
+    from utils.bundle import METADATA_FILE, ModelBundleError, bundle_dir, serving_precision
 
     try:
         metadata = json.loads((Path(model_dir or bundle_dir()) / METADATA_FILE).read_text())
-    except (OSError, ValueError):
+        return serving_precision(metadata)
+    except (OSError, ValueError, ModelBundleError):
         return "float32"  # load_bundle reports what is wrong
-    return "int8" if metadata.get("runtime_int8") else "float32"
 
 
 def load_classifier(model_dir: Path | None, precision: str = "float32"):
@@ -216,7 +217,8 @@ def run_ray(args) -> int:
     print(f"{summary['classified']} input(s) classified, {summary['already_recorded']} already had records; "
           f"records in {args.output}", file=sys.stderr)
     if failed:
-        print(f"{failed} of {summary['inputs']} inputs could not be classified", file=sys.stderr)
+        print(f"{failed} of {summary['inputs']} inputs could not be read properly (an error, or a truncated file: "
+              "see their records)", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -237,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--workers", type=int, default=1, help="with --engine ray: classifier actors (each loads "
                                                                  "the model once)")
     predict.add_argument("--precision", choices=("float32", "int8"), default=None,
-                         help="int8 (the default when the bundle ships it): the quantized engine that passed the "
-                              "equivalence check in the model card, about 3.5x faster; float32: the app's engine")
+                         help="int8 (the default when the bundle ships it, as in the app): the quantized engine "
+                              "that passed the equivalence check in the model card, about 3.5x faster; float32: the "
+                              "exact engine (default: $BONE_XRAY_PRECISION, as for the app)")
     predict.add_argument("--preset", choices=("balanced", "fracture_sensitive"), default="balanced")
     predict.add_argument("--batch-size", type=int, default=8)
     predict.add_argument("--model-dir", type=Path, help="model bundle folder (default: model/)")
@@ -315,7 +318,8 @@ def run_pacs(args, classifier) -> int:
         if args.output:
             handle.close()
     if outputs.failed:
-        print(f"{outputs.failed} of {outputs.count} images could not be classified", file=sys.stderr)
+        print(f"{outputs.failed} of {outputs.count} images could not be read properly (an error, or a truncated "
+              "file: see their records)", file=sys.stderr)
     return status
 
 
@@ -328,7 +332,7 @@ def main(argv=None) -> int:
         if not (args.study or args.patient_id or args.accession or args.since):
             print("error: choose the studies with --study, --patient-id, --accession or --since", file=sys.stderr)
             return 2
-        classifier = load_classifier(args.model_dir)
+        classifier = load_classifier(args.model_dir, default_precision(args.model_dir))
         return 1 if classifier is None else run_pacs(args, classifier)
     if args.batch_size < 1:
         print("error: --batch-size must be at least 1", file=sys.stderr)
@@ -368,7 +372,8 @@ def main(argv=None) -> int:
         args.report.write_bytes(build_pdf(outputs.report_entries, classifier.bundle.metadata,
                                           args.preset, args.reference))
     if outputs.failed:
-        print(f"{outputs.failed} of {outputs.count} inputs could not be classified", file=sys.stderr)
+        print(f"{outputs.failed} of {outputs.count} inputs could not be read properly (an error, or a truncated "
+              "file: see their records)", file=sys.stderr)
     return 1 if outputs.failed else 0
 
 

@@ -19,6 +19,17 @@ MAX_PIXELS = 60_000_000
 MIN_SIDE = 16
 MAX_ASPECT_RATIO = 20.0
 DICOM_MAGIC_OFFSET = 128
+# A film with missing data gets no confident verdict: the part that is missing may hold the fracture.
+INCOMPLETE_MESSAGE = ("The {what} file is truncated: its image data stops early, so part of the film is missing "
+                      "(cropped off). No confident verdict is given; send the complete file.")
+INCOMPLETE_MARK = "its image data stops early"
+
+
+def is_incomplete_warning(text: str) -> bool:
+    """True for the warning INCOMPLETE_MESSAGE writes (records keep warnings, not the flag)."""
+    return INCOMPLETE_MARK in str(text)
+
+
 # Pillow fills the rows a truncated JPEG lacks with this grey level.
 TRUNCATED_FILL_VALUE = 128
 
@@ -37,6 +48,7 @@ class DecodedImage:
     source_format: str
     warnings: list[str] = field(default_factory=list)
     colour_fraction: float = 0.0  # share of clearly coloured pixels before the grey conversion
+    incomplete: str | None = None  # why part of the image is missing (the decoder filled it in)
 
 
 # A pixel counts as coloured when it strays from the image's single tint (see colour_fraction)
@@ -81,7 +93,7 @@ def is_dicom(data: bytes) -> bool:
 def decode_image_bytes(data: bytes) -> DecodedImage:
     """Decode any supported upload (detected by content, not by file name)."""
     if not data:
-        raise InputError("The file is empty. Upload a JPEG, PNG or DICOM radiograph.")
+        raise InputError("The file is empty. Give a JPEG, PNG or DICOM radiograph.")
     if is_dicom(data):
         from utils.dicom import decode_dicom
         return decode_dicom(data)
@@ -111,7 +123,7 @@ def decode_raster(data: bytes) -> DecodedImage:
                              "this app accepts; downscale it first.") from None
         except UnidentifiedImageError:
             raise InputError("This file is not an image this app can read. "
-                             "Upload a JPEG, PNG or DICOM radiograph.") from None
+                             "Give a JPEG, PNG or DICOM radiograph.") from None
         except (OSError, ValueError, SyntaxError) as exc:
             raise InputError(f"The image header is damaged ({exc}). Re-export the image.") from None
         check_dimensions(*image.size)
@@ -135,12 +147,15 @@ def decode_raster(data: bytes) -> DecodedImage:
     rgb_share = 0.0 if image.mode in GREY_MODES else colour_fraction(
         np.asarray(image if image.mode == "RGB" else image.convert("RGB")))
     pixels = pil_to_gray(image, warnings)
+    incomplete = None
     if truncated:
         pixels = crop_truncated_rows(pixels)
-        warnings.append("The file is truncated; the missing bottom part was cropped off.")
+        incomplete = INCOMPLETE_MESSAGE.format(what=fmt)
+        warnings.append(incomplete)
         if pixels.shape[0] < MIN_SIDE:
             raise InputError("The file is truncated so early that almost no image is left.")
-    return DecodedImage(pixels=pixels, source_format=fmt, warnings=warnings, colour_fraction=rgb_share)
+    return DecodedImage(pixels=pixels, source_format=fmt, warnings=warnings, colour_fraction=rgb_share,
+                        incomplete=incomplete)
 
 
 def _load_truncated(data: bytes) -> Image.Image:

@@ -94,7 +94,17 @@ def recorded_paths(output: Path, fmt: str) -> set[str]:
 
 
 def failed_records(output: Path, fmt: str) -> int:
-    return sum(bool(r.get("error")) for r in read_records(output, fmt))
+    """Records of inputs that could not be read properly: an error, or missing image data."""
+    from utils.decode import is_incomplete_warning
+
+    return sum(bool(r.get("error")) or any(is_incomplete_warning(w) for w in warning_list(r)) for r in read_records(output, fmt))
+
+
+def warning_list(record: dict) -> list[str]:
+    warnings = record.get("warnings") or []
+    if isinstance(warnings, str):  # the CSV writer joins them
+        return [warnings]
+    return list(warnings)
 
 
 def read_path(path: str) -> str:
@@ -123,7 +133,7 @@ def decode_batch(batch: dict, roots: list, input_size: int, max_bytes: int) -> d
 
     from utils.classifier import prepare_input
 
-    out = {"path": [], "model_input": [], "warnings": [], "not_xray": [], "error": []}
+    out = {"path": [], "model_input": [], "warnings": [], "not_xray": [], "error": [], "incomplete": []}
     for read_as, data in zip(batch["path"], batch["bytes"]):
         path = display_path(str(read_as), roots)
         if len(data) > max_bytes:
@@ -137,9 +147,10 @@ def decode_batch(batch: dict, roots: list, input_size: int, max_bytes: int) -> d
         out["warnings"].append(json.dumps(prediction.warnings))
         out["not_xray"].append(prediction.not_xray or "")
         out["error"].append(prediction.error or "")
+        out["incomplete"].append(prediction.incomplete or "")
     return {"path": np.array(out["path"], dtype=object), "model_input": np.stack(out["model_input"]),
             "warnings": np.array(out["warnings"], dtype=object), "not_xray": np.array(out["not_xray"], dtype=object),
-            "error": np.array(out["error"], dtype=object)}
+            "error": np.array(out["error"], dtype=object), "incomplete": np.array(out["incomplete"], dtype=object)}
 
 
 class ClassifyBatch:
@@ -161,7 +172,8 @@ class ClassifyBatch:
         predictions = []
         for i, path in enumerate(batch["path"]):
             prediction = Prediction(name=str(path), warnings=json.loads(batch["warnings"][i]),
-                                    not_xray=batch["not_xray"][i] or None, error=batch["error"][i] or None)
+                                    not_xray=batch["not_xray"][i] or None, error=batch["error"][i] or None,
+                                    incomplete=batch["incomplete"][i] or None)
             if prediction.error is None:
                 prediction.model_input = batch["model_input"][i]
             predictions.append(prediction)
