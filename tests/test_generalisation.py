@@ -124,3 +124,104 @@ def test_off_source_auroc_is_the_worst_healthy_source():
     val = {"fracatlas_auroc": 0.9, "severity_auroc": 0.8}
     assert selection_score(val, figures) == pytest.approx((0.9 + 0.8 + 6 / 9 + 1 / 3) / 4)
     assert selection_score(val, None) == pytest.approx(0.85)
+
+
+TWO_STAGE = {"rule": "two_stage", "fracture_threshold": 0.4, "fracture_band": 0.5,
+             "severity_threshold": 0.6, "severity_margin": 0.5}
+
+
+def three(p_any: float, p_severe: float) -> np.ndarray:
+    from training.model import two_stage_probabilities
+
+    return two_stage_probabilities(np.array([p_any]), np.array([p_severe]))[0]
+
+
+def test_the_two_stage_verdict_decides_fracture_first_then_severity():
+    from utils.inference import decide
+
+    assert decide(three(0.1, 0.99), TWO_STAGE) == ("healthy", False)  # severity is not asked of a healthy film
+    assert decide(three(0.9, 0.2), TWO_STAGE) == ("fractured", False)
+    assert decide(three(0.95, 0.9), TWO_STAGE) == ("beyond_repair", False)
+
+
+def test_the_fracture_threshold_and_band_at_their_edges():
+    from utils.inference import decide, logit
+
+    t, band = TWO_STAGE["fracture_threshold"], TWO_STAGE["fracture_band"]
+    assert decide(three(t, 0.0), TWO_STAGE)[0] == "fractured"  # at the threshold: a fracture
+    assert decide(three(np.nextafter(t, 0), 0.0), TWO_STAGE)[0] == "healthy"
+    inside = 1 / (1 + np.exp(-(logit(t) + band * 0.99)))
+    outside = 1 / (1 + np.exp(-(logit(t) + band * 1.01)))
+    below = 1 / (1 + np.exp(-(logit(t) - band * 1.01)))
+    assert decide(three(inside, 0.0), TWO_STAGE) == ("fractured", True)
+    assert decide(three(outside, 0.0), TWO_STAGE) == ("fractured", False)
+    assert decide(three(below, 0.0), TWO_STAGE) == ("healthy", False)
+    assert decide(three(outside, 0.65), {**TWO_STAGE, "severity_threshold": 0.6})[1] is True  # severity margin
+    assert decide(three(0.99, 0.75), TWO_STAGE) == ("beyond_repair", False)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_film_most_probably_healthy_is_never_called_beyond_repair(seed):
+    from utils.inference import decide
+
+    rng = np.random.default_rng(seed)
+    low_threshold = {**TWO_STAGE, "fracture_threshold": 0.05, "severity_threshold": 0.1}
+    for p_any, p_severe in rng.random((500, 2)):
+        probs = three(p_any, p_severe)
+        label, _ = decide(probs, low_threshold)
+        if int(np.argmax(probs)) == 0:
+            assert label != "beyond_repair"
+
+
+def test_two_stage_presets_are_fitted_on_validation():
+    from training.calibrate import two_stage_presets
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(300, int), np.ones(80, int), np.full(20, 2)]
+    p_any = np.clip(np.where(labels > 0, rng.beta(5, 2, labels.size), rng.beta(2, 5, labels.size)), 0.01, 0.99)
+    p_severe = np.where(labels == 2, rng.beta(5, 2, labels.size), rng.beta(2, 5, labels.size))
+    from training.model import two_stage_probabilities
+
+    probs = two_stage_probabilities(p_any, p_severe)
+    presets = two_stage_presets(probs, labels, np.ones(labels.size, bool))
+    balanced, sensitive = presets["balanced"], presets["fracture_sensitive"]
+    assert balanced["rule"] == sensitive["rule"] == "two_stage"
+    assert sensitive["fracture_threshold"] <= balanced["fracture_threshold"]
+    assert ((p_any >= sensitive["fracture_threshold"])[labels > 0]).mean() >= 0.95
+    assert 0 <= balanced["fracture_band"] <= 3 and 0 <= balanced["severity_margin"] <= 1.0
+    assert sensitive["fracture_band"] == balanced["fracture_band"]
+    assert balanced["val_covered_accuracy"] >= 0.9 or balanced["fracture_band"] == 3.0
+
+
+def synthetic_films(count: int, seed: int) -> list[tuple[str, bytes]]:
+    from tests.conftest import png_bytes
+
+    rng = np.random.default_rng(seed)
+    films = []
+    for i in range(count):
+        film = synthetic_radiograph(int(rng.integers(300, 600)), int(rng.integers(250, 500)), seed=seed * 1000 + i)
+        films.append((f"film{i}.png", png_bytes((film * 255).astype(np.uint8))))
+    return films
+
+
+def test_the_radiograph_guard_passes_radiograph_like_films_and_flags_photos(classifier, tmp_path):
+    from training.non_radiographs import make_non_radiographs
+    from training.radiograph_guard import features_of, fit_guard, inputs_of
+    from utils.guard import NOT_RADIOGRAPH_MESSAGE, RadiographGuard, load_guard
+
+    size = classifier.bundle.input_size
+
+    def features(items):
+        return features_of(classifier, inputs_of(items, size))
+
+    films, others = features(synthetic_films(40, 1)), features(
+        [(n, b) for n, _, b in make_non_radiographs(40, 11)])
+    guard = fit_guard(films, others, features(synthetic_films(20, 2)))
+    held_out_films = features(synthetic_films(20, 3))
+    photos = features([(n, b) for n, k, b in make_non_radiographs(40, 12) if k in ("photo", "document")])
+    assert guard.is_outlier(held_out_films).mean() <= 0.1
+    assert guard.is_outlier(photos).mean() >= 0.9
+    guard.save(tmp_path / "guard.npz")
+    loaded = load_guard(tmp_path / "guard.npz")
+    assert isinstance(loaded, RadiographGuard) and loaded.message == NOT_RADIOGRAPH_MESSAGE
+    np.testing.assert_allclose(loaded.distance(photos), guard.distance(photos), rtol=1e-5)

@@ -107,11 +107,13 @@ def fit_uncertainty_thresholds(probs: np.ndarray, labels: np.ndarray, preset: di
             "val_covered_accuracy": float(correct[kept].mean()) if kept.any() else float("nan")}
 
 
-# The two-stage verdict's uncertainty band (logit units around the fracture threshold) and
-# severity margin are searched on these grids; the severity margin stays small because the
-# beyond-repair examples are few and web-only.
+# The two-stage verdict's uncertainty band and severity margin (logit units around their
+# thresholds) are searched on these grids. The severity grade is held to a lower covered
+# accuracy, and its margin stays narrow: the beyond-repair examples are few and web-only, so a
+# wide margin would mark nearly every fracture uncertain for a grade that is a demonstration.
 BAND_GRID = np.round(np.arange(0.0, 3.01, 0.05), 2)
-SEVERITY_MARGIN_GRID = np.round(np.arange(0.0, 0.251, 0.01), 2)
+SEVERITY_MARGIN_GRID = np.round(np.arange(0.0, 1.01, 0.05), 2)
+SEVERITY_TARGET_ACCURACY = 0.80
 
 
 def youden_threshold(positive: np.ndarray, score: np.ndarray) -> float:
@@ -140,12 +142,15 @@ def smallest_band(p_any: np.ndarray, positive: np.ndarray, threshold: float,
 
 
 def severity_rule(p_severe: np.ndarray, severe: np.ndarray,
-                  target_accuracy: float = TARGET_COVERED_ACCURACY) -> dict:
-    """Severity threshold (Youden, among fractures) and the narrowest margin around it whose
-    kept fractures are graded right at least target_accuracy of the time (else the widest)."""
+                  target_accuracy: float = SEVERITY_TARGET_ACCURACY) -> dict:
+    """Severity threshold (Youden, among fractures) and the narrowest logit margin around it
+    whose kept fractures are graded right at least target_accuracy of the time (else the widest)."""
+    from utils.inference import logit
+
     threshold = youden_threshold(severe, p_severe) if len(set(severe)) > 1 else 0.5
+    distance = np.abs(np.array([logit(p) for p in p_severe]) - logit(threshold))
     for margin in SEVERITY_MARGIN_GRID:
-        kept = np.abs(p_severe - threshold) >= margin
+        kept = distance >= margin
         if kept.any() and ((p_severe[kept] >= threshold) == severe[kept]).mean() >= target_accuracy:
             break
     return {"severity_threshold": threshold, "severity_margin": float(margin)}
@@ -157,6 +162,8 @@ def two_stage_presets(probs: np.ndarray, labels: np.ndarray, clinical: np.ndarra
     balanced one maximises sensitivity + specificity, the fracture-sensitive one keeps
     SENSITIVE_TARGET_RECALL of the fractures), the band around it, and the severity rule among
     all validation fractures."""
+    from utils.inference import logit
+
     p_any = probs[:, 1] + probs[:, 2]
     positive = labels > 0
     fractures = labels > 0
@@ -164,11 +171,18 @@ def two_stage_presets(probs: np.ndarray, labels: np.ndarray, clinical: np.ndarra
     thresholds = {"balanced": youden_threshold(positive[clinical], p_any[clinical]),
                   "fracture_sensitive": any_fracture_threshold(probs[clinical], labels[clinical])}
     presets = {}
+    # The fracture-sensitive threshold sits low on purpose (it accepts false alarms), so its
+    # band is the balanced one's width: accuracy there would ask for a band around everything.
+    band = smallest_band(p_any[clinical], positive[clinical], thresholds["balanced"])[0]
     for name, threshold in thresholds.items():
-        band, coverage, accuracy = smallest_band(p_any[clinical], positive[clinical], threshold)
+        distance = np.abs(np.array([logit(p) for p in p_any[clinical]]) - logit(threshold))
+        kept = distance >= band
+        coverage = float(kept.mean())
+        accuracy = float(((p_any[clinical] >= threshold) == positive[clinical])[kept].mean()) if kept.any() else float("nan")
         presets[name] = {"rule": "two_stage", "fracture_threshold": threshold, "fracture_band": band,
                          **severity, "threshold_fitted_on": "FracAtlas validation films",
                          "target_val_covered_accuracy": TARGET_COVERED_ACCURACY,
+                         "target_val_covered_severity_accuracy": SEVERITY_TARGET_ACCURACY,
                          "val_coverage": coverage, "val_covered_accuracy": accuracy}
     presets["fracture_sensitive"]["target_val_recall_any_fracture"] = SENSITIVE_TARGET_RECALL
     return presets

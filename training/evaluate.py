@@ -180,6 +180,19 @@ def plots(out_dir: Path, y, probs_raw, probs_cal, pred) -> list[str]:
     return names
 
 
+def validation_fit(run_dir: Path, split_file: Path, verdict: str = "two_stage") -> dict:
+    """Temperature and presets from the run's validation logits alone (no test figures)."""
+    val = np.load(run_dir / "val_logits.npz")
+    temperature = fit_temperature(val["logits"], val["labels"])
+    val_probs = calibrated_probabilities(val["logits"], temperature)
+    source_of = {r["sha256"]: r["source"] for r in read_split(split_file)}
+    clinical = np.array([source_of.get(str(h)) == "fracatlas" for h in val["sha256"]])
+    presets = (two_stage_presets(val_probs, val["labels"], clinical) if verdict == "two_stage"
+               else weighted_presets(val_probs, val["labels"], clinical))
+    return {"temperature": temperature, "presets": presets, "validation_only": True,
+            "val_ece_after": expected_calibration_error(val_probs, val["labels"])}
+
+
 def weighted_presets(val_probs: np.ndarray, labels: np.ndarray, clinical: np.ndarray) -> dict[str, dict]:
     """The older rule: decision weights for balanced accuracy (the rare classes' say), a
     fracture-sensitive threshold, and uncertainty thresholds, all from validation."""
@@ -350,7 +363,17 @@ def main(argv=None) -> None:
     parser.add_argument("--verdict", choices=("two_stage", "weighted"), default="two_stage",
                         help="two_stage: fracture or not, then severity (the default); weighted: the older "
                              "class-weighted argmax")
+    parser.add_argument("--validation-only", action="store_true",
+                        help="fit the temperature and presets on validation and stop: a candidate that is "
+                             "compared on validation and the unseen-source checks, not yet tested")
     args = parser.parse_args(argv)
+    if args.validation_only:
+        out = args.out or args.run / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        fitted = validation_fit(args.run, args.split, args.verdict)
+        (out / "metrics.json").write_text(json.dumps(fitted, indent=1))
+        print(json.dumps(fitted["presets"], indent=1))
+        return
     report = evaluate(args.run, args.out or args.run / "eval", args.data_dir, args.split,
                       args.cache_dir, args.quick, args.verdict)
     print(markdown_report(report))

@@ -119,14 +119,72 @@ def flat(rng: np.random.Generator) -> np.ndarray:
     return array[..., 0] if array.shape[-1] == 1 else array
 
 
-MAKERS = {"photo": photo, "texture": texture, "document": document, "flat": flat}
+def drawing(rng: np.random.Generator) -> np.ndarray:
+    """Line art on paper: shapes, arrows and scribbles, as in a sketch or a diagram."""
+    width, height = int(rng.integers(300, 900)), int(rng.integers(300, 900))
+    image = Image.new("L", (width, height), int(rng.integers(220, 256)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(5, 25))):
+        box = sorted(rng.integers(0, width, 2).tolist()), sorted(rng.integers(0, height, 2).tolist())
+        shape = [box[0][0], box[1][0], box[0][1], box[1][1]]
+        ink, line = int(rng.integers(0, 100)), int(rng.integers(1, 6))
+        choice = rng.integers(3)
+        if choice == 0:
+            draw.ellipse(shape, outline=ink, width=line)
+        elif choice == 1:
+            draw.rectangle(shape, outline=ink, width=line)
+        else:
+            draw.line([tuple(p) for p in rng.integers(0, min(width, height), (int(rng.integers(2, 8)), 2))],
+                      fill=ink, width=line)
+    return np.asarray(image)
 
 
-def make_non_radiographs(count: int, seed: int = 0) -> list[tuple[str, str, bytes]]:
+def screenshot(rng: np.random.Generator) -> np.ndarray:
+    """A desktop or web page: title bar, panels, buttons and text, in grey or colour."""
+    width, height = int(rng.integers(640, 1280)), int(rng.integers(400, 900))
+    colour = rng.random() < 0.6
+    mode, background = ("RGB", tuple(int(v) for v in rng.integers(200, 256, 3))) if colour else ("L", int(rng.integers(200, 256)))
+    image = Image.new(mode, (width, height), background)
+    draw = ImageDraw.Draw(image)
+
+    def paint(low, high):
+        return tuple(int(v) for v in rng.integers(low, high, 3)) if colour else int(rng.integers(low, high))
+    draw.rectangle([0, 0, width, int(rng.integers(24, 60))], fill=paint(20, 120))
+    font = ImageFont.load_default(size=int(rng.integers(11, 18)))
+    for _ in range(int(rng.integers(4, 12))):
+        x0, y0 = int(rng.integers(0, width - 120)), int(rng.integers(60, height - 40))
+        draw.rectangle([x0, y0, x0 + int(rng.integers(60, 300)), y0 + int(rng.integers(20, 120))],
+                       fill=paint(150, 256), outline=paint(0, 120))
+        draw.text((x0 + 6, y0 + 4), " ".join(rng.choice(WORDS, size=3)), fill=paint(0, 80), font=font)
+    return np.asarray(image)
+
+
+def ct_like(rng: np.random.Generator) -> np.ndarray:
+    """A cross-section in the style of a CT or MRI slice: a round field of view on black, a
+    bright rim, soft-tissue blobs and noise (not a projection radiograph)."""
+    side = int(rng.integers(256, 640))
+    y, x = np.mgrid[0:side, 0:side].astype(np.float32) / side - 0.5
+    rx, ry = rng.uniform(0.3, 0.45), rng.uniform(0.25, 0.42)
+    body = (x / rx) ** 2 + (y / ry) ** 2
+    image = np.where(body < 1, 0.35, 0.0) + np.where((body < 1) & (body > 0.85), 0.5, 0.0)
+    for _ in range(int(rng.integers(3, 9))):
+        cx, cy, r = rng.uniform(-0.25, 0.25), rng.uniform(-0.2, 0.2), rng.uniform(0.03, 0.12)
+        image += np.where((x - cx) ** 2 + (y - cy) ** 2 < r ** 2, rng.uniform(-0.2, 0.5), 0.0)
+    image += rng.normal(0, rng.uniform(0.01, 0.05), image.shape)
+    return np.uint8(np.clip(image, 0, 1) * 255)
+
+
+MAKERS = {"photo": photo, "texture": texture, "document": document, "flat": flat,
+          "drawing": drawing, "screenshot": screenshot, "ct_like": ct_like}
+# Kinds the radiograph guard also learns from (the four KINDS are the measured set of old).
+EXTRA_KINDS = ("drawing", "screenshot", "ct_like")
+
+
+def make_non_radiographs(count: int, seed: int = 0, kinds: tuple[str, ...] = KINDS) -> list[tuple[str, str, bytes]]:
     """(name, kind, encoded bytes) for `count` images, the kinds taking turns."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(count):
-        kind = KINDS[i % len(KINDS)]
+        kind = kinds[i % len(kinds)]
         out.append((f"{kind}_{i:04d}", kind, encode(MAKERS[kind](rng), rng)))
     return out

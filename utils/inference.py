@@ -56,8 +56,8 @@ def decide_two_stage(probs: np.ndarray, preset: dict) -> tuple[str, bool]:
     """First fracture or not: P(any fracture) against preset["fracture_threshold"] (at or
     above: a fracture). Then, for a fracture only, its severity: P(beyond_repair | fracture)
     against preset["severity_threshold"]. Uncertain: P(any fracture) within
-    preset["fracture_band"] of the threshold on the logit scale, or, for a fracture, the
-    severity within preset["severity_margin"] of its threshold. A film whose most probable
+    preset["fracture_band"] of the threshold, or, for a fracture, the severity within
+    preset["severity_margin"] of its threshold (both on the logit scale). A film whose most probable
     class is healthy is never called beyond repair (at most fractured)."""
     p_any = float(probs[1] + probs[2])
     threshold = float(preset["fracture_threshold"])
@@ -67,7 +67,8 @@ def decide_two_stage(probs: np.ndarray, preset: dict) -> tuple[str, bool]:
     p_severe = float(probs[2] / max(p_any, 1e-12))
     severity_threshold = float(preset.get("severity_threshold", 0.5))
     severe = p_severe >= severity_threshold and int(np.argmax(probs)) != 0
-    uncertain = uncertain or abs(p_severe - severity_threshold) < float(preset.get("severity_margin", 0.0))
+    near = abs(logit(p_severe) - logit(severity_threshold)) < float(preset.get("severity_margin", 0.0))
+    uncertain = uncertain or near
     return CLASSES[2] if severe else CLASSES[1], uncertain
 
 
