@@ -2,14 +2,18 @@
 
 Steps: check the committed split against the manifest -> fetch/convert the pretrained
 weights -> train (resumable; training.finetune by default, training.train with --recipe cached)
--> evaluate on the test split -> optional random-init control -> fit and measure the
-not-an-X-ray guard, pointing game (training.trust) -> the unseen-source knee check
-(training.knee_check, measured only) -> convert to LiteRT and
-compare with Keras on the test split (training.litert) -> export model/. Re-running resumes from the caches and checkpoints.
+-> evaluate on the test split (two-stage presets fitted on validation) -> optional random-init
+control -> pointing game and the distance guard's figures (training.trust) -> fit the
+radiograph guard (training.radiograph_guard) -> the unseen-source checks (the knee check alone,
+training.knee_check, and all three, knee_oai, wrist_check and hbfmid_check:
+training.offsource_report; measured only) -> convert to LiteRT and compare with
+Keras on the test split (training.litert) -> export model/. Re-running resumes from the caches
+and checkpoints.
 
 Usage: python -m training.pipeline [--quick] [--control] [--bundle-dir model] [training options]
 
-Options it does not know (e.g. --epochs 4 --lr 2e-4) go to training.train.
+Options it does not know (e.g. --epochs 4 --lr 2e-4) go to the training step (training.finetune,
+or training.train with --recipe cached).
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ def check_split(data_dir: Path, split_file: Path) -> None:
 
 
 def main(argv=None) -> None:
-    from training import evaluate, export, finetune, knee_check, litert, train, trust
+    from training import (evaluate, export, finetune, knee_check, litert, offsource_report, radiograph_guard, train,
+                          trust)
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
@@ -73,10 +78,15 @@ def main(argv=None) -> None:
 
     main_run = runs[0][1]
     trust.main(["--run", str(main_run)] + common)
-    knee_dir = args.data_dir / knee_check.KNEE_FOLDER
-    if (knee_dir / "manifest.csv").exists():  # measured only: nothing is fitted on it
+    if not args.quick:  # the guard learns from chest_kermany films; the quick run has none to spare
+        radiograph_guard.main(["--run", str(main_run), "--data-dir", str(args.data_dir), "--split", str(args.split),
+                               "--cache-dir", str(args.cache_dir)])
+    if (args.data_dir / knee_check.KNEE_FOLDER / "manifest.csv").exists():  # measured only, as the next step
         knee_check.main(["--run", str(main_run), "--data-dir", str(args.data_dir)]
                         + (["--limit", "24"] if args.quick else []))
+    if (args.data_dir / "hbfmid_check" / "manifest.csv").exists():  # measured only: nothing is fitted on them
+        offsource_report.main(["--run", str(main_run), "--data-dir", str(args.data_dir)]
+                              + (["--limit", "12"] if args.quick else []))
     litert.main(["--run", str(main_run)] + common)
     command = "python -m training.pipeline " + " ".join(a for a in (argv or sys.argv[1:]))
     export.export(main_run, args.bundle_dir, command.strip(),

@@ -1,0 +1,109 @@
+"""Test-time augmentation, measured: does averaging P(any fracture) over a horizontal flip and
+a zoomed-out view lift the off-source AUROC enough (>= 0.02) to pay for its cost?
+
+For a run's model: P(any fracture) of the clean view, of clean + flip, and of clean + flip +
+zoom-out (0.85x, black border), on the FracAtlas validation films (AUROC) and on the
+unseen-source checks (off-source AUROC per healthy source; measured only), with the cost in
+ms per image of each variant on this machine.
+
+Usage: python -m training.tta_study --run artifacts/RUN [--knees 400]
+Writes <run>/tta.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split  # noqa: E402
+from training.features import build_image_cache  # noqa: E402
+from training.offsource import check_images, offsource_aurocs  # noqa: E402
+from training.pretrained import default_cache_dir  # noqa: E402
+
+ZOOM_OUT = 0.85
+
+
+def views(images: np.ndarray, variant: str) -> list[np.ndarray]:
+    """The (N, S, S) uint8 views a variant averages over."""
+    import cv2
+
+    out = [images]
+    if variant in ("flip", "flip_zoom"):
+        out.append(images[:, :, ::-1])
+    if variant == "flip_zoom":
+        size = images.shape[1]
+        matrix = cv2.getRotationMatrix2D((size / 2, size / 2), 0.0, ZOOM_OUT)
+        out.append(np.stack([cv2.warpAffine(im, matrix, (size, size), borderValue=0) for im in images]))
+    return out
+
+
+def p_any_fracture(model, images: np.ndarray, variant: str, batch: int = 32) -> tuple[np.ndarray, float]:
+    """(mean P(any fracture) over the variant's views, ms per image)."""
+    import tensorflow as tf
+
+    from utils.inference import softmax, to_model_input
+
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    started = time.perf_counter()
+    per_view = []
+    for view in views(images, variant):
+        logits = [np.asarray(forward(to_model_input(np.ascontiguousarray(view[i:i + batch])[..., None])), np.float64)
+                  for i in range(0, len(view), batch)]
+        per_view.append(1.0 - softmax(np.concatenate(logits))[:, 0])
+    return np.mean(per_view, axis=0), (time.perf_counter() - started) * 1000 / max(len(images), 1)
+
+
+def study(model, val: dict, checks: dict) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    result = {}
+    for variant in ("clean", "flip", "flip_zoom"):
+        p_val, ms = p_any_fracture(model, val["images"], variant)
+        p_check = {name: p_any_fracture(model, c["images"], variant)[0] for name, c in checks.items()}
+        result[variant] = {"val_fracatlas_auroc": float(roc_auc_score(val["fractured"], p_val)),
+                           **offsource_aurocs(p_check, {n: c["labels"] for n, c in checks.items()}),
+                           "ms_per_image": ms}
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = ["| variant | views | val FracAtlas AUROC | off-source AUROC | vs knee_oai | vs wrist_check | ms per image |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in result.items():
+        lines.append(f"| {name} | {len(views(np.zeros((1, 4, 4), np.uint8), name))} | {r['val_fracatlas_auroc']:.3f} | "
+                     f"{r['offsource_auroc']:.3f} | {r['auroc_vs_knee_oai']:.3f} | {r['auroc_vs_wrist_check']:.3f} | "
+                     f"{r['ms_per_image']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    import keras
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
+    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    parser.add_argument("--knees", type=int, default=400, help="knee films used (a fixed first subset)")
+    args = parser.parse_args(argv)
+    rows = [r for r in read_split(args.split) if r["split"] == "val" and r["source"] == "fracatlas"]
+    val = {"images": build_image_cache(rows, args.data_dir, args.cache_dir),
+           "fractured": np.array([CLASSES.index(r["label"]) > 0 for r in rows])}
+    checks = check_images(args.data_dir, args.cache_dir)
+    checks["knee_oai"] = {k: v[:args.knees] for k, v in checks["knee_oai"].items()}
+    model = keras.saving.load_model(args.run / "model.keras", compile=False)
+    result = study(model, val, checks)
+    (args.run / "tta.json").write_text(json.dumps(result, indent=1))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
