@@ -109,7 +109,7 @@ def show_sidebar(classifier: Classifier) -> str:
                     f"- macro AUROC {overall['macro_auroc']:.3f}\n"
                     f"- fracture AUROC on clinical films (FracAtlas) {fracatlas.get('binary_auroc', float('nan')):.3f}\n"
                     f"- calibration error (ECE) {test['ece_after']:.3f}")
-        st.caption("The whole model card, with its evaluation plots, is the **Model card** page above.")
+        st.caption("The full card, with its evaluation plots, has its own page in the list above.")
     return preset
 
 

@@ -306,18 +306,25 @@ def test_the_typed_reference_reaches_the_pdf_for_one_film_and_a_batch(server, br
     from pypdf import PdfReader
 
     url, log_path = server
-    page = open_app(browser, url)
     reference = "Study ACC-4471 / ward 3"
-    box = page.get_by_role("textbox", name="Study / patient reference for PDF reports (optional, typed by you)")
-    box.fill(reference)
-    box.press("Enter")
-    wait_until_idle(page)
+
+    def open_with_reference():
+        page = open_app(browser, url)
+        box = page.get_by_role("textbox", name="Study / patient reference for PDF reports (optional, typed by you)")
+        box.fill(reference)
+        box.press("Enter")
+        wait_until_idle(page)
+        return page
+
+    page = open_with_reference()
     upload_synthetic(page, seed=12)
     page.get_by_text("PDF report for this image").wait_for(timeout=120_000)
     with page.expect_download(timeout=120_000) as download_info:
         page.get_by_text("PDF report for this image").click()
     text = PdfReader(download_info.value.path()).pages[0].extract_text()
     assert f"Study / patient reference: {reference}" in text
+    page.close()
+    page = open_with_reference()  # a fresh session for the batch
     files = [{"name": f"ref{i}.png", "mimeType": "image/png",
               "buffer": png_bytes((synthetic_radiograph(seed=40 + i) * 255).astype(np.uint8))} for i in range(2)]
     page.locator("input[type=file]").set_input_files(files)
