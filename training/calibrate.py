@@ -124,21 +124,25 @@ def youden_threshold(positive: np.ndarray, score: np.ndarray) -> float:
     return float(min(thresholds[int(np.argmax(tpr - fpr))], 1.0))
 
 
+def band_coverage(p_any: np.ndarray, positive: np.ndarray, threshold: float, band: float) -> tuple[float, float]:
+    """(coverage, covered accuracy) of the fracture call outside a logit band around the threshold."""
+    from utils.inference import logit
+
+    kept = np.abs(np.array([logit(p) for p in p_any]) - logit(threshold)) >= band
+    accuracy = float(((p_any >= threshold) == positive)[kept].mean()) if kept.any() else float("nan")
+    return float(kept.mean()), accuracy
+
+
 def smallest_band(p_any: np.ndarray, positive: np.ndarray, threshold: float,
                   target_accuracy: float = TARGET_COVERED_ACCURACY) -> tuple[float, float, float]:
     """(band, coverage, covered accuracy): the narrowest logit band around the threshold whose
     films outside it are called fracture / no fracture right at least target_accuracy of the
     time; the widest band on the grid when none reaches it."""
-    from utils.inference import logit
-
-    distance = np.abs(np.array([logit(p) for p in p_any]) - logit(threshold))
-    called = p_any >= threshold
     for band in BAND_GRID:
-        kept = distance >= band
-        if kept.any() and (called[kept] == positive[kept]).mean() >= target_accuracy:
+        coverage, accuracy = band_coverage(p_any, positive, threshold, band)
+        if coverage > 0 and accuracy >= target_accuracy:
             break
-    kept = distance >= band
-    return float(band), float(kept.mean()), float((called[kept] == positive[kept]).mean()) if kept.any() else float("nan")
+    return float(band), coverage, accuracy
 
 
 def severity_rule(p_severe: np.ndarray, severe: np.ndarray,
@@ -162,11 +166,8 @@ def two_stage_presets(probs: np.ndarray, labels: np.ndarray, clinical: np.ndarra
     balanced one maximises sensitivity + specificity, the fracture-sensitive one keeps
     SENSITIVE_TARGET_RECALL of the fractures), the band around it, and the severity rule among
     all validation fractures."""
-    from utils.inference import logit
-
     p_any = probs[:, 1] + probs[:, 2]
-    positive = labels > 0
-    fractures = labels > 0
+    positive = fractures = labels > 0
     severity = severity_rule(probs[fractures, 2] / np.maximum(p_any[fractures], 1e-12), labels[fractures] == 2)
     thresholds = {"balanced": youden_threshold(positive[clinical], p_any[clinical]),
                   "fracture_sensitive": any_fracture_threshold(probs[clinical], labels[clinical])}
@@ -175,10 +176,7 @@ def two_stage_presets(probs: np.ndarray, labels: np.ndarray, clinical: np.ndarra
     # band is the balanced one's width: accuracy there would ask for a band around everything.
     band = smallest_band(p_any[clinical], positive[clinical], thresholds["balanced"])[0]
     for name, threshold in thresholds.items():
-        distance = np.abs(np.array([logit(p) for p in p_any[clinical]]) - logit(threshold))
-        kept = distance >= band
-        coverage = float(kept.mean())
-        accuracy = float(((p_any[clinical] >= threshold) == positive[clinical])[kept].mean()) if kept.any() else float("nan")
+        coverage, accuracy = band_coverage(p_any[clinical], positive[clinical], threshold, band)
         presets[name] = {"rule": "two_stage", "fracture_threshold": threshold, "fracture_band": band,
                          **severity, "threshold_fitted_on": "FracAtlas validation films",
                          "target_val_covered_accuracy": TARGET_COVERED_ACCURACY,

@@ -180,13 +180,23 @@ def plots(out_dir: Path, y, probs_raw, probs_cal, pred) -> list[str]:
     return names
 
 
+def clinical_films(val, split_file: Path) -> np.ndarray:
+    """Which validation films are clinical (FracAtlas): the fracture thresholds keep to them, as
+    web figures, all fractures, would otherwise set them. All films when that leaves one class."""
+    source_of = {r["sha256"]: r["source"] for r in read_split(split_file)}
+    clinical = np.array([source_of.get(str(h)) == "fracatlas" for h in val["sha256"]]) \
+        if "sha256" in val.files else np.ones(len(val["labels"]), bool)
+    if not (val["labels"][clinical] > 0).any() or (val["labels"][clinical] > 0).all():
+        clinical = np.ones(len(val["labels"]), bool)
+    return clinical
+
+
 def validation_fit(run_dir: Path, split_file: Path, verdict: str = "two_stage") -> dict:
     """Temperature and presets from the run's validation logits alone (no test figures)."""
     val = np.load(run_dir / "val_logits.npz")
     temperature = fit_temperature(val["logits"], val["labels"])
     val_probs = calibrated_probabilities(val["logits"], temperature)
-    source_of = {r["sha256"]: r["source"] for r in read_split(split_file)}
-    clinical = np.array([source_of.get(str(h)) == "fracatlas" for h in val["sha256"]])
+    clinical = clinical_films(val, split_file)
     presets = (two_stage_presets(val_probs, val["labels"], clinical) if verdict == "two_stage"
                else weighted_presets(val_probs, val["labels"], clinical))
     return {"temperature": temperature, "presets": presets, "validation_only": True,
@@ -226,13 +236,7 @@ def evaluate(run_dir: Path, out_dir: Path, data_dir: Path, split_file: Path, cac
     val = np.load(run_dir / "val_logits.npz")
     temperature = fit_temperature(val["logits"], val["labels"])
     val_probs = calibrated_probabilities(val["logits"], temperature)
-    # The fracture thresholds keep to the clinical validation films (FracAtlas): web figures,
-    # all fractures, would otherwise set them.
-    source_of = {r["sha256"]: r["source"] for r in read_split(split_file)}
-    clinical = np.array([source_of.get(str(h)) == "fracatlas" for h in val["sha256"]]) \
-        if "sha256" in val.files else np.ones(len(val["labels"]), bool)
-    if not (val["labels"][clinical] > 0).any() or (val["labels"][clinical] > 0).all():
-        clinical = np.ones(len(val["labels"]), bool)
+    clinical = clinical_films(val, split_file)
     presets = (two_stage_presets(val_probs, val["labels"], clinical) if verdict == "two_stage"
                else weighted_presets(val_probs, val["labels"], clinical))
 

@@ -327,7 +327,7 @@ def fit(model, data: dict, args, log=print) -> dict:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     train, val = data["train"], data["val"]
-    plan = epoch_plan(train, args)
+    plan = EpochPlan(train, args)
     n_fractures = int((train["labels"] != HEALTHY).sum())
     n_severe = int((train["labels"] == BEYOND).sum())
     severe_weight = float(np.sqrt(max(n_fractures - n_severe, 1) / max(n_severe, 1)))
@@ -390,7 +390,7 @@ def fit(model, data: dict, args, log=print) -> dict:
             "wall_seconds": round(earlier_seconds + time.time() - started, 1)}
 
 
-class epoch_plan:
+class EpochPlan:
     """What each epoch trains on: plan(epoch) -> (indices, box_free flags), drawn from the seed."""
 
     def __init__(self, train: dict, args):
@@ -410,7 +410,8 @@ class epoch_plan:
 def score_epoch(trainer: "Trainer", data: dict, val_targets: dict) -> dict:
     """Validation scores, the unseen-source figures (when data["checks"] is there) and the
     selection score combining them (training.offsource.selection_score)."""
-    from training.offsource import epoch_figures, selection_score, youden_threshold
+    from training.calibrate import youden_threshold
+    from training.offsource import epoch_figures, selection_score
     from utils.inference import softmax
 
     val = data["val"]

@@ -79,15 +79,6 @@ def offsource_aurocs(p_fracture: dict[str, np.ndarray], labels: dict[str, list[s
     return result
 
 
-def youden_threshold(y: np.ndarray, score: np.ndarray) -> float:
-    """The score threshold that maximises sensitivity + specificity on (y, score)."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, thresholds = roc_curve(y, score)
-    best = int(np.argmax(tpr - fpr))
-    return float(min(thresholds[best], 1.0))
-
-
 def epoch_figures(p_fracture: dict[str, np.ndarray], labels: dict[str, list[str]], threshold: float) -> dict:
     """Per-epoch figures: the off-source AUROCs, and the share of each healthy source and of the
     hbfmid_check fractures on each side of a fracture threshold fitted on validation."""

@@ -15,7 +15,6 @@ Usage: python -m training.radiograph_guard --run artifacts/RUN   (writes RUN/gua
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -25,11 +24,10 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from training.data import DEFAULT_SPLIT_FILE, default_data_dir, read_split  # noqa: E402
+from training.data import read_split, run_step_parser  # noqa: E402
 from training.features import build_image_cache  # noqa: E402
 from training.non_radiographs import EXTRA_KINDS, KINDS, make_non_radiographs  # noqa: E402
 from training.offsource import check_rows  # noqa: E402
-from training.pretrained import default_cache_dir  # noqa: E402
 from utils.guard import RadiographGuard  # noqa: E402
 
 FIT_SEED = 20261201  # the non-radiographs the guard learns from; measured on another seed
@@ -123,12 +121,7 @@ def fit_and_measure(classifier, data_dir: Path, split_file: Path, cache_dir: Pat
 def main(argv=None) -> dict:
     from training.offsource_report import classifier_for_run
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True)
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
-    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
-    args = parser.parse_args(argv)
+    args = run_step_parser(__doc__.splitlines()[0], out=False).parse_args(argv)
     classifier = classifier_for_run(args.run)
     guard, report = fit_and_measure(classifier, args.data_dir, args.split, args.cache_dir)
     out = args.run / "guard"

@@ -12,7 +12,6 @@ Writes <run>/tta.json and prints a markdown table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -22,10 +21,9 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split  # noqa: E402
+from training.data import CLASSES, read_split, run_step_parser  # noqa: E402
 from training.features import build_image_cache  # noqa: E402
 from training.offsource import check_images, offsource_aurocs  # noqa: E402
-from training.pretrained import default_cache_dir  # noqa: E402
 
 ZOOM_OUT = 0.85
 
@@ -86,11 +84,7 @@ def markdown(result: dict) -> str:
 def main(argv=None) -> dict:
     import keras
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True)
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
-    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    parser = run_step_parser(__doc__.splitlines()[0], out=False)
     parser.add_argument("--knees", type=int, default=400, help="knee films used (a fixed first subset)")
     args = parser.parse_args(argv)
     rows = [r for r in read_split(args.split) if r["split"] == "val" and r["source"] == "fracatlas"]
