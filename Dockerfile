@@ -13,6 +13,7 @@ RUN pip install --no-cache-dir -r requirements.txt
 
 COPY --chown=app:app app.py ./
 COPY --chown=app:app utils ./utils
+COPY --chown=app:app ui ./ui
 COPY --chown=app:app pages ./pages
 COPY --chown=app:app model ./model
 COPY --chown=app:app .streamlit ./.streamlit

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import datetime as dt
+from urllib.parse import unquote, urlsplit
 
 import streamlit as st
 
-from utils.bundle import ModelBundleError, bundle_dir, load_bundle, serving_precision
-from utils.classifier import Classifier
-from utils.heatmap import colorize_heatmap, heatmap_caption, overlay_heatmap, upsample_heatmap
-from utils.inference import CLASSES
+from ui.history import pretty, record_history, show_history
+from ui.pacs_panel import show_pacs
+from utils.adapters.url_input import UrlRefused, fetch_image_bytes
+from utils.core.bundle import ModelBundleError, bundle_dir, load_bundle, serving_precision
+from utils.core.classifier import Classifier, Prediction
+from utils.core.heatmap import colorize_heatmap, heatmap_caption, overlay_heatmap, upsample_heatmap
+from utils.core.inference import CLASSES
+from utils.core.verdict import verdict_style
 from utils.report import build_pdf, records_to_csv
-from utils.verdict import verdict_style
 
 CLASS_TEXT = {
     "healthy": "no fracture seen.",
@@ -20,23 +23,25 @@ CLASS_TEXT = {
 }
 PRESET_TEXT = {
     "balanced": "Balanced: calls a fracture when P(any fracture) reaches the threshold that balances sensitivity "
-                "and specificity on validation films; then grades its severity.",
+    "and specificity on validation films; then grades its severity.",
     "fracture_sensitive": "Fracture-sensitive: calls a fracture at a lower probability, so fewer fractures are missed.",
     "uncertain": "Each preset flags a verdict 'uncertain: needs review' when P(any fracture) is close to its "
-                 "threshold (or the severity close to its own), within a band chosen on validation films so that "
-                 "the verdicts kept were right at least 90% of the time there.",
+    "threshold (or the severity close to its own), within a band chosen on validation films so that "
+    "the verdicts kept were right at least 90% of the time there.",
 }
 WEIGHTED_PRESET_TEXT = {  # bundles with the older class-weighted rule
     "balanced": "Balanced: each probability is weighed by a class weight chosen on validation data for "
-                "balanced accuracy, so the rare classes are not drowned out.",
+    "balanced accuracy, so the rare classes are not drowned out.",
     "uncertain": "Each preset flags a verdict 'uncertain: needs review' when its probability, or its lead over "
-                 "the next class, is below thresholds chosen on validation data so that the verdicts kept were "
-                 "right at least 90% of the time there.",
+    "the next class, is below thresholds chosen on validation data so that the verdicts kept were "
+    "right at least 90% of the time there.",
 }
-URL_HELP = ("http or https only. Private, loopback and link-local addresses are refused; to allow a network on "
-            "purpose (a hospital's image server), set BONE_XRAY_URL_ALLOW on the server, e.g. "
-            "BONE_XRAY_URL_ALLOW=10.20.0.0/16 (see the README). The image is kept in memory only, up to the "
-            "upload size limit.")
+URL_HELP = (
+    "http or https only. Private, loopback and link-local addresses are refused; to allow a network on "
+    "purpose (a hospital's image server), set BONE_XRAY_URL_ALLOW on the server, e.g. "
+    "BONE_XRAY_URL_ALLOW=10.20.0.0/16 (see the README). The image is kept in memory only, up to the "
+    "upload size limit."
+)
 BATCH_SIZE = 8
 
 
@@ -45,70 +50,57 @@ def get_classifier(directory: str) -> Classifier:
     bundle = load_bundle(directory)
     classifier = Classifier(bundle, precision=serving_precision(bundle.metadata))
     # One line per process: the browser load test counts these to prove the model is shared.
-    print(f"bone-xray: model {classifier.bundle.metadata['sha256'][:12]} loaded ({classifier.engine.name})",
-          flush=True)
+    print(f"bone-xray: model {classifier.bundle.metadata['sha256'][:12]} loaded ({classifier.engine.name})", flush=True)
     return classifier
-
-
-def pretty(label: str) -> str:
-    return label.replace("_", " ")
 
 
 def show_header() -> None:
     st.title("Bone X-ray Classifier")
-    st.write("Upload bone radiographs (JPEG, PNG or DICOM). A fine-tuned InceptionV3 network says "
-             "whether the bone looks **healthy**, **fractured** or **beyond repair**, with a calibrated "
-             "probability for each. Trained on radiographs of the hand, wrist, forearm, elbow, humerus, "
-             "shoulder, hip and leg.")
+    st.write(
+        "Upload bone radiographs (JPEG, PNG or DICOM). A fine-tuned InceptionV3 network says "
+        "whether the bone looks **healthy**, **fractured** or **beyond repair**, with a calibrated "
+        "probability for each. Trained on radiographs of the hand, wrist, forearm, elbow, humerus, "
+        "shoulder, hip and leg."
+    )
     st.markdown("\n".join(f"- **{pretty(name)}**: {text}" for name, text in CLASS_TEXT.items()))
-    st.warning("Educational and triage aid only. **Not a medical device and not for diagnosis**: "
-               "a qualified clinician must read every image.", icon="⚠️")
-
-
-def clear_history() -> None:
-    st.session_state["history"] = []
-
-
-def history_verdict(entry: dict) -> str:
-    if entry.get("flag") == "unfamiliar":
-        return "unlike the training films (uncertain)"
-    if entry.get("not_xray"):
-        return "not a radiograph? (uncertain)"
-    return f"**{pretty(entry['label'])}**" + (" (uncertain)" if entry.get("uncertain") else "")
-
-
-def show_history(box) -> None:
-    """Filled at the end of a run, so it lists this run's verdicts too."""
-    history = st.session_state.get("history", [])
-    with box:
-        st.header(f"This session ({len(history)})")
-        if history:
-            st.markdown("\n".join(f"- {h['time']} {h['name']}: {history_verdict(h)}" for h in history[-50:]))
-            st.button("Clear history", on_click=clear_history)
-        else:
-            st.caption("Verdicts of this session appear here; nothing is kept after you leave.")
+    st.warning(
+        "Educational and triage aid only. **Not a medical device and not for diagnosis**: "
+        "a qualified clinician must read every image.",
+        icon="⚠️",
+    )
 
 
 def show_sidebar(classifier: Classifier) -> str:
     metadata = classifier.bundle.metadata
     with st.sidebar:
-        texts = PRESET_TEXT if metadata["presets"]["balanced"].get("rule") == "two_stage" \
+        texts = (
+            PRESET_TEXT
+            if metadata["presets"]["balanced"].get("rule") == "two_stage"
             else {**PRESET_TEXT, **WEIGHTED_PRESET_TEXT}
-        preset = st.radio("Decision preset", list(metadata["presets"]), format_func=pretty,
-                          help="\n\n".join([texts.get(p, p) for p in metadata["presets"]] + [texts["uncertain"]]))
+        )
+        preset = st.radio(
+            "Decision preset",
+            list(metadata["presets"]),
+            format_func=pretty,
+            help="\n\n".join([texts.get(p, p) for p in metadata["presets"]] + [texts["uncertain"]]),
+        )
         st.header("Model")
-        st.markdown(f"**{metadata['name']}** v{metadata['version']}  \n"
-                    f"sha256 `{metadata['sha256'][:12]}`  \n"
-                    f"TensorFlow {metadata['software']['tensorflow']}, trained {metadata['training']['date']}  \n"
-                    f"runs on {'LiteRT' if classifier.engine.name == 'litert' else 'Keras'}")
+        st.markdown(
+            f"**{metadata['name']}** v{metadata['version']}  \n"
+            f"sha256 `{metadata['sha256'][:12]}`  \n"
+            f"TensorFlow {metadata['software']['tensorflow']}, trained {metadata['training']['date']}  \n"
+            f"runs on {'LiteRT' if classifier.engine.name == 'litert' else 'Keras'}"
+        )
         test = metadata["metrics"]["test"]
         overall = test["overall"]["point"]
         fracatlas = test["by_source"].get("fracatlas", {}).get("point", {})
-        st.markdown("Test split (reported once):\n"
-                    f"- balanced accuracy {overall['balanced_accuracy']:.3f}\n"
-                    f"- macro AUROC {overall['macro_auroc']:.3f}\n"
-                    f"- fracture AUROC on clinical films (FracAtlas) {fracatlas.get('binary_auroc', float('nan')):.3f}\n"
-                    f"- calibration error (ECE) {test['ece_after']:.3f}")
+        st.markdown(
+            "Test split (reported once):\n"
+            f"- balanced accuracy {overall['balanced_accuracy']:.3f}\n"
+            f"- macro AUROC {overall['macro_auroc']:.3f}\n"
+            f"- fracture AUROC on clinical films (FracAtlas) {fracatlas.get('binary_auroc', float('nan')):.3f}\n"
+            f"- calibration error (ECE) {test['ece_after']:.3f}"
+        )
         st.caption("The full card, with its evaluation plots, has its own page in the list above.")
     return preset
 
@@ -120,9 +112,10 @@ def classify_uploads(classifier: Classifier, uploads, preset_name: str) -> list:
     if fresh:
         bar = st.progress(0.0, text=f"Classifying {len(fresh)} image(s)...")
         for start in range(0, len(fresh), BATCH_SIZE):
-            chunk = fresh[start:start + BATCH_SIZE]
-            predictions = classifier.predict_many([(u.name, u.getvalue()) for u in chunk], preset=preset_name,
-                                                  batch_size=BATCH_SIZE)
+            chunk = fresh[start : start + BATCH_SIZE]
+            predictions = classifier.predict_many(
+                [(u.name, u.getvalue()) for u in chunk], preset=preset_name, batch_size=BATCH_SIZE
+            )
             for upload, prediction in zip(chunk, predictions):
                 results[upload.file_id] = prediction
                 record_history(upload.name, prediction)
@@ -135,20 +128,9 @@ def classify_uploads(classifier: Classifier, uploads, preset_name: str) -> list:
     return [(u.file_id, results[u.file_id]) for u in uploads]
 
 
-def record_history(name: str, prediction) -> None:
-    if prediction.label:
-        st.session_state.setdefault("history", []).append(
-            {"time": dt.datetime.now().strftime("%H:%M:%S"), "name": name, "label": prediction.label,
-             "uncertain": prediction.uncertain, "not_xray": prediction.not_xray is not None,
-             "flag": verdict_style(prediction.label, prediction.uncertain, prediction.not_xray).kind})
-
-
 def classify_url(classifier: Classifier, url: str, preset_name: str) -> tuple[str, object]:
-    """Fetch and classify the pasted URL once per session (utils.url_input refuses private and
+    """Fetch and classify the pasted URL once per session (utils.adapters.url_input refuses private and
     loopback addresses and oversized bodies); only the last URL's result is kept."""
-    from utils.classifier import Prediction
-    from utils.url_input import UrlRefused, fetch_image_bytes
-
     key = f"url:{url}"
     results = st.session_state.setdefault("url_results", {})
     if key not in results:
@@ -156,142 +138,15 @@ def classify_url(classifier: Classifier, url: str, preset_name: str) -> tuple[st
             try:
                 prediction = classifier.predict_bytes(url, fetch_image_bytes(url), preset=preset_name)
             except UrlRefused as exc:
-                prediction = Prediction(name=url, error=f"{exc} To allow an address on purpose, the server's "
-                                                        "operator sets BONE_XRAY_URL_ALLOW (see the README).")
+                prediction = Prediction(
+                    name=url,
+                    error=f"{exc} To allow an address on purpose, the server's "
+                    "operator sets BONE_XRAY_URL_ALLOW (see the README).",
+                )
         results.clear()
         results[key] = prediction
         record_history(url, prediction)
     return key, results[key]
-
-
-def pacs_config():
-    """(config, problem): the PACS of `[pacs]` in .streamlit/secrets.toml (else of the
-    BONE_XRAY_PACS_* environment), (None, None) when none is configured."""
-    import os
-
-    from utils.pacs import PacsConfig, PacsError
-
-    try:
-        section = st.secrets.get("pacs")
-    except Exception:  # no secrets file at all: Streamlit raises rather than returning nothing
-        section = None
-    try:
-        if section:
-            return PacsConfig.from_mapping(section), None
-        if os.environ.get("BONE_XRAY_PACS_URL"):
-            return PacsConfig.from_environment(), None
-    except PacsError as exc:
-        return None, str(exc)
-    return None, None
-
-
-def pacs_study_label(study: dict) -> str:
-    date = study["StudyDate"] or "no date"
-    if len(date) == 8:
-        date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
-    parts = [date, study["AccessionNumber"] or "no accession", study["StudyDescription"] or "no description",
-             study["ModalitiesInStudy"] or "?", f"{study['NumberOfStudyRelatedInstances'] or '?'} instance(s)"]
-    return " · ".join(str(p) for p in parts)
-
-
-def search_pacs(config) -> None:
-    from utils.pacs import PacsError, connect, find_studies
-
-    state = st.session_state["pacs"]
-    with st.form("pacs_search"):
-        left, middle, right = st.columns(3)
-        patient = left.text_input("Patient ID").strip()
-        accession = middle.text_input("Accession number").strip()
-        since = right.date_input("Studies since", value=None, format="YYYY-MM-DD")
-        submitted = st.form_submit_button("Search the PACS")
-    if submitted:
-        state.update(studies=None, study=None, items=[], run=None, stored=None)
-        if not (patient or accession or since):
-            st.warning("Enter a patient ID, an accession number or a date to search.")
-            return
-        try:
-            with st.spinner("Searching the PACS..."):
-                state["studies"] = find_studies(connect(config), patient_id=patient or None,
-                                                accession=accession or None,
-                                                since=since.strftime("%Y%m%d") if since else None)
-        except PacsError as exc:
-            st.error(str(exc))
-
-
-def classify_pacs_study(config, classifier: Classifier, preset_name: str) -> None:
-    from utils.pacs import PacsError, connect, run_study
-
-    state = st.session_state["pacs"]
-    studies = {s["StudyInstanceUID"]: s for s in state["studies"]}
-    uid = st.selectbox("Study", list(studies), format_func=lambda u: pacs_study_label(studies[u]))
-    if not st.button("Classify this study"):
-        return
-    bar = st.progress(0.0, text="Listing the study's radiographs...")
-    total, done, kept = [0], [0], []
-
-    def advance(k):
-        done[0] += k
-        bar.progress(done[0] / max(total[0], 1), text=f"Classified {done[0]} of {total[0]}")
-
-    try:
-        run = run_study(connect(config), classifier, uid, preset_name, BATCH_SIZE, keep=kept,
-                        on_images=lambda n: total.__setitem__(0, n), progress=advance)
-    except PacsError as exc:
-        st.error(str(exc))
-        return
-    finally:
-        bar.empty()
-    for item in kept:
-        record_history(f"PACS image {item.ref.sop_uid[-12:]}", item.prediction)
-    state.update(study=uid, items=kept, run=run, stored=None)
-
-
-def send_to_pacs(config, classifier: Classifier) -> None:
-    from utils.pacs import connect, store_results
-
-    state = st.session_state["pacs"]
-    run = state["run"]
-    st.caption(f"{run.classified} radiograph(s) classified from the study"
-               + (f"; {run.failed} could not be read" if run.failed else "") + ".")
-    for note in run.skipped:
-        st.caption(note)
-    if not run.classified:
-        return
-    if st.button("Send the results to the PACS", help="Stores a DICOM SR (all verdicts and probabilities) and a "
-                 "Secondary Capture heatmap per film as new objects in the same study; nothing there is changed."):
-        with st.spinner("Storing the results..."):
-            state["stored"] = store_results(connect(config), state["study"], state["items"],
-                                            classifier.bundle.metadata)
-    stored = state["stored"]
-    if stored is not None:
-        if stored.store_failures:
-            for failure in stored.store_failures:
-                st.error(failure)
-        else:
-            st.success(f"Stored {len(stored.stored_sr)} report (SR) and {len(stored.stored_captures)} secondary "
-                       "capture(s) in the study.")
-
-
-def show_pacs(classifier: Classifier, preset_name: str) -> list:
-    """The "From PACS" section, when a server is configured; returns the study's results as items."""
-    config, problem = pacs_config()
-    if config is None and problem is None:
-        return []
-    state = st.session_state.setdefault("pacs", {"studies": None, "study": None, "items": [], "run": None,
-                                                 "stored": None})
-    with st.expander("From PACS", expanded=True, icon=":material/dns:"):
-        if problem:
-            st.error(f"The PACS configured in secrets cannot be used: {problem}")
-            return []
-        search_pacs(config)
-        if state["studies"] is not None:
-            if not state["studies"]:
-                st.info("No study on the PACS matches the search.")
-            else:
-                classify_pacs_study(config, classifier, preset_name)
-        if state["run"] is not None:
-            send_to_pacs(config, classifier)
-    return [(f"pacs:{item.ref.sop_uid}", item.prediction) for item in state["items"]]
 
 
 def records_for(items, preset: dict) -> list[dict]:
@@ -305,13 +160,11 @@ def records_for(items, preset: dict) -> list[dict]:
 
 def report_entries(classifier: Classifier, items, preset: dict) -> list[dict]:
     entries = []
-    for (file_id, prediction), record in zip(items, records_for(items, preset)):
+    for (_file_id, prediction), record in zip(items, records_for(items, preset)):
         overlay = None
         if not prediction.error:
-            overlay = overlay_heatmap(prediction.model_input,
-                                      prediction.heatmap(record["label"]))
-        entries.append({**record, "name": prediction.name, "model_input": prediction.model_input,
-                        "overlay": overlay})
+            overlay = overlay_heatmap(prediction.model_input, prediction.heatmap(record["label"]))
+        entries.append({**record, "name": prediction.name, "model_input": prediction.model_input, "overlay": overlay})
     return entries
 
 
@@ -322,8 +175,8 @@ def pdf_bytes(classifier: Classifier, items, preset_name: str):
 
     def build() -> bytes:
         preset = classifier.bundle.preset(preset_name)
-        return build_pdf(report_entries(classifier, items, preset), classifier.bundle.metadata,
-                         preset_name, reference)
+        return build_pdf(report_entries(classifier, items, preset), classifier.bundle.metadata, preset_name, reference)
+
     return build
 
 
@@ -337,8 +190,6 @@ def show_name(name: str) -> None:
 
 
 def display_name(url: str) -> str:
-    from urllib.parse import unquote, urlsplit
-
     parts = urlsplit(url)
     return unquote(parts.path.rstrip("/").rsplit("/", 1)[-1]) or parts.hostname or url
 
@@ -357,12 +208,15 @@ def show_single(classifier: Classifier, file_id: str, prediction, preset_name: s
             opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key=f"op_{file_id}")
             target = "predicted"
             if classifier.heatmap_kind == "Grad-CAM":  # a fracture map is one map for every class
-                target = st.selectbox("Heatmap for class", ["predicted"] + list(CLASSES), format_func=pretty,
-                                      key=f"cls_{file_id}")
+                target = st.selectbox(
+                    "Heatmap for class", ["predicted"] + list(CLASSES), format_func=pretty, key=f"cls_{file_id}"
+                )
             heatmap = prediction.heatmap(label if target == "predicted" else target)
-            st.image(overlay_heatmap(prediction.model_input, heatmap, opacity),
-                     caption=f"The image as the model saw it, with its {heatmap_caption(classifier.heatmap_kind)}",
-                     width=360)
+            st.image(
+                overlay_heatmap(prediction.model_input, heatmap, opacity),
+                caption=f"The image as the model saw it, with its {heatmap_caption(classifier.heatmap_kind)}",
+                width=360,
+            )
             st.image(colorize_heatmap(upsample_heatmap(heatmap, (120, 120))), caption="Raw heatmap", width=120)
         else:
             st.image(prediction.model_input, caption="The image as the model saw it", clamp=True, width=360)
@@ -373,35 +227,52 @@ def show_single(classifier: Classifier, file_id: str, prediction, preset_name: s
         if prediction.not_xray and style.kind == "unfamiliar":
             st.markdown(line)
             st.warning(f"**Unlike the films the model was trained on.** {prediction.not_xray}")
-            st.caption(f"Its pick would be {pretty(label)} ({probability:.0%}), but on films unlike its training "
-                       "films that pick is not reliable.")
+            st.caption(
+                f"Its pick would be {pretty(label)} ({probability:.0%}), but on films unlike its training "
+                "films that pick is not reliable."
+            )
         elif prediction.not_xray:
             st.markdown(line)
             st.error(f"**Not a bone radiograph?** {prediction.not_xray}")
-            st.caption(f"The model's probabilities are shown below but mean little for this input "
-                       f"(its pick would be {pretty(label)}).")
+            st.caption(
+                f"The model's probabilities are shown below but mean little for this input "
+                f"(its pick would be {pretty(label)})."
+            )
         elif uncertain:
             st.markdown(line)
-            st.markdown(f"The model leans to **{pretty(label)}** ({probability:.0%}), but that probability, or its "
-                        "lead over the next class, is below this preset's threshold (chosen on validation images): "
-                        "a reader should decide.")
+            st.markdown(
+                f"The model leans to **{pretty(label)}** ({probability:.0%}), but that probability, or its "
+                "lead over the next class, is below this preset's threshold (chosen on validation images): "
+                "a reader should decide."
+            )
         else:
             st.markdown(f"{line} ({probability:.0%})")
         most_probable = max(CLASSES, key=lambda c: prediction.probabilities[c])
         if most_probable != label:
-            why = ("it calls a fracture once P(any fracture) reaches its threshold"
-                   if preset.get("rule") == "two_stage" else "it weighs rarer classes up so that they are not missed")
-            st.caption(f"The {pretty(preset_name)} preset chose {pretty(label)} although {pretty(most_probable)} is "
-                       f"more probable ({prediction.probabilities[most_probable]:.0%}): {why}. See the model card.")
+            why = (
+                "it calls a fracture once P(any fracture) reaches its threshold"
+                if preset.get("rule") == "two_stage"
+                else "it weighs rarer classes up so that they are not missed"
+            )
+            st.caption(
+                f"The {pretty(preset_name)} preset chose {pretty(label)} although {pretty(most_probable)} is "
+                f"more probable ({prediction.probabilities[most_probable]:.0%}): {why}. See the model card."
+            )
         for cls in CLASSES:
-            st.progress(float(prediction.probabilities[cls]),
-                        text=f"{pretty(cls)}: {prediction.probabilities[cls]:.1%}")
+            st.progress(
+                float(prediction.probabilities[cls]), text=f"{pretty(cls)}: {prediction.probabilities[cls]:.1%}"
+            )
         for warning in prediction.warnings:
             if warning != prediction.not_xray:
                 st.caption(f"Note: {warning}")
-        st.download_button("PDF report for this image", pdf_bytes(classifier, [(file_id, prediction)], preset_name),
-                           file_name="bone-xray-report.pdf", mime="application/pdf", key=f"pdf_{file_id}",
-                           on_click="ignore")
+        st.download_button(
+            "PDF report for this image",
+            pdf_bytes(classifier, [(file_id, prediction)], preset_name),
+            file_name="bone-xray-report.pdf",
+            mime="application/pdf",
+            key=f"pdf_{file_id}",
+            on_click="ignore",
+        )
 
 
 def show_batch(classifier: Classifier, items, preset_name: str):
@@ -416,24 +287,48 @@ def show_batch(classifier: Classifier, items, preset_name: str):
         if verdict not in shown:
             continue
         probs = record["probabilities"] or {}
-        rows.append({"#": index, "file": record["path"], "verdict": verdict,
-                     **{f"P({pretty(c)})": probs.get(c) for c in CLASSES},
-                     "uncertain": record["uncertain"], "not an X-ray?": record["not_xray"],
-                     "notes": record["error"] or " | ".join(record["warnings"])})
-    column_config = {f"P({pretty(c)})": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)
-                     for c in CLASSES}
-    event = st.dataframe(rows, hide_index=True, column_config=column_config, on_select="rerun",
-                         selection_mode="single-row", key="results_table")
+        rows.append(
+            {
+                "#": index,
+                "file": record["path"],
+                "verdict": verdict,
+                **{f"P({pretty(c)})": probs.get(c) for c in CLASSES},
+                "uncertain": record["uncertain"],
+                "not an X-ray?": record["not_xray"],
+                "notes": record["error"] or " | ".join(record["warnings"]),
+            }
+        )
+    column_config = {
+        f"P({pretty(c)})": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1) for c in CLASSES
+    }
+    event = st.dataframe(
+        rows,
+        hide_index=True,
+        column_config=column_config,
+        on_select="rerun",
+        selection_mode="single-row",
+        key="results_table",
+    )
     for record in records:
         if record["error"]:
             st.error(f"{record['path']}: {record['error']}")
     col_csv, col_pdf = st.columns(2)
     with col_csv:
-        st.download_button("Download table (CSV)", records_to_csv(records), file_name="bone-xray-results.csv",
-                           mime="text/csv", on_click="ignore")
+        st.download_button(
+            "Download table (CSV)",
+            records_to_csv(records),
+            file_name="bone-xray-results.csv",
+            mime="text/csv",
+            on_click="ignore",
+        )
     with col_pdf:
-        st.download_button(f"PDF report for all {len(items)} images", pdf_bytes(classifier, items, preset_name),
-                           file_name="bone-xray-batch-report.pdf", mime="application/pdf", on_click="ignore")
+        st.download_button(
+            f"PDF report for all {len(items)} images",
+            pdf_bytes(classifier, items, preset_name),
+            file_name="bone-xray-batch-report.pdf",
+            mime="application/pdf",
+            on_click="ignore",
+        )
     selected = event.selection.rows if event is not None else []
     if selected and selected[0] < len(rows):
         return items[rows[selected[0]]["#"]]
@@ -459,12 +354,14 @@ def main() -> None:
 
 def show_main(classifier: Classifier, preset_name: str) -> None:
     folder_mode = st.toggle("Upload a whole folder", help="Pick a folder; every file in it is classified.")
-    uploads = st.file_uploader("Radiographs (JPEG, PNG, DICOM; files without an extension are fine)",
-                               accept_multiple_files="directory" if folder_mode else True)
-    url = st.text_input("...or paste an image URL", key="image_url", placeholder="https://example.org/film.png",
-                        help=URL_HELP).strip()
-    st.text_input("Study / patient reference for PDF reports (optional, typed by you)", key="reference",
-                  max_chars=120)
+    uploads = st.file_uploader(
+        "Radiographs (JPEG, PNG, DICOM; files without an extension are fine)",
+        accept_multiple_files="directory" if folder_mode else True,
+    )
+    url = st.text_input(
+        "...or paste an image URL", key="image_url", placeholder="https://example.org/film.png", help=URL_HELP
+    ).strip()
+    st.text_input("Study / patient reference for PDF reports (optional, typed by you)", key="reference", max_chars=120)
     items = classify_uploads(classifier, uploads, preset_name) if uploads else []
     if url:
         items.append(classify_url(classifier, url, preset_name))
@@ -478,5 +375,9 @@ def show_main(classifier: Classifier, preset_name: str) -> None:
 
 
 # The page list names the main page; with st.navigation, pages/ is not scanned on its own.
-st.navigation([st.Page(main, title="Classify radiographs", icon="🦴", default=True),
-               st.Page("pages/1_Model_card.py", title="Model card", icon="📄")]).run()
+st.navigation(
+    [
+        st.Page(main, title="Classify radiographs", icon="🦴", default=True),
+        st.Page("pages/1_Model_card.py", title="Model card", icon="📄"),
+    ]
+).run()

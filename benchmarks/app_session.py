@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
+
+from benchmarks.fixtures import CHROMIUM, CHROMIUM_ARGS, free_port, png_bytes, synthetic_radiograph, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,17 +30,16 @@ NOISE = {"inotify": "Inotify", "watchdog": "watchdog", "traceback": "Traceback",
 
 def log_figures(text: str) -> dict:
     lines = text.splitlines()
-    return {"log_lines": len(lines), **{f"log_{k}_lines": sum(v.lower() in line.lower() for line in lines)
-                                         for k, v in NOISE.items()}}
+    return {
+        "log_lines": len(lines),
+        **{f"log_{k}_lines": sum(v.lower() in line.lower() for line in lines) for k, v in NOISE.items()},
+    }
 
 
 def main(argv=None) -> dict:
-    import psutil
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # noqa: PLC0415  (a browser is only needed when this benchmark runs)
 
     sys.path.insert(0, str(REPO))
-    from tests.conftest import png_bytes, synthetic_radiograph
-    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, free_port, wait_healthy
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=0.0, help="keep the session going this long (log check)")
@@ -46,10 +48,25 @@ def main(argv=None) -> dict:
     url = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
     log = tempfile.NamedTemporaryFile("w+", suffix=".log")
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                               "--server.address", "127.0.0.1", "--server.headless", "true"],
-                              cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
     figures = {"cores": os.cpu_count()}
     try:
         wait_healthy(url, server)
@@ -60,8 +77,11 @@ def main(argv=None) -> dict:
             page.goto(url, wait_until="domcontentloaded")
             page.get_by_text("Not a medical device and not for diagnosis").wait_for(timeout=300_000)
             for i in range(10):
-                upload = {"name": f"x{i}.png", "mimeType": "image/png",
-                          "buffer": png_bytes((synthetic_radiograph(2500, 2000, seed=i) * 255).astype(np.uint8))}
+                upload = {
+                    "name": f"x{i}.png",
+                    "mimeType": "image/png",
+                    "buffer": png_bytes((synthetic_radiograph(2500, 2000, seed=i) * 255).astype(np.uint8)),
+                }
                 page.locator("input[type=file]").set_input_files(upload)
                 page.get_by_text(f"This session ({i + 1})").wait_for(timeout=300_000)
                 page.get_by_text("Verdict:").first.wait_for(timeout=300_000)
@@ -70,8 +90,12 @@ def main(argv=None) -> dict:
             uploads = 10
             while time.perf_counter() - started < args.minutes * 60:
                 page.locator("input[type=file]").set_input_files(
-                    {"name": f"y{uploads}.png", "mimeType": "image/png",
-                     "buffer": png_bytes((synthetic_radiograph(800, 600, seed=uploads) * 255).astype(np.uint8))})
+                    {
+                        "name": f"y{uploads}.png",
+                        "mimeType": "image/png",
+                        "buffer": png_bytes((synthetic_radiograph(800, 600, seed=uploads) * 255).astype(np.uint8)),
+                    }
+                )
                 page.get_by_text(f"This session ({uploads + 1})").wait_for(timeout=300_000)
                 uploads += 1
             figures["uploads"], figures["session_minutes"] = uploads, (time.perf_counter() - started) / 60
@@ -83,11 +107,13 @@ def main(argv=None) -> dict:
         server.wait(timeout=30)
     log.seek(0)
     figures.update(log_figures(log.read()))
-    print(f"{figures['cores']} cores: server healthy after {figures['server_healthy_s']:.1f} s, first verdict "
-          f"{figures['start_to_first_verdict_s']:.1f} s after `streamlit run`, server RSS after 10 "
-          f"predictions {figures['server_rss_after_10_mb']:.0f} MB; {figures['uploads']} uploads in "
-          f"{figures['session_minutes']:.1f} min, server log {figures['log_lines']} lines, "
-          f"{figures['log_inotify_lines']} file-watcher overflow lines, {figures['log_traceback_lines']} tracebacks")
+    print(
+        f"{figures['cores']} cores: server healthy after {figures['server_healthy_s']:.1f} s, first verdict "
+        f"{figures['start_to_first_verdict_s']:.1f} s after `streamlit run`, server RSS after 10 "
+        f"predictions {figures['server_rss_after_10_mb']:.0f} MB; {figures['uploads']} uploads in "
+        f"{figures['session_minutes']:.1f} min, server log {figures['log_lines']} lines, "
+        f"{figures['log_inotify_lines']} file-watcher overflow lines, {figures['log_traceback_lines']} tracebacks"
+    )
     print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()}))
     return figures
 

@@ -5,8 +5,8 @@ Usage: python -m benchmarks.batch [--images 200] [--cli-images 96] [--memory-ima
                                   [--skip-app] [--skip-ray]
 
 1. CLI path (read, decode, preprocess, classify) over synthetic 2,000 x 2,500 JPEGs in a
-   folder, images per second: float32 with batches one after the other (the path before
-   issue 15) against the int8 engine with decoding overlapped (the default now), and batch 1.
+   folder, images per second: float32 with batches one after the other (the path before the
+   overlap) against the int8 engine with decoding overlapped (the default now), and batch 1.
 2. Ray Data (`--engine ray`, int8) on the same folder with 1 and 2 workers, on a local
    cluster started beforehand (the cluster's start is not counted; the actors' model
    loading is).
@@ -26,10 +26,19 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
+from PIL import Image
+
+from benchmarks.fixtures import synthetic_radiograph
+from utils.adapters import ray_batch
+from utils.cli import expand_paths, predict_paths
+from utils.core.bundle import load_bundle
+from utils.core.classifier import Classifier
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
@@ -37,10 +46,7 @@ HEIGHT, WIDTH = 2500, 2000
 
 
 def synthetic_jpegs(count: int) -> list[tuple[str, bytes]]:
-    from PIL import Image
-
     sys.path.insert(0, str(REPO))
-    from tests.conftest import synthetic_radiograph
 
     base = synthetic_radiograph(HEIGHT, WIDTH, seed=0)
     files = []
@@ -67,14 +73,13 @@ assert not at.exception, at.exception
 rows = len(at.dataframe[0].value)
 print(json.dumps({"rows": rows, "rss_before_upload": before,
                   "rss_after": psutil.Process().memory_info().rss,
-                  "peak_rss": int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]) * 1024}))
+                  "peak_rss": int(next(line for line in open("/proc/self/status")
+                                       if line.startswith("VmHWM:")).split()[1]) * 1024}))
 """
 
 
 def cli_throughput(classifier, folder: Path, batch_size: int, decode_workers: int = 2) -> float:
     """The CLI's own read-decode-classify loop with a loaded model (model loading excluded)."""
-    from utils.cli import expand_paths, predict_paths
-
     paths = expand_paths([str(folder)])
     start = time.perf_counter()
     predictions = list(predict_paths(classifier, paths, "balanced", batch_size, decode_workers=decode_workers))
@@ -86,14 +91,10 @@ class TreeMemory:
     """Peak summed RSS of this process and all its descendants (Ray's raylet and workers)."""
 
     def __init__(self, interval: float = 0.2):
-        import threading
-
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self):
-        import psutil
-
         me = psutil.Process()
         while not self._stop.is_set():
             total = 0
@@ -115,29 +116,25 @@ class TreeMemory:
 
 
 def ray_throughput(folder: Path, out: Path, workers: int) -> float:
-    from utils import ray_batch
-
     paths = len(list(folder.glob("*.jpg")))
     start = time.perf_counter()
-    ray_batch.run([str(folder)], out, "jsonl", workers=workers, precision="int8", log=lambda m: None)
+    options = ray_batch.RayOptions(workers=workers, precision="int8")
+    ray_batch.run([str(folder)], out, options, log=lambda m: None)
     return paths / (time.perf_counter() - start)
 
 
 def ray_figures(folder: Path, tmp: Path, memory_images: int) -> dict:
-    import ray
-
-    from tests.conftest import synthetic_radiograph
+    import ray  # noqa: PLC0415  (Ray is optional (requirements-scale.txt))
 
     figures = {}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
         for workers in (1, 2):
             figures[f"ray_ips_{workers}_workers"] = ray_throughput(folder, tmp / f"ray_{workers}", workers)
-        from PIL import Image
-
         small = io.BytesIO()
-        Image.fromarray((synthetic_radiograph(512, 416, seed=3) * 255).astype(np.uint8)).save(small, format="JPEG",
-                                                                                                quality=90)
+        Image.fromarray((synthetic_radiograph(512, 416, seed=3) * 255).astype(np.uint8)).save(
+            small, format="JPEG", quality=90
+        )
         for count in (1000, memory_images):
             films = tmp / f"films_{count}"
             films.mkdir()
@@ -145,15 +142,14 @@ def ray_figures(folder: Path, tmp: Path, memory_images: int) -> dict:
                 (films / f"f{i:05d}.jpg").write_bytes(small.getvalue())
             start = time.perf_counter()
             with TreeMemory() as memory:
-                from utils import ray_batch
-
-                ray_batch.run([str(films)], tmp / f"out_{count}", "jsonl", workers=1, precision="int8",
-                              log=lambda m: None)
+                options = ray_batch.RayOptions(workers=1, precision="int8")
+                ray_batch.run([str(films)], tmp / f"out_{count}", options, log=lambda m: None)
             figures[f"ray_peak_rss_mb_{count}"] = memory.peak / 2**20
             figures[f"ray_seconds_{count}"] = time.perf_counter() - start
             shutil.rmtree(films)
-        figures["ray_memory_growth"] = (figures[f"ray_peak_rss_mb_{memory_images}"]
-                                        / figures["ray_peak_rss_mb_1000"] - 1.0)
+        figures["ray_memory_growth"] = (
+            figures[f"ray_peak_rss_mb_{memory_images}"] / figures["ray_peak_rss_mb_1000"] - 1.0
+        )
     finally:
         ray.shutdown()
     return figures
@@ -177,8 +173,6 @@ def main(argv=None) -> dict:
         for path in sorted(folder.glob("*.jpg"))[: args.cli_images]:
             (cli_folder / path.name).write_bytes(path.read_bytes())
         sys.path.insert(0, str(REPO))
-        from utils.bundle import load_bundle
-        from utils.classifier import Classifier
 
         bundle = load_bundle(load_keras=False)
         before, now = Classifier(bundle), Classifier(bundle, precision="int8")
@@ -190,7 +184,9 @@ def main(argv=None) -> dict:
         if not args.skip_ray:
             figures.update(ray_figures(cli_folder, folder, args.memory_images))
             for workers in (1, 2):
-                figures[f"ray_{workers}_vs_cli"] = figures[f"ray_ips_{workers}_workers"] / figures["cli_ips_int8_overlap"]
+                figures[f"ray_{workers}_vs_cli"] = (
+                    figures[f"ray_ips_{workers}_workers"] / figures["cli_ips_int8_overlap"]
+                )
         if args.skip_app:
             print_figures(figures)
             return figures
@@ -199,8 +195,14 @@ def main(argv=None) -> dict:
         for path in sorted(folder.glob("*.jpg"))[: args.images]:
             path.rename(app_folder / path.name)
         start = time.perf_counter()
-        result = subprocess.run([sys.executable, "-c", APP_MEMORY, str(app_folder)], cwd=REPO, text=True,
-                                capture_output=True, check=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        result = subprocess.run(
+            [sys.executable, "-c", APP_MEMORY, str(app_folder)],
+            cwd=REPO,
+            text=True,
+            capture_output=True,
+            check=True,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
         figures["app_batch_seconds"] = time.perf_counter() - start
         memory = json.loads(result.stdout.strip().splitlines()[-1])
     figures["app_images"] = memory["rows"]
@@ -214,24 +216,32 @@ def main(argv=None) -> dict:
 def print_figures(figures: dict) -> None:
     print(f"{figures['cores']} cores, synthetic {figures['image']}")
     print(f"CLI float32, batches in turn     {figures['cli_ips_float32_sequential']:8.2f} images/s")
-    print(f"CLI int8 + decode overlap        {figures['cli_ips_int8_overlap']:8.2f} images/s "
-          f"({figures['cli_speedup']:.2f}x; target 2.5x of 12.4 = 31.0)")
+    print(
+        f"CLI int8 + decode overlap        {figures['cli_ips_int8_overlap']:8.2f} images/s "
+        f"({figures['cli_speedup']:.2f}x; target 2.5x of 12.4 = 31.0)"
+    )
     print(f"CLI int8 + overlap, batch 1      {figures['cli_ips_int8_overlap_batch1']:8.2f} images/s")
     for workers in (1, 2):
         if f"ray_ips_{workers}_workers" in figures:
-            print(f"Ray, {workers} worker(s)                {figures[f'ray_ips_{workers}_workers']:8.2f} images/s "
-                  f"({figures[f'ray_{workers}_vs_cli']:.0%} of the CLI; target >= 85%)")
+            print(
+                f"Ray, {workers} worker(s)                {figures[f'ray_ips_{workers}_workers']:8.2f} images/s "
+                f"({figures[f'ray_{workers}_vs_cli']:.0%} of the CLI; target >= 85%)"
+            )
     if "ray_memory_growth" in figures:
         counts = sorted(int(k.rsplit("_", 1)[1]) for k in figures if k.startswith("ray_peak_rss_mb_"))
-        print(f"Ray peak RSS: {figures[f'ray_peak_rss_mb_{counts[0]}']:.0f} MB at {counts[0]} images, "
-              f"{figures[f'ray_peak_rss_mb_{counts[-1]}']:.0f} MB at {counts[-1]} "
-              f"(growth {figures['ray_memory_growth']:+.1%}; target <= 5%)")
+        print(
+            f"Ray peak RSS: {figures[f'ray_peak_rss_mb_{counts[0]}']:.0f} MB at {counts[0]} images, "
+            f"{figures[f'ray_peak_rss_mb_{counts[-1]}']:.0f} MB at {counts[-1]} "
+            f"(growth {figures['ray_memory_growth']:+.1%}; target <= 5%)"
+        )
     if "app_images" not in figures:
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}))
         return
-    print(f"app, {figures['app_images']} images in one upload: peak RSS {figures['app_peak_rss_mb']:.0f} MB "
-          f"(before upload {figures['app_rss_before_upload_mb']:.0f} MB, after {figures['app_rss_after_mb']:.0f} MB), "
-          f"{figures['app_batch_seconds']:.0f} s")
+    print(
+        f"app, {figures['app_images']} images in one upload: peak RSS {figures['app_peak_rss_mb']:.0f} MB "
+        f"(before upload {figures['app_rss_before_upload_mb']:.0f} MB, after {figures['app_rss_after_mb']:.0f} MB), "
+        f"{figures['app_batch_seconds']:.0f} s"
+    )
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}))
 
 

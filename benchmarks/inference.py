@@ -23,10 +23,21 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from benchmarks.fixtures import dicom_bytes, make_dicom, synthetic_radiograph
+from training.gradcam import build_gradcam_model, make_gradcam_heatmap
+from utils.core.bundle import load_bundle
+from utils.core.classifier import Classifier
+from utils.core.decode import decode_image_bytes
+from utils.core.inference import to_model_input
+from utils.core.preprocess import load_and_preprocess, preprocess
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
@@ -35,11 +46,7 @@ CLI_BATCH_SIZE = 8
 
 
 def synthetic_inputs() -> dict[str, bytes]:
-    from PIL import Image
-
     sys.path.insert(0, str(REPO))
-    from tests.conftest import synthetic_radiograph
-    from tests.dicom_fixtures import dicom_bytes, make_dicom
 
     image = synthetic_radiograph(HEIGHT, WIDTH, seed=1)
     buffer = io.BytesIO()
@@ -61,8 +68,6 @@ def median_seconds(fn, repeats: int, warmup: int = 3) -> float:
 
 def baseline_path(model, data: bytes):
     """The original app: tf.image decode, resize to the input size, /255, model.predict."""
-    import tensorflow as tf
-
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
     image = tf.image.resize(image, model.input_shape[1:3])
     x = tf.cast(image, tf.float32)[tf.newaxis] / 255.0
@@ -85,19 +90,17 @@ def model_flops(model) -> float:
 
 
 def matmul_rate(size: int = 2048, repeats: int = 10) -> float:
-    import tensorflow as tf
-
     a = tf.random.normal((size, size))
     b = tf.random.normal((size, size))
     seconds = median_seconds(lambda: tf.matmul(a, b).numpy(), repeats)
-    return 2.0 * size ** 3 / seconds
+    return 2.0 * size**3 / seconds
 
 
 COLD_START = r"""
 import time, sys
 t0 = time.perf_counter()
-from utils.bundle import load_bundle
-from utils.classifier import Classifier
+from utils.core.bundle import load_bundle
+from utils.core.classifier import Classifier
 classifier = Classifier(load_bundle(sys.argv[1] if len(sys.argv) > 1 else None))
 prediction = classifier.predict_bytes("x", open(sys.argv[2], "rb").read())
 print(time.perf_counter() - t0, prediction.label)
@@ -107,8 +110,8 @@ print(time.perf_counter() - t0, prediction.label)
 # parent's high-water mark across fork + exec, so it would report the benchmark's own size.
 MEMORY = r"""
 import sys, psutil, json
-from utils.bundle import load_bundle
-from utils.classifier import Classifier
+from utils.core.bundle import load_bundle
+from utils.core.classifier import Classifier
 classifier = Classifier(load_bundle(sys.argv[1] if sys.argv[1] != "-" else None))
 data = open(sys.argv[2], "rb").read()
 rss = {}
@@ -123,21 +126,19 @@ print(json.dumps({"rss_20": rss[20], "rss_200": rss[200], "peak_rss": int(hwm.sp
 
 def fresh_process(script: str, args: list[str]) -> tuple[str, float]:
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO, capture_output=True,
-                            text=True, check=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     return result.stdout.strip().splitlines()[-1], time.perf_counter() - start
 
 
 def main(argv=None) -> dict:
-    import tempfile
-
-    import tensorflow as tf
-
     sys.path.insert(0, str(REPO))
-    from utils.bundle import load_bundle
-    from utils.classifier import Classifier
-    from utils.decode import decode_image_bytes
-    from utils.preprocess import load_and_preprocess, preprocess
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
@@ -148,8 +149,13 @@ def main(argv=None) -> dict:
     bundle = load_bundle(args.model_dir)
     classifier = Classifier(bundle)
     r = args.repeats
-    figures = {"cores": os.cpu_count(), "tensorflow": tf.__version__, "repeats": r,
-               "image": f"{WIDTH}x{HEIGHT}", "engine": classifier.engine.name}
+    figures = {
+        "cores": os.cpu_count(),
+        "tensorflow": tf.__version__,
+        "repeats": r,
+        "image": f"{WIDTH}x{HEIGHT}",
+        "engine": classifier.engine.name,
+    }
     figures["baseline_s"] = median_seconds(lambda: baseline_path(bundle.model, inputs["png16"]), r)
     figures["single_png16_s"] = median_seconds(lambda: classifier.predict_bytes("x", inputs["png16"]), r)
     figures["single_dicom12_s"] = median_seconds(lambda: classifier.predict_bytes("x", inputs["dicom12"]), r)
@@ -160,8 +166,6 @@ def main(argv=None) -> dict:
     figures["preprocess_only_s"] = median_seconds(lambda: preprocess(decoded), r)
     figures["model_only_s"] = median_seconds(lambda: classifier.probabilities(model_input[None]), r)
     figures["heatmap_s"] = median_seconds(lambda: classifier.heatmap(model_input[..., 0]), r)
-    from utils.heatmap import build_gradcam_model, make_gradcam_heatmap
-    from utils.inference import to_model_input
 
     grad_model = build_gradcam_model(bundle.model)
     x = to_model_input(model_input[None])
@@ -190,32 +194,36 @@ def main(argv=None) -> dict:
     figures["heatmap_vs_single"] = figures["heatmap_s"] / figures["single_png16_s"]
     # The most any float32 path can gain on this PNG: it must still decode it and run the model.
     figures["speedup_bound_png_decode_plus_floor"] = figures["baseline_s"] / (
-        figures["png_decode_only_s"] + figures["floor_s"])
+        figures["png_decode_only_s"] + figures["floor_s"]
+    )
 
-    rows = [("baseline: tf.image + model.predict", figures["baseline_s"] * 1e3, "ms"),
-            ("single image, 16-bit PNG, end to end", figures["single_png16_s"] * 1e3, "ms"),
-            ("single image, 12-bit DICOM, end to end", figures["single_dicom12_s"] * 1e3, "ms"),
-            ("  of which decode + preprocess", figures["decode_preprocess_s"] * 1e3, "ms"),
-            ("    decode alone (Pillow, 16-bit PNG)", figures["png_decode_only_s"] * 1e3, "ms"),
-            ("    preprocess alone", figures["preprocess_only_s"] * 1e3, "ms"),
-            ("  of which model + calibration", figures["model_only_s"] * 1e3, "ms"),
-            ("Grad-CAM heatmap (serving: from the forward pass)", figures["heatmap_s"] * 1e3, "ms"),
-            ("Grad-CAM with tf.GradientTape (reference)", figures["heatmap_gradient_tape_s"] * 1e3, "ms"),
-            ("throughput, batch 1", figures["throughput_batch1_ips"], "img/s"),
-            (f"throughput, batch {CLI_BATCH_SIZE}", figures["throughput_batch_ips"], "img/s"),
-            ("cold start to first verdict (in process)", figures["cold_start_in_process_s"], "s"),
-            ("cold start incl. interpreter", figures["cold_start_wall_s"], "s"),
-            ("peak RSS, 200 predictions", figures["peak_rss_mb"], "MB"),
-            ("RSS growth, prediction 20 -> 200", figures["rss_growth_20_to_200"] * 100, "%"),
-            ("model FLOPs per image", figures["model_gflops"], "GFLOP"),
-            ("float32 matmul rate", figures["matmul_gflops_per_s"], "GFLOP/s"),
-            ("float32 floor (FLOPs / matmul rate)", figures["floor_s"] * 1e3, "ms"),
-            ("speed-up vs baseline", figures["speedup_vs_baseline"], "x"),
-            ("single image / floor", figures["single_vs_floor"], "x"),
-            ("heatmap / single image", figures["heatmap_vs_single"], "x"),
-            ("speed-up bound: baseline / (PNG decode + floor)", figures["speedup_bound_png_decode_plus_floor"], "x")]
-    print(f"{os.cpu_count()} cores, TensorFlow {tf.__version__}, serving engine {classifier.engine.name}, "
-          f"medians of {r}")
+    rows = [
+        ("baseline: tf.image + model.predict", figures["baseline_s"] * 1e3, "ms"),
+        ("single image, 16-bit PNG, end to end", figures["single_png16_s"] * 1e3, "ms"),
+        ("single image, 12-bit DICOM, end to end", figures["single_dicom12_s"] * 1e3, "ms"),
+        ("  of which decode + preprocess", figures["decode_preprocess_s"] * 1e3, "ms"),
+        ("    decode alone (Pillow, 16-bit PNG)", figures["png_decode_only_s"] * 1e3, "ms"),
+        ("    preprocess alone", figures["preprocess_only_s"] * 1e3, "ms"),
+        ("  of which model + calibration", figures["model_only_s"] * 1e3, "ms"),
+        ("Grad-CAM heatmap (serving: from the forward pass)", figures["heatmap_s"] * 1e3, "ms"),
+        ("Grad-CAM with tf.GradientTape (reference)", figures["heatmap_gradient_tape_s"] * 1e3, "ms"),
+        ("throughput, batch 1", figures["throughput_batch1_ips"], "img/s"),
+        (f"throughput, batch {CLI_BATCH_SIZE}", figures["throughput_batch_ips"], "img/s"),
+        ("cold start to first verdict (in process)", figures["cold_start_in_process_s"], "s"),
+        ("cold start incl. interpreter", figures["cold_start_wall_s"], "s"),
+        ("peak RSS, 200 predictions", figures["peak_rss_mb"], "MB"),
+        ("RSS growth, prediction 20 -> 200", figures["rss_growth_20_to_200"] * 100, "%"),
+        ("model FLOPs per image", figures["model_gflops"], "GFLOP"),
+        ("float32 matmul rate", figures["matmul_gflops_per_s"], "GFLOP/s"),
+        ("float32 floor (FLOPs / matmul rate)", figures["floor_s"] * 1e3, "ms"),
+        ("speed-up vs baseline", figures["speedup_vs_baseline"], "x"),
+        ("single image / floor", figures["single_vs_floor"], "x"),
+        ("heatmap / single image", figures["heatmap_vs_single"], "x"),
+        ("speed-up bound: baseline / (PNG decode + floor)", figures["speedup_bound_png_decode_plus_floor"], "x"),
+    ]
+    print(
+        f"{os.cpu_count()} cores, TensorFlow {tf.__version__}, serving engine {classifier.engine.name}, medians of {r}"
+    )
     for name, value, unit in rows:
         print(f"{name:<50} {value:>10.2f} {unit}")
     print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in figures.items()}))

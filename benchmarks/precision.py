@@ -4,7 +4,7 @@ Usage: python -m benchmarks.precision [--repeats 30] [--representative 100]
 
 For each candidate it prints the model-only latency (batch 1, median after warm-up) and the
 largest |p - p_float32| of the calibrated probabilities over the whole test split, against the
-limit of 0.01 that issue 6 sets. The reference is the bundle's float32 LiteRT file (itself
+limit of 0.01 that the equivalence check sets. The reference is the bundle's float32 LiteRT file (itself
 within 2.2e-6 of Keras). Candidates, all converted here from model/ into a temporary folder:
 - LiteRT dynamic-range int8 (int8 weights, activations quantized on the fly);
 - LiteRT full int8 (activations calibrated on --representative training images);
@@ -22,54 +22,54 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import openvino as ov
+
+from benchmarks.inference import median_seconds
+from training.data import default_data_dir, read_split
+from training.features import build_image_cache
+from training.litert import MAX_PROBABILITY_DIFFERENCE, convert
+from utils.core.bundle import load_bundle
+from utils.core.engines import LiteRTEngine
+from utils.core.inference import calibrated_probabilities, to_model_input
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def litert_logits(path: Path):
-    from utils.runtime import LiteRTEngine
-
     engine = LiteRTEngine(path)
     return lambda x: engine(x)["logits"]
 
 
 def openvino_logits(path: Path, precision: str):
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": precision,
-                                                     "PERFORMANCE_HINT": "LATENCY"})
-    logits = next(o for o in compiled.outputs if o.get_partial_shape().rank.get_length() == 2
-                  and o.get_partial_shape()[-1].get_length() == 3)
+    compiled = ov.Core().compile_model(
+        path, "CPU", {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    )
+    logits = next(
+        o
+        for o in compiled.outputs
+        if o.get_partial_shape().rank.get_length() == 2 and o.get_partial_shape()[-1].get_length() == 3
+    )
     request = compiled.create_infer_request()
     return lambda x: request.infer({0: x})[logits]
 
 
 def logits_one_by_one(run, images: np.ndarray) -> np.ndarray:
     """Logits of (N, S, S) uint8 model inputs, at batch 1 as served."""
-    from utils.inference import to_model_input
-
-    return np.concatenate([run(to_model_input(images[i:i + 1, ..., None])) for i in range(len(images))])
+    return np.concatenate([run(to_model_input(images[i : i + 1, ..., None])) for i in range(len(images))])
 
 
 def agreement(run, reference: np.ndarray, images: np.ndarray, temperature: float) -> dict:
-    from utils.inference import calibrated_probabilities
-
     p = calibrated_probabilities(logits_one_by_one(run, images), temperature)
     q = calibrated_probabilities(reference, temperature)
     difference = np.abs(p - q).max(axis=1)
-    return {"max_abs_probability_difference": float(difference.max()),
-            "p99_abs_probability_difference": float(np.quantile(difference, 0.99)),
-            "label_agreement": float((p.argmax(1) == q.argmax(1)).mean())}
+    return {
+        "max_abs_probability_difference": float(difference.max()),
+        "p99_abs_probability_difference": float(np.quantile(difference, 0.99)),
+        "label_agreement": float((p.argmax(1) == q.argmax(1)).mean()),
+    }
 
 
 def main(argv=None) -> dict:
-    from benchmarks.inference import median_seconds
-    from training.data import default_data_dir, read_split
-    from training.features import build_image_cache
-    from training.litert import MAX_PROBABILITY_DIFFERENCE, convert
-    from utils.bundle import load_bundle
-    from utils.inference import to_model_input
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--representative", type=int, default=100)
@@ -81,8 +81,9 @@ def main(argv=None) -> dict:
     by_split = {name: [r for r in rows if r["split"] == name] for name in ("train", "test")}
     test = build_image_cache(by_split["test"], default_data_dir(), args.cache_dir)
     rng = np.random.default_rng(0)
-    train_rows = [by_split["train"][i] for i in
-                  sorted(rng.choice(len(by_split["train"]), args.representative, replace=False))]
+    train_rows = [
+        by_split["train"][i] for i in sorted(rng.choice(len(by_split["train"]), args.representative, replace=False))
+    ]
     representative = build_image_cache(train_rows, default_data_dir(), args.cache_dir)
     temperature = bundle.metadata["temperature"]
     one = to_model_input(test[:1, ..., None])
@@ -93,29 +94,38 @@ def main(argv=None) -> dict:
     def median_ms(fn) -> float:
         return median_seconds(fn, args.repeats, warmup=5) * 1e3
 
-    results = {"float32 LiteRT (shipped)": {"ms": median_ms(lambda: float32(one)),
-                                            "max_abs_probability_difference": 0.0,
-                                            "p99_abs_probability_difference": 0.0, "label_agreement": 1.0}}
+    results = {
+        "float32 LiteRT (shipped)": {
+            "ms": median_ms(lambda: float32(one)),
+            "max_abs_probability_difference": 0.0,
+            "p99_abs_probability_difference": 0.0,
+            "label_agreement": 1.0,
+        }
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for name, images in (("int8 dynamic range LiteRT", None), ("int8 full integer LiteRT", representative)):
-            run = litert_logits(convert(bundle.model_path, Path(tmp) / f"{len(results)}.tflite",
-                                        int8=True, representative=images))
-            results[name] = {"ms": median_ms(lambda run=run: run(one)),
-                             **agreement(run, reference, test, temperature)}
+            run = litert_logits(
+                convert(bundle.model_path, Path(tmp) / f"{len(results)}.tflite", int8=True, representative=images)
+            )
+            results[name] = {"ms": median_ms(lambda run=run: run(one)), **agreement(run, reference, test, temperature)}
     try:
-        import openvino  # noqa: F401
+        import openvino  # noqa: F401, PLC0415  (an optional engine, probed when installed)
     except ImportError:
         print("openvino not installed: bfloat16 skipped")
     else:
         run = openvino_logits(bundle.litert_path, "bf16")
-        results["bfloat16 OpenVINO"] = {"ms": median_ms(lambda: run(one)),
-                                        **agreement(run, reference, test, temperature)}
+        results["bfloat16 OpenVINO"] = {
+            "ms": median_ms(lambda: run(one)),
+            **agreement(run, reference, test, temperature),
+        }
 
     print(f"{os.cpu_count()} cores, {len(test)} test images, limit |dp| <= {MAX_PROBABILITY_DIFFERENCE}")
     print(f"{'candidate':<28} {'ms':>7} {'max |dp|':>9} {'p99 |dp|':>9} {'same label':>10}")
     for name, r in results.items():
-        print(f"{name:<28} {r['ms']:>7.1f} {r['max_abs_probability_difference']:>9.4f} "
-              f"{r['p99_abs_probability_difference']:>9.4f} {r['label_agreement']:>10.3f}")
+        print(
+            f"{name:<28} {r['ms']:>7.1f} {r['max_abs_probability_difference']:>9.4f} "
+            f"{r['p99_abs_probability_difference']:>9.4f} {r['label_agreement']:>10.3f}"
+        )
     print(json.dumps({"cores": os.cpu_count(), "n_test": len(test), **results}))
     return results
 

@@ -6,7 +6,7 @@ import re
 
 import streamlit as st
 
-from utils.bundle import ModelBundleError, bundle_dir, read_metadata
+from utils.core.bundle import ModelBundleError, bundle_dir, read_metadata
 
 st.set_page_config(page_title="Model card · Bone X-ray Classifier", page_icon="🦴", layout="wide")
 directory = bundle_dir()
@@ -26,5 +26,5 @@ if plots:
     st.header("Evaluation plots")
     per_row = 3
     for start in range(0, len(plots), per_row):
-        for column, plot in zip(st.columns(per_row), plots[start:start + per_row]):
+        for column, plot in zip(st.columns(per_row), plots[start : start + per_row]):
             column.image(str(plot), caption=plot.stem.replace("_", " "))

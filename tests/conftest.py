@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks.fixtures import png_bytes, synthetic_radiograph  # noqa: F401  (the tests import them from here)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BONE_XRAY_DATA", REPO.parent / "shared" / "data"))
-
-
-def synthetic_radiograph(height: int = 480, width: int = 400, seed: int = 0) -> np.ndarray:
-    """A dark field with a bright 'bone' and a darker gap across it: 2-D float in [0, 1]."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    image = 0.08 + 0.03 * rng.standard_normal((height, width))
-    shaft = np.abs(xx - width * (0.45 + 0.1 * rng.random())) < width * 0.08
-    image[shaft] += 0.6
-    gap = np.abs(yy - height * (0.3 + 0.4 * rng.random())) < 3
-    image[shaft & gap] -= 0.4
-    return np.clip(image, 0, 1).astype(np.float32)
-
-
-def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(array, mode=mode).save(buffer, format="PNG") if mode else \
-        Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -56,8 +36,8 @@ def bundle_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def classifier(bundle_dir):
-    from utils.bundle import load_bundle
-    from utils.classifier import Classifier
+    from utils.core.bundle import load_bundle
+    from utils.core.classifier import Classifier
 
     return Classifier(load_bundle(bundle_dir))
 

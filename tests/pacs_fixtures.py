@@ -15,10 +15,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (ComprehensiveSRStorage, DigitalXRayImageStorageForPresentation, EncapsulatedPDFStorage,
-                         ExplicitVRLittleEndian, GrayscaleSoftcopyPresentationStateStorage, JPEG2000Lossless,
-                         JPEGBaseline8Bit, RLELossless, generate_uid)
+from pydicom.uid import (
+    ComprehensiveSRStorage,
+    DigitalXRayImageStorageForPresentation,
+    EncapsulatedPDFStorage,
+    ExplicitVRLittleEndian,
+    GrayscaleSoftcopyPresentationStateStorage,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    RLELossless,
+    generate_uid,
+)
 
+from benchmarks.fixtures import free_port
 from tests.conftest import synthetic_radiograph
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
@@ -35,12 +44,6 @@ end
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Orthanc:
     url: str  # the DICOMweb root
@@ -48,7 +51,7 @@ class Orthanc:
     log: Path
 
     def client(self, user: str = "writer"):
-        from utils.pacs import PacsConfig, connect
+        from utils.adapters.pacs import PacsConfig, connect
 
         return connect(PacsConfig(url=self.url, username=user, password=USERS[user]))
 
@@ -189,7 +192,7 @@ def presentation_state(study: Dataset, series_uid: str, number: int) -> Dataset:
 
 
 def upload(server: Orthanc, datasets: list[Dataset], batch: int = 50) -> None:
-    from utils.pacs import as_part10
+    from utils.adapters.pacs import as_part10
 
     client = server.client()
     for start in range(0, len(datasets), batch):

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.backbones import (EFFICIENTNET_LITE2_SHA256, efficientnet_lite2_weights, lite_blocks, port_check,
-                                read_legacy_torch, sha256_of)
+from training.backbones import (
+    EFFICIENTNET_LITE2_SHA256,
+    efficientnet_lite2_weights,
+    lite_blocks,
+    port_check,
+    read_legacy_torch,
+    sha256_of,
+)
 
 CAT_CLASSES = range(281, 286)  # ImageNet's domestic cats
 COFFEE_CLASSES = {967, 968, 504}  # espresso, cup, coffee mug
@@ -40,7 +46,7 @@ def test_the_port_recognises_photographs(lite2_weights):
 @pytest.mark.parametrize("backbone", ["small_cnn", "efficientnet_lite2"])
 def test_each_backbone_gets_the_two_stage_head(backbone, lite2_weights):
     from training.model import build_two_stage_classifier, training_view
-    from utils.inference import softmax
+    from utils.core.inference import softmax
 
     weights = lite2_weights if backbone == "efficientnet_lite2" else None
     model = build_two_stage_classifier(weights, size=96, backbone=backbone)

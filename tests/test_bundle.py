@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from utils.bundle import ModelBundleError, load_bundle
+from utils.core.bundle import ModelBundleError, load_bundle
 
 
 def write_bundle(folder, payload: bytes, sha=None):

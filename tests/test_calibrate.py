@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.calibrate import (any_fracture_threshold, expected_calibration_error, fit_class_weights,
-                                fit_temperature)
-from utils.inference import calibrated_probabilities
+from training.calibrate import any_fracture_threshold, expected_calibration_error, fit_class_weights, fit_temperature
+from utils.core.inference import calibrated_probabilities
 
 
 def overconfident_logits(n=3000, seed=0):
@@ -52,7 +51,7 @@ def test_class_weights_help_a_rare_class():
 
 def test_uncertainty_thresholds_reach_the_covered_accuracy():
     from training.calibrate import fit_uncertainty_thresholds
-    from utils.inference import decide
+    from utils.core.inference import decide
 
     logits, labels = overconfident_logits(n=2000, seed=3)
     probs = calibrated_probabilities(logits, fit_temperature(logits, labels))

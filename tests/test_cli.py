@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import REPO, png_bytes, synthetic_radiograph
 from tests.dicom_fixtures import dicom_bytes, make_dicom, ramp
 from utils import cli
-from utils.inference import CLASSES
+from utils.core.inference import CLASSES
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import png_bytes, synthetic_radiograph
-from utils.decode import (InputError, crop_truncated_rows, decode_image_bytes, is_dicom, pixel_array)
+from utils.core.decode import InputError, crop_truncated_rows, decode_image_bytes, is_dicom, pixel_array
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

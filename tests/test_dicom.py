@@ -6,10 +6,16 @@ import numpy as np
 import pytest
 from pydicom.uid import JPEGLSLossless, RLELossless
 
-from tests.dicom_fixtures import (SECRET_PATIENT_ID, SECRET_PATIENT_NAME, dicom_bytes,
-                                  encapsulated_garbage, make_dicom, ramp)
-from utils.decode import InputError, decode_image_bytes
-from utils.preprocess import preprocess
+from tests.dicom_fixtures import (
+    SECRET_PATIENT_ID,
+    SECRET_PATIENT_NAME,
+    dicom_bytes,
+    encapsulated_garbage,
+    make_dicom,
+    ramp,
+)
+from utils.core.decode import InputError, decode_image_bytes
+from utils.core.preprocess import preprocess
 
 
 def decode(ds):

@@ -15,7 +15,7 @@ from PIL import Image
 from tests.conftest import REPO, png_bytes, synthetic_radiograph
 from tests.dicom_fixtures import dicom_bytes, make_dicom, ramp
 from utils import cli
-from utils.inference import CLASSES
+from utils.core.inference import CLASSES
 
 APP = str(REPO / "app.py")
 README = (REPO / "README.md").read_text()
@@ -59,7 +59,7 @@ def test_the_cli_exits_1_for_a_truncated_film_and_still_records_it(tmp_path, cap
 
 
 def test_dicom_with_short_pixel_data_is_refused_not_repaired():
-    from utils.decode import InputError, decode_image_bytes
+    from utils.core.decode import InputError, decode_image_bytes
 
     ds = make_dicom(ramp(256, 200))
     ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
@@ -69,8 +69,8 @@ def test_dicom_with_short_pixel_data_is_refused_not_repaired():
 
 def test_the_ray_adapter_marks_a_truncated_film_like_the_local_path(bundle_dir):
     pytest.importorskip("ray")
-    from utils.ray_batch import ClassifyBatch, decode_batch, warning_list
-    from utils.decode import is_incomplete_warning
+    from utils.adapters.ray_batch import ClassifyBatch, decode_batch, warning_list
+    from utils.core.decode import is_incomplete_warning
 
     batch = {"path": np.array(["cut.jpg", "whole.jpg"], dtype=object),
              "bytes": np.array([truncated(film_jpeg(4)), film_jpeg(4)], dtype=object)}
@@ -106,7 +106,7 @@ def test_the_app_and_the_cli_give_one_film_one_verdict(seed, bundle_dir, tmp_pat
 
 
 def test_one_setting_chooses_the_engine_for_every_path(monkeypatch, bundle_dir):
-    from utils.bundle import ModelBundleError, read_metadata, serving_precision
+    from utils.core.bundle import ModelBundleError, read_metadata, serving_precision
 
     metadata = read_metadata(bundle_dir)
     monkeypatch.delenv("BONE_XRAY_PRECISION", raising=False)
@@ -126,7 +126,7 @@ class AlwaysUnfamiliar:
     threshold = 0.0
 
     def __init__(self):
-        from utils.guard import FEATURE_MESSAGE
+        from utils.core.guard import FEATURE_MESSAGE
 
         self.message = FEATURE_MESSAGE
 
@@ -138,10 +138,10 @@ def test_a_film_unlike_the_training_films_is_not_called_not_a_radiograph(bundle_
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    import utils.guard
+    import utils.core.guard
 
     monkeypatch.setenv("BONE_XRAY_MODEL_DIR", str(bundle_dir))
-    monkeypatch.setattr(utils.guard, "load_guard", lambda path: AlwaysUnfamiliar())
+    monkeypatch.setattr(utils.core.guard, "load_guard", lambda path: AlwaysUnfamiliar())
     st.cache_resource.clear()
     try:
         at = AppTest.from_file(APP, default_timeout=180)
@@ -175,7 +175,7 @@ def test_the_pdf_lays_out_the_model_hash_on_its_own_line():
 
 
 def test_the_cli_messages_do_not_ask_to_upload():
-    from utils.decode import InputError, decode_image_bytes
+    from utils.core.decode import InputError, decode_image_bytes
 
     for data in (b"", b"just some text, not an image"):
         with pytest.raises(InputError) as error:

@@ -137,7 +137,7 @@ def three(p_any: float, p_severe: float) -> np.ndarray:
 
 
 def test_the_two_stage_verdict_decides_fracture_first_then_severity():
-    from utils.inference import decide
+    from utils.core.inference import decide
 
     assert decide(three(0.1, 0.99), TWO_STAGE) == ("healthy", False)  # severity is not asked of a healthy film
     assert decide(three(0.9, 0.2), TWO_STAGE) == ("fractured", False)
@@ -145,7 +145,7 @@ def test_the_two_stage_verdict_decides_fracture_first_then_severity():
 
 
 def test_the_fracture_threshold_and_band_at_their_edges():
-    from utils.inference import decide, logit
+    from utils.core.inference import decide, logit
 
     t, band = TWO_STAGE["fracture_threshold"], TWO_STAGE["fracture_band"]
     assert decide(three(t, 0.0), TWO_STAGE)[0] == "fractured"  # at the threshold: a fracture
@@ -162,7 +162,7 @@ def test_the_fracture_threshold_and_band_at_their_edges():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_a_film_most_probably_healthy_is_never_called_beyond_repair(seed):
-    from utils.inference import decide
+    from utils.core.inference import decide
 
     rng = np.random.default_rng(seed)
     low_threshold = {**TWO_STAGE, "fracture_threshold": 0.05, "severity_threshold": 0.1}
@@ -207,7 +207,7 @@ def synthetic_films(count: int, seed: int) -> list[tuple[str, bytes]]:
 def test_the_radiograph_guard_passes_radiograph_like_films_and_flags_photos(classifier, tmp_path):
     from training.non_radiographs import make_non_radiographs
     from training.radiograph_guard import features_of, fit_guard, inputs_of
-    from utils.guard import NOT_RADIOGRAPH_MESSAGE, RadiographGuard, load_guard
+    from utils.core.guard import NOT_RADIOGRAPH_MESSAGE, RadiographGuard, load_guard
 
     size = classifier.bundle.input_size
 

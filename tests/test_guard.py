@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO, SHARED_DATA, png_bytes, synthetic_radiograph
-from utils.decode import decode_image_bytes
-from utils.guard import (FLAT_MESSAGE, MAX_COLOUR_FRACTION, FeatureGuard, fit_feature_guard,
-                         mahalanobis_distance, screen_decoded)
+from training.guard_fit import fit_feature_guard
+from utils.core.decode import decode_image_bytes
+from utils.core.guard import FLAT_MESSAGE, MAX_COLOUR_FRACTION, FeatureGuard, mahalanobis_distance, screen_decoded
 
 
 def rgb_png(array: np.ndarray) -> bytes:

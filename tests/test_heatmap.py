@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import png_bytes, synthetic_radiograph
-from utils.heatmap import (build_gradcam_model, class_activation_maps, make_gradcam_heatmap,
-                           overlay_heatmap)
-from utils.inference import to_model_input
-from utils.preprocess import preprocess
+from training.gradcam import build_gradcam_model, make_gradcam_heatmap
+from utils.core.heatmap import class_activation_maps, overlay_heatmap
+from utils.core.inference import to_model_input
+from utils.core.preprocess import preprocess
 
 
 def test_served_heatmap_is_the_models_own_map_and_grad_cam_stays_the_reference(classifier):
@@ -18,7 +18,7 @@ def test_served_heatmap_is_the_models_own_map_and_grad_cam_stays_the_reference(c
     Grad-CAM by GradientTape is computed for every class as the reference."""
     import keras
 
-    from utils.runtime import has_localisation
+    from utils.core.engines import has_localisation
 
     model = classifier.bundle.model
     served = classifier.predict_bytes("x.png", png_bytes((synthetic_radiograph(seed=4) * 255).astype(np.uint8)))

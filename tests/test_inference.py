@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from utils.inference import calibrated_probabilities, decide
+from utils.core.inference import calibrated_probabilities, decide
 
 
 def test_plain_argmax_without_weights():

@@ -47,3 +47,39 @@ def test_the_workflow_runs_the_readme_test_command_and_checks_health():
     text = (REPO / ".github" / "workflows" / "ci.yml").read_text()
     assert "bash scripts/test.sh" in text and 'python-version: "3.11"' in text and "cache: pip" in text
     assert "/_stcore/health" in text and "ghcr.io" in text and "refs/tags/v" in text
+
+
+def test_the_python_code_passes_ruff():
+    """pyproject.toml's rules: pyflakes, pycodestyle, isort, bugbear, pyupgrade, complexity,
+    arguments and statements per function, imports at the top."""
+    result = subprocess.run([linter("ruff"), "check", "--no-cache", "--output-format", "concise", "."],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_python_code_keeps_ruff_format_layout():
+    folders = ["utils", "ui", "training", "benchmarks", "scripts", "pages", "app.py"]
+    result = subprocess.run([linter("ruff"), "format", "--no-cache", "--check", *folders], capture_output=True,
+                            text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_utils_passes_mypy():
+    """Strict on utils/core/, checked function bodies elsewhere in utils/ (pyproject.toml)."""
+    result = subprocess.run([linter("mypy"), "--no-incremental"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_and_mypy_do_find_errors(tmp_path):
+    """Guards the tests above: each fails on a file with a known mistake, under the project's settings."""
+    bad = tmp_path / "utils" / "core" / "bad.py"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("import os\n\n\ndef half(value):\n    return value / 2\n")
+    for folder in (tmp_path / "utils", bad.parent):
+        (folder / "__init__.py").write_text("")
+    config = ["--config", str(REPO / "pyproject.toml")]
+    ruff = subprocess.run([linter("ruff"), "check", "--no-cache", *config, str(bad)], capture_output=True, text=True)
+    assert ruff.returncode != 0 and "F401" in ruff.stdout
+    mypy = subprocess.run([linter("mypy"), "--no-incremental", "--config-file", str(REPO / "pyproject.toml"),
+                           "utils"], capture_output=True, text=True, cwd=tmp_path)
+    assert mypy.returncode != 0 and "no-untyped-def" in mypy.stdout, mypy.stdout

@@ -1,5 +1,5 @@
 """The PACS adapter against a real Orthanc over DICOMweb: the CLI round trip (QIDO, WADO,
-STOW), the result objects (SR, Secondary Capture) and every bad input of issue 14."""
+STOW), the result objects (SR, Secondary Capture) and every bad input a PACS can send."""
 
 from __future__ import annotations
 
@@ -13,10 +13,32 @@ import tracemalloc
 import pytest
 from pydicom.uid import generate_uid
 
-from tests.pacs_fixtures import (COMPRESSIONS, PATIENT_ID, PATIENT_NAME, USERS, CuttingProxy, encapsulated_pdf, film,
-                                 free_port, new_study, presentation_state, start_orthanc, stop_orthanc,
-                                 structured_report, upload)
-from utils.pacs import PacsConfig, PacsError, connect, find_studies, run_study, study_filters
+from tests.pacs_fixtures import (
+    COMPRESSIONS,
+    PATIENT_ID,
+    PATIENT_NAME,
+    USERS,
+    CuttingProxy,
+    encapsulated_pdf,
+    film,
+    free_port,
+    new_study,
+    presentation_state,
+    start_orthanc,
+    stop_orthanc,
+    structured_report,
+    upload,
+)
+from utils.adapters.pacs import (
+    PacsConfig,
+    PacsError,
+    StudyOptions,
+    StudyStream,
+    connect,
+    find_studies,
+    run_study,
+    study_filters,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHI = (PATIENT_NAME, PATIENT_NAME.split("^")[0], PATIENT_ID)
@@ -141,8 +163,8 @@ def test_the_records_are_those_of_predict_on_the_same_files(round_trip, study, c
     """The PACS path is the local path: the same bytes give the same probabilities (on the one
     engine every path serves)."""
     from tests.dicom_fixtures import dicom_bytes
-    from utils.bundle import serving_precision
-    from utils.classifier import Classifier
+    from utils.core.bundle import serving_precision
+    from utils.core.classifier import Classifier
 
     served = Classifier(classifier.bundle, precision=serving_precision(classifier.bundle.metadata))
     by_uid = {r["sop_instance_uid"]: r for r in round_trip["records"]}
@@ -288,8 +310,10 @@ def test_monochrome1_compressed_and_multiframe_films(orthanc, classifier):
         datasets[name] = film(study, series, 4 + i, seed=11, transfer_syntax=syntax)
     upload(orthanc, list(datasets.values()))
     records = {}
-    run = run_study(orthanc.client(), classifier, study.StudyInstanceUID, "balanced",
-                    on_record=lambda record, prediction: records.__setitem__(record["sop_instance_uid"], record))
+    stream = StudyStream(orthanc.client(), classifier, study.StudyInstanceUID, StudyOptions("balanced"))
+    for item in stream:
+        records[item.record()["sop_instance_uid"]] = item.record()
+    run = stream.run
     assert run.failed == 0 and run.classified == len(datasets)
     by_name = {name: records[d.SOPInstanceUID] for name, d in datasets.items()}
     plain = by_name["plain"]["probabilities"]
@@ -314,9 +338,12 @@ def test_a_500_instance_series_streams_in_flat_memory(orthanc, classifier):
 
     tracemalloc.start()
     try:
-        run = run_study(orthanc.client(), classifier, study.StudyInstanceUID, "balanced", batch_size=16,
-                        on_record=on_record, on_images=lambda n: progress.append(("total", n)),
-                        progress=lambda k: progress.append(("step", k)))
+        stream = StudyStream(orthanc.client(), classifier, study.StudyInstanceUID, StudyOptions("balanced", 16))
+        progress.append(("total", len(stream)))
+        for item in stream:
+            on_record(item.record(), item.prediction)
+            progress.append(("step", 1))
+        run = stream.run
     finally:
         tracemalloc.stop()
     assert run.classified == 500 and len(set(seen)) == 500
@@ -377,7 +404,7 @@ def test_configuration_from_secrets_and_environment():
 
 def test_the_result_objects_keep_only_their_inputs(classifier):
     """The SR builder is pure: the same entries give the same content apart from new UIDs."""
-    from utils.dicom_results import build_results_sr
+    from utils.adapters.dicom_results import build_results_sr
 
     study = new_study()
     source = film(study, generate_uid(), 1)

@@ -8,7 +8,17 @@ from pydicom.uid import generate_uid
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import REPO
-from tests.pacs_fixtures import PATIENT_ID, PATIENT_NAME, USERS, film, free_port, new_study, start_orthanc, stop_orthanc, upload
+from tests.pacs_fixtures import (
+    PATIENT_ID,
+    PATIENT_NAME,
+    USERS,
+    film,
+    free_port,
+    new_study,
+    start_orthanc,
+    stop_orthanc,
+    upload,
+)
 from tests.test_pacs import series_of
 
 APP = str(REPO / "app.py")

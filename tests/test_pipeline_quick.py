@@ -55,8 +55,8 @@ def synthetic_knee_check(root, n=6):
 
 def test_quick_pipeline_produces_a_loadable_bundle(tmp_path):
     from training import pipeline
-    from utils.bundle import load_bundle
-    from utils.classifier import Classifier
+    from utils.core.bundle import load_bundle
+    from utils.core.classifier import Classifier
 
     data = tmp_path / "data"
     synthetic_dataset(data)
@@ -94,7 +94,7 @@ def test_quick_pipeline_produces_a_loadable_bundle(tmp_path):
 
 def test_image_cache_at_a_study_size_keeps_its_own_file(tmp_path):
     from training.features import build_image_cache
-    from utils.preprocess import INPUT_SIZE
+    from utils.core.preprocess import INPUT_SIZE
 
     data, cache = tmp_path / "data", tmp_path / "cache"
     synthetic_dataset(data, groups_per_class=2)

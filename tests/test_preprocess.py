@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from tests.conftest import png_bytes, synthetic_radiograph
-from utils.preprocess import (INPUT_SIZE, crop_uniform_border, letterbox_resize, load_and_preprocess,
-                              percentile_range, preprocess, stretch_contrast)
+from utils.core.preprocess import (
+    INPUT_SIZE,
+    crop_uniform_border,
+    letterbox_resize,
+    load_and_preprocess,
+    percentile_range,
+    preprocess,
+    stretch_contrast,
+)
 
 
 def test_output_shape_dtype_and_full_range(radiograph):
@@ -81,7 +88,7 @@ def test_training_cache_equals_serving_input(tmp_path):
 
 
 def test_large_images_are_brought_to_training_scale(radiograph):
-    from utils.preprocess import MAX_WORKING_SIDE, limit_size
+    from utils.core.preprocess import MAX_WORKING_SIDE, limit_size
 
     big = np.kron(radiograph, np.ones((6, 6), np.float32))  # 2880 x 2400
     assert max(limit_size(big).shape) == MAX_WORKING_SIDE
@@ -92,7 +99,7 @@ def test_large_images_are_brought_to_training_scale(radiograph):
 
 def test_geometry_maps_image_points_into_the_model_input():
     """A bright dot lands where Geometry.to_model says, through downscale, crop and letterbox."""
-    from utils.preprocess import preprocess_with_geometry
+    from utils.core.preprocess import preprocess_with_geometry
 
     rng = np.random.default_rng(0)
     image = np.zeros((1500, 2400), dtype=np.float32)  # larger than the working size

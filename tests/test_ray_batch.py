@@ -65,7 +65,7 @@ def local_records(paths: list[str], tmp_path) -> list[dict]:
 
 
 def ray_records(output) -> list[dict]:
-    from utils.ray_batch import read_records
+    from utils.adapters.ray_batch import read_records
 
     return read_records(output, "jsonl")
 
@@ -122,8 +122,8 @@ def test_a_rerun_skips_what_is_recorded(local_ray, archive, tmp_path):
 
 
 def test_csv_and_parquet_writers(local_ray, archive, tmp_path):
+    from utils.adapters.ray_batch import read_records
     from utils.cli import main
-    from utils.ray_batch import read_records
     from utils.report import CSV_COLUMNS
 
     source = str(archive / "ward_b")

@@ -15,8 +15,8 @@ from tests.conftest import REPO, png_bytes, synthetic_radiograph
 from tests.dicom_fixtures import SECRET_PATIENT_ID, SECRET_PATIENT_NAME, dicom_bytes, make_dicom, ramp
 from tests.hostile_corpus import EXPECT, build_corpus
 from utils import cli
-from utils.decode import DecodedImage, InputError, decode_image_bytes
-from utils.preprocess import INPUT_SIZE, load_and_preprocess
+from utils.core.decode import DecodedImage, InputError, decode_image_bytes
+from utils.core.preprocess import INPUT_SIZE, load_and_preprocess
 
 CORPUS = build_corpus()
 

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, png_bytes, synthetic_radiograph
-from utils.bundle import ModelBundleError, load_bundle
-from utils.classifier import Classifier
-from utils.preprocess import INPUT_SIZE
+from utils.core.bundle import ModelBundleError, load_bundle
+from utils.core.classifier import Classifier
+from utils.core.preprocess import INPUT_SIZE
 
 
 def test_litert_and_keras_engines_agree(classifier, bundle_dir):
-    from utils.runtime import KerasEngine
+    from utils.core.engines import KerasEngine
 
     assert classifier.engine.name == "litert"
     keras_classifier = Classifier(classifier.bundle, engine=KerasEngine(classifier.bundle.model))
@@ -43,7 +43,7 @@ def test_batches_of_any_size_give_the_same_answers(classifier):
 def test_serving_does_not_import_tensorflow(bundle_dir, tmp_path):
     path = tmp_path / "x.png"
     path.write_bytes(png_bytes((synthetic_radiograph() * 255).astype(np.uint8)))
-    script = ("import sys; from utils.bundle import load_bundle; from utils.classifier import Classifier; "
+    script = ("import sys; from utils.core.bundle import load_bundle; from utils.core.classifier import Classifier; "
               "c = Classifier(load_bundle(sys.argv[1])); p = c.predict_bytes('x', open(sys.argv[2], 'rb').read()); "
               "print(c.engine.name, p.label, 'tensorflow' in sys.modules, 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", script, str(bundle_dir), str(path)], cwd=REPO, check=True,

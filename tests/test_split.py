@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from training.data import (DEFAULT_SPLIT_FILE, drop_label_conflicts, make_split, read_split,
-                           split_groups)
+from training.data import DEFAULT_SPLIT_FILE, drop_label_conflicts, make_split, read_split, split_groups
 
 
 def synthetic_rows(n_groups=300, seed=0):

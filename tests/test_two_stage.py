@@ -1,4 +1,4 @@
-"""Issue 12's training parts on synthetic data: box geometry under preprocessing and
+"""The two-stage recipe's training parts on synthetic data: box geometry under preprocessing and
 augmentation, the two-stage composition, the fracture map in the serving path, and the resume
 of an interrupted fine-tuning run."""
 
@@ -14,7 +14,7 @@ from tests.conftest import png_bytes, synthetic_radiograph
 from training.augment import LIVE_AUGMENTATION, random_view
 from training.boxes import box_mask, cell_targets
 from training.model import two_stage_probabilities
-from utils.preprocess import preprocess_with_geometry
+from utils.core.preprocess import preprocess_with_geometry
 
 GEOMETRY_ONLY = {**LIVE_AUGMENTATION, "downscale": {**LIVE_AUGMENTATION["downscale"], "p": 0.0},
                  "gamma": (1.0, 1.0), "contrast": (1.0, 1.0), "brightness": 0.0,
@@ -115,7 +115,7 @@ def test_the_fracture_stage_learns_from_fracatlas_unless_web_fractures_are_weigh
 
 def test_the_model_composes_its_stages(small_two_stage):
     from training.model import training_view
-    from utils.inference import softmax, to_model_input
+    from utils.core.inference import softmax, to_model_input
 
     x = to_model_input((np.random.default_rng(1).random((4, SMALL, SMALL, 1)) * 255).astype(np.uint8))
     trunk, tail = training_view(small_two_stage)
@@ -128,16 +128,14 @@ def test_the_model_composes_its_stages(small_two_stage):
 
 def test_serving_shows_the_fracture_map(small_two_stage, tmp_path):
     """Keras and LiteRT engines serve the model's own fracture map as the heatmap."""
-    from training.litert import convert
-    from training.model import training_view
-    from utils.bundle import Bundle
-    from utils.classifier import Classifier
-    from utils.inference import to_model_input
-    from utils.runtime import KerasEngine, LiteRTEngine
-
     import keras
 
-    from utils.runtime import build_serving_model
+    from training.litert import convert
+    from training.model import training_view
+    from utils.core.bundle import Bundle
+    from utils.core.classifier import Classifier
+    from utils.core.engines import KerasEngine, LiteRTEngine, build_serving_model
+    from utils.core.inference import to_model_input
 
     path = tmp_path / "small.keras"
     small_two_stage.save(path, include_optimizer=False)

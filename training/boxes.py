@@ -1,6 +1,6 @@
 """FracAtlas fracture boxes as supervision: YOLO files -> masks in the model input -> cell targets.
 
-The boxes are drawn on the original film; `utils.preprocess.preprocess_with_geometry` says
+The boxes are drawn on the original film; `utils.core.preprocess.preprocess_with_geometry` says
 where each original pixel lands in the (S, S) model input, so a box becomes a boolean mask
 there. Augmentation warps that mask with the image (training.augment), and the localisation
 head is trained against the share of each cell of the last convolutional map that the mask
@@ -15,6 +15,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from utils.core.decode import decode_image_bytes
+from utils.core.preprocess import preprocess_with_geometry
 
 # A cell is a positive target when a box covers at least this share of it.
 MIN_CELL_COVERAGE = 0.05
@@ -39,7 +42,7 @@ def box_mask(boxes: np.ndarray, shape: tuple[int, int], geometry, size: int) -> 
         x1, y1 = geometry.to_model(np.array([(cx + w / 2) * width]), np.array([(cy + h / 2) * height]))
         c0, r0 = int(np.floor(x0[0])), int(np.floor(y0[0]))
         c1, r1 = int(np.ceil(x1[0])), int(np.ceil(y1[0]))
-        mask[max(r0, 0):max(r1, 0), max(c0, 0):max(c1, 0)] = True
+        mask[max(r0, 0) : max(r1, 0), max(c0, 0) : max(c1, 0)] = True
     return mask
 
 
@@ -54,9 +57,6 @@ def cell_targets(mask: np.ndarray, grid: int, min_coverage: float = MIN_CELL_COV
 
 
 def _mask_of(job: tuple[str, str, int]) -> np.ndarray:
-    from utils.decode import decode_image_bytes
-    from utils.preprocess import preprocess_with_geometry
-
     image_path, boxes_path, size = job
     decoded = decode_image_bytes(Path(image_path).read_bytes())
     _, geometry = preprocess_with_geometry(decoded.pixels, size)
@@ -65,8 +65,11 @@ def _mask_of(job: tuple[str, str, int]) -> np.ndarray:
 
 def box_masks(rows: list[dict], data_dir: Path, cache_dir: Path, size: int, workers: int = 2) -> dict[int, np.ndarray]:
     """{row index: (size, size) bool mask} for the FracAtlas rows that have boxes; cached."""
-    picked = [i for i, r in enumerate(rows) if r["source"] == "fracatlas" and box_file(data_dir, r).exists()
-              and box_file(data_dir, r).read_text().strip()]
+    picked = [
+        i
+        for i, r in enumerate(rows)
+        if r["source"] == "fracatlas" and box_file(data_dir, r).exists() and box_file(data_dir, r).read_text().strip()
+    ]
     key = hashlib.sha256(("boxes", size, *[rows[i]["sha256"] for i in picked]).__repr__().encode()).hexdigest()[:12]
     path = cache_dir / f"box_masks_{size}_{key}.npz"
     if path.exists():

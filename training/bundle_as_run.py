@@ -8,24 +8,20 @@ Usage: python -m training.bundle_as_run --bundle-dir model --out artifacts/bundl
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 from pathlib import Path
 
+import keras
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split  # noqa: E402
-from training.features import build_image_cache  # noqa: E402
-from training.pretrained import default_cache_dir  # noqa: E402
+from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split
+from training.evaluate import model_logits
+from training.features import build_image_cache
+from training.pretrained import default_cache_dir
+from utils.core.bundle import load_bundle
 
 
 def main(argv=None) -> Path:
-    import keras
-
-    from training.evaluate import model_logits
-    from utils.bundle import load_bundle
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle-dir", type=Path, default=Path("model"))
@@ -40,8 +36,12 @@ def main(argv=None) -> Path:
     rows = [r for r in read_split(args.split) if r["split"] == "val"]
     model = keras.saving.load_model(args.out / "model.keras", compile=False)
     logits = model_logits(model, build_image_cache(rows, args.data_dir, args.cache_dir))
-    np.savez(args.out / "val_logits.npz", logits=logits, labels=np.array([CLASSES.index(r["label"]) for r in rows]),
-             sha256=np.array([r["sha256"] for r in rows]))
+    np.savez(
+        args.out / "val_logits.npz",
+        logits=logits,
+        labels=np.array([CLASSES.index(r["label"]) for r in rows]),
+        sha256=np.array([r["sha256"] for r in rows]),
+    )
     print(f"{args.out}: model.keras and val_logits.npz of {len(rows)} validation images")
     return args.out
 

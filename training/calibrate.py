@@ -6,10 +6,11 @@ import warnings
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+from sklearn.metrics import balanced_accuracy_score, roc_curve
 
-from utils.inference import calibrated_probabilities
+from utils.core.inference import CLASSES, calibrated_probabilities, decide, logit, verdict_margin
 
-# Issue 4's fracture-sensitive preset: recall of "any fracture" on validation at least this.
+# The fracture-sensitive preset: recall of "any fracture" on validation at least this.
 SENSITIVE_TARGET_RECALL = 0.95
 # Verdicts not flagged "uncertain" should be right at least this often on validation.
 TARGET_COVERED_ACCURACY = 0.90
@@ -23,8 +24,11 @@ def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature:
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    result = minimize_scalar(lambda log_t: negative_log_likelihood(logits, labels, np.exp(log_t)),
-                             bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    result = minimize_scalar(
+        lambda log_t: negative_log_likelihood(logits, labels, np.exp(log_t)),
+        bounds=(np.log(0.05), np.log(20.0)),
+        method="bounded",
+    )
     return float(np.exp(result.x))
 
 
@@ -41,8 +45,9 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(ece)
 
 
-def any_fracture_threshold(probs: np.ndarray, labels: np.ndarray,
-                           target_recall: float = SENSITIVE_TARGET_RECALL) -> float:
+def any_fracture_threshold(
+    probs: np.ndarray, labels: np.ndarray, target_recall: float = SENSITIVE_TARGET_RECALL
+) -> float:
     """Largest threshold on P(fractured) + P(beyond_repair) whose recall of any fracture on
     these (validation) images is at least target_recall."""
     p_any = probs[:, 1] + probs[:, 2]
@@ -54,15 +59,13 @@ def any_fracture_threshold(probs: np.ndarray, labels: np.ndarray,
 
 
 # Decision weights stay within 4x of the plain argmax: a 20x weight on a rare class turns any
-# unfamiliar image whose probabilities are spread out into that class (issue 12).
+# unfamiliar image whose probabilities are spread out into that class.
 CLASS_WEIGHT_GRID = np.geomspace(0.25, 4.0, 17)
 
 
 def fit_class_weights(probs: np.ndarray, labels: np.ndarray, grid=CLASS_WEIGHT_GRID) -> list[float]:
     """Decision weights [1, a, b] maximising balanced accuracy of argmax(probs * weights) on
     these (validation) images; ties go to the weights closest to 1 (the plain argmax)."""
-    from sklearn.metrics import balanced_accuracy_score
-
     best, best_key = [1.0, 1.0, 1.0], None
     for a in grid:
         for b in grid:
@@ -76,15 +79,17 @@ def fit_class_weights(probs: np.ndarray, labels: np.ndarray, grid=CLASS_WEIGHT_G
     return [round(w, 4) for w in best]
 
 
-def fit_uncertainty_thresholds(probs: np.ndarray, labels: np.ndarray, preset: dict,
-                               target_accuracy: float = TARGET_COVERED_ACCURACY,
-                               min_covered: int = 10) -> dict:
+def fit_uncertainty_thresholds(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    preset: dict,
+    target_accuracy: float = TARGET_COVERED_ACCURACY,
+    min_covered: int = 10,
+) -> dict:
     """min_confidence and min_margin for a preset, chosen on these (validation) images: the
     pair that keeps the most verdicts (coverage) while the kept ones are right at least
     target_accuracy of the time. When no pair reaches it, the most accurate pair with at
     least min_covered kept images."""
-    from utils.inference import CLASSES, decide, verdict_margin
-
     base = dict(preset, min_confidence=0.0, min_margin=float("-inf"))
     verdicts = np.array([CLASSES.index(decide(p, base)[0]) for p in probs])
     confidence = probs[np.arange(len(probs)), verdicts]
@@ -97,14 +102,21 @@ def fit_uncertainty_thresholds(probs: np.ndarray, labels: np.ndarray, preset: di
             if kept.sum() < min_covered:
                 continue
             accuracy = correct[kept].mean()
-            key = (accuracy >= target_accuracy, kept.mean() if accuracy >= target_accuracy else accuracy,
-                   -c - m)  # ties: the milder thresholds
+            key = (
+                accuracy >= target_accuracy,
+                kept.mean() if accuracy >= target_accuracy else accuracy,
+                -c - m,
+            )  # ties: the milder thresholds
             if best_key is None or key > best_key:
                 best, best_key = (float(c), float(m)), key
     kept = (confidence >= best[0]) & (margin >= best[1])
-    return {"min_confidence": best[0], "min_margin": best[1], "target_val_covered_accuracy": target_accuracy,
-            "val_coverage": float(kept.mean()),
-            "val_covered_accuracy": float(correct[kept].mean()) if kept.any() else float("nan")}
+    return {
+        "min_confidence": best[0],
+        "min_margin": best[1],
+        "target_val_covered_accuracy": target_accuracy,
+        "val_coverage": float(kept.mean()),
+        "val_covered_accuracy": float(correct[kept].mean()) if kept.any() else float("nan"),
+    }
 
 
 # The two-stage verdict's uncertainty band and severity margin (logit units around their
@@ -118,23 +130,20 @@ SEVERITY_TARGET_ACCURACY = 0.80
 
 def youden_threshold(positive: np.ndarray, score: np.ndarray) -> float:
     """The threshold maximising sensitivity + specificity of `score >= threshold`."""
-    from sklearn.metrics import roc_curve
-
     fpr, tpr, thresholds = roc_curve(positive, score)
     return float(min(thresholds[int(np.argmax(tpr - fpr))], 1.0))
 
 
 def band_coverage(p_any: np.ndarray, positive: np.ndarray, threshold: float, band: float) -> tuple[float, float]:
     """(coverage, covered accuracy) of the fracture call outside a logit band around the threshold."""
-    from utils.inference import logit
-
     kept = np.abs(np.array([logit(p) for p in p_any]) - logit(threshold)) >= band
     accuracy = float(((p_any >= threshold) == positive)[kept].mean()) if kept.any() else float("nan")
     return float(kept.mean()), accuracy
 
 
-def smallest_band(p_any: np.ndarray, positive: np.ndarray, threshold: float,
-                  target_accuracy: float = TARGET_COVERED_ACCURACY) -> tuple[float, float, float]:
+def smallest_band(
+    p_any: np.ndarray, positive: np.ndarray, threshold: float, target_accuracy: float = TARGET_COVERED_ACCURACY
+) -> tuple[float, float, float]:
     """(band, coverage, covered accuracy): the narrowest logit band around the threshold whose
     films outside it are called fracture / no fracture right at least target_accuracy of the
     time; the widest band on the grid when none reaches it."""
@@ -145,12 +154,9 @@ def smallest_band(p_any: np.ndarray, positive: np.ndarray, threshold: float,
     return float(band), coverage, accuracy
 
 
-def severity_rule(p_severe: np.ndarray, severe: np.ndarray,
-                  target_accuracy: float = SEVERITY_TARGET_ACCURACY) -> dict:
+def severity_rule(p_severe: np.ndarray, severe: np.ndarray, target_accuracy: float = SEVERITY_TARGET_ACCURACY) -> dict:
     """Severity threshold (Youden, among fractures) and the narrowest logit margin around it
     whose kept fractures are graded right at least target_accuracy of the time (else the widest)."""
-    from utils.inference import logit
-
     threshold = youden_threshold(severe, p_severe) if len(set(severe)) > 1 else 0.5
     distance = np.abs(np.array([logit(p) for p in p_severe]) - logit(threshold))
     for margin in SEVERITY_MARGIN_GRID:
@@ -169,18 +175,26 @@ def two_stage_presets(probs: np.ndarray, labels: np.ndarray, clinical: np.ndarra
     p_any = probs[:, 1] + probs[:, 2]
     positive = fractures = labels > 0
     severity = severity_rule(probs[fractures, 2] / np.maximum(p_any[fractures], 1e-12), labels[fractures] == 2)
-    thresholds = {"balanced": youden_threshold(positive[clinical], p_any[clinical]),
-                  "fracture_sensitive": any_fracture_threshold(probs[clinical], labels[clinical])}
+    thresholds = {
+        "balanced": youden_threshold(positive[clinical], p_any[clinical]),
+        "fracture_sensitive": any_fracture_threshold(probs[clinical], labels[clinical]),
+    }
     presets = {}
     # The fracture-sensitive threshold sits low on purpose (it accepts false alarms), so its
     # band is the balanced one's width: accuracy there would ask for a band around everything.
     band = smallest_band(p_any[clinical], positive[clinical], thresholds["balanced"])[0]
     for name, threshold in thresholds.items():
         coverage, accuracy = band_coverage(p_any[clinical], positive[clinical], threshold, band)
-        presets[name] = {"rule": "two_stage", "fracture_threshold": threshold, "fracture_band": band,
-                         **severity, "threshold_fitted_on": "FracAtlas validation films",
-                         "target_val_covered_accuracy": TARGET_COVERED_ACCURACY,
-                         "target_val_covered_severity_accuracy": SEVERITY_TARGET_ACCURACY,
-                         "val_coverage": coverage, "val_covered_accuracy": accuracy}
+        presets[name] = {
+            "rule": "two_stage",
+            "fracture_threshold": threshold,
+            "fracture_band": band,
+            **severity,
+            "threshold_fitted_on": "FracAtlas validation films",
+            "target_val_covered_accuracy": TARGET_COVERED_ACCURACY,
+            "target_val_covered_severity_accuracy": SEVERITY_TARGET_ACCURACY,
+            "val_coverage": coverage,
+            "val_covered_accuracy": accuracy,
+        }
     presets["fracture_sensitive"]["target_val_recall_any_fracture"] = SENSITIVE_TARGET_RECALL
     return presets

@@ -15,20 +15,23 @@ import argparse
 import json
 from pathlib import Path
 
+from training import evaluate, knee_check
 from training.data import DEFAULT_SPLIT_FILE, default_data_dir
 from training.pretrained import default_cache_dir
 
-NAMES = {"inception_v3": "InceptionV3 (nsfwjs init)", "efficientnet_lite2": "EfficientNet-Lite2 (ImageNet)",
-         "small_cnn": "small CNN (from scratch)"}
+NAMES = {
+    "inception_v3": "InceptionV3 (nsfwjs init)",
+    "efficientnet_lite2": "EfficientNet-Lite2 (ImageNet)",
+    "small_cnn": "small CNN (from scratch)",
+}
 
 
 def row(run: Path, data_dir: Path, split: Path, cache_dir: Path) -> dict:
-    from training import evaluate, knee_check
-
     summary = json.loads((run / "train_summary.json").read_text())
     if not (run / "eval" / "metrics.json").exists():
-        evaluate.main(["--run", str(run), "--data-dir", str(data_dir), "--split", str(split),
-                       "--cache-dir", str(cache_dir)])
+        evaluate.main(
+            ["--run", str(run), "--data-dir", str(data_dir), "--split", str(split), "--cache-dir", str(cache_dir)]
+        )
     test = json.loads((run / "eval" / "metrics.json").read_text())
     knee_file = run / "knee_check_no_guard.json"
     if not knee_file.exists():
@@ -37,19 +40,27 @@ def row(run: Path, data_dir: Path, split: Path, cache_dir: Path) -> dict:
     best = next(h for h in summary["history"] if h["epoch"] == summary["best_epoch"])
     backbone = summary.get("backbone", "inception_v3")
     args = summary["args"]
-    return {"model": NAMES.get(backbone, backbone), "backbone": backbone, "run": run.name,
-            "recipe": f"two-stage, live augmentation, {len(summary['history'])} epochs, lr {args['lr']}, "
-                      f"frozen until {args['frozen_until']}, web fractures in P(any fracture) at weight "
-                      f"{float(args.get('web_fracture_weight', 0.0)):g}",
-            "best_epoch": summary["best_epoch"], "epochs": len(summary["history"]),
-            "val_fracatlas_auroc": best["fracatlas_auroc"], "val_severity_auroc": best["severity_auroc"],
-            "val_macro_auroc": best["macro_auroc"],
-            "val_history_fracatlas_auroc": [h["fracatlas_auroc"] for h in summary["history"]],
-            "test_fracatlas_auroc": test["by_source"]["fracatlas"]["point"]["binary_auroc"],
-            "test_macro_auroc": test["overall"]["point"]["macro_auroc"],
-            "test_balanced_accuracy": test["overall"]["point"]["balanced_accuracy"],
-            "knee_healthy_confident": knee["healthy_confident"], "knee_fracture_confident": knee["fracture_confident"],
-            "knee_guard": False, "train_minutes": summary["wall_seconds"] / 60}
+    return {
+        "model": NAMES.get(backbone, backbone),
+        "backbone": backbone,
+        "run": run.name,
+        "recipe": f"two-stage, live augmentation, {len(summary['history'])} epochs, lr {args['lr']}, "
+        f"frozen until {args['frozen_until']}, web fractures in P(any fracture) at weight "
+        f"{float(args.get('web_fracture_weight', 0.0)):g}",
+        "best_epoch": summary["best_epoch"],
+        "epochs": len(summary["history"]),
+        "val_fracatlas_auroc": best["fracatlas_auroc"],
+        "val_severity_auroc": best["severity_auroc"],
+        "val_macro_auroc": best["macro_auroc"],
+        "val_history_fracatlas_auroc": [h["fracatlas_auroc"] for h in summary["history"]],
+        "test_fracatlas_auroc": test["by_source"]["fracatlas"]["point"]["binary_auroc"],
+        "test_macro_auroc": test["overall"]["point"]["macro_auroc"],
+        "test_balanced_accuracy": test["overall"]["point"]["balanced_accuracy"],
+        "knee_healthy_confident": knee["healthy_confident"],
+        "knee_fracture_confident": knee["fracture_confident"],
+        "knee_guard": False,
+        "train_minutes": summary["wall_seconds"] / 60,
+    }
 
 
 def main(argv=None) -> list[dict]:

@@ -8,10 +8,13 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from training.pretrained import default_cache_dir
 
 CLASSES = ("healthy", "fractured", "beyond_repair")
 SPLITS = ("train", "val", "test")
@@ -55,8 +58,7 @@ def drop_label_conflicts(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     return kept, dropped
 
 
-def split_groups(rows: list[dict], seed: int = SPLIT_SEED,
-                 fractions=SPLIT_FRACTIONS) -> dict[str, str]:
+def split_groups(rows: list[dict], seed: int = SPLIT_SEED, fractions=SPLIT_FRACTIONS) -> dict[str, str]:
     """Assign each overlap group to a split, stratified by (source, label), fixed seed."""
     strata = defaultdict(set)
     for row in rows:
@@ -112,8 +114,6 @@ if __name__ == "__main__":
 
 def run_logger(out_dir: Path):
     """log(message): timestamped to stdout and appended to <out_dir>/train.log (runs resume)."""
-    import time
-
     out_dir.mkdir(parents=True, exist_ok=True)
     log_file = open(out_dir / "train.log", "a")
 
@@ -128,10 +128,6 @@ def run_logger(out_dir: Path):
 
 def run_step_parser(description: str, out: bool = True):
     """The options every per-run step (evaluate, trust, litert) takes."""
-    import argparse
-
-    from training.pretrained import default_cache_dir
-
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--run", type=Path, required=True)
     if out:

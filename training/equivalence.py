@@ -24,15 +24,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from training.calibrate import expected_calibration_error, fit_temperature
+from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split
+from training.features import build_image_cache
+from training.knee_check import knee_files
+from training.litert import convert
+from training.pretrained import default_cache_dir
+from utils.core.bundle import DEFAULT_BUNDLE_DIR, load_bundle, sha256_of
+from utils.core.classifier import prepare_input
+from utils.core.engines import LiteRTEngine
+from utils.core.inference import calibrated_probabilities, decide, to_model_input
 
 CRITERIA = {"auroc_delta": 0.005, "verdict_agreement": 0.99, "ece": 0.05, "flag_agreement": 0.98}
 INT8_FILE = "serving_int8.tflite"
@@ -40,11 +49,9 @@ INT8_FILE = "serving_int8.tflite"
 
 def engine_outputs(engine, inputs: np.ndarray, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """(logits (N, 3), pooled features (N, D)) of (N, S, S) uint8 model inputs."""
-    from utils.inference import to_model_input
-
     logits, features = [], []
     for i in range(0, len(inputs), batch_size):
-        out = engine(to_model_input(inputs[i:i + batch_size, ..., None]))
+        out = engine(to_model_input(inputs[i : i + batch_size, ..., None]))
         logits.append(np.asarray(out["logits"], np.float64))
         features.append(np.asarray(out["features"], np.float32))
     return np.concatenate(logits), np.concatenate(features)
@@ -52,8 +59,6 @@ def engine_outputs(engine, inputs: np.ndarray, batch_size: int = 16) -> tuple[np
 
 def decisions(probs: np.ndarray, distances: np.ndarray, metadata: dict, threshold: float) -> dict:
     """Per preset: the verdict and uncertain flag of every image, and the guard's flag."""
-    from utils.inference import decide
-
     flagged = distances > threshold
     out = {"not_xray": flagged}
     for name, preset in metadata["presets"].items():
@@ -63,45 +68,41 @@ def decisions(probs: np.ndarray, distances: np.ndarray, metadata: dict, threshol
 
 
 def binary_auroc(labels: np.ndarray, probs: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
     return float(roc_auc_score(labels != 0, 1.0 - probs[:, 0]))
 
 
 def compare(reference: dict, candidate: dict, presets: list[str]) -> dict:
     """Agreement of a candidate's decisions with the reference's on one image set."""
     verdict = {name: float((reference[name]["label"] == candidate[name]["label"]).mean()) for name in presets}
-    uncertain = {name: float((reference[name]["uncertain"] == candidate[name]["uncertain"]).mean())
-                 for name in presets}
-    return {"verdict_agreement": verdict, "uncertain_agreement": uncertain,
-            "not_xray_agreement": float((reference["not_xray"] == candidate["not_xray"]).mean())}
+    uncertain = {name: float((reference[name]["uncertain"] == candidate[name]["uncertain"]).mean()) for name in presets}
+    return {
+        "verdict_agreement": verdict,
+        "uncertain_agreement": uncertain,
+        "not_xray_agreement": float((reference["not_xray"] == candidate["not_xray"]).mean()),
+    }
 
 
 def load_sets(args) -> dict:
-    from training.data import CLASSES, read_split
-    from training.features import build_image_cache
-    from training.knee_check import knee_files
-    from utils.classifier import prepare_input
-
     rows = read_split(args.split)
     sets = {}
     for split in ("val", "test"):
         chosen = [r for r in rows if r["split"] == split]
-        sets[split] = {"images": build_image_cache(chosen, args.data_dir, args.cache_dir),
-                       "labels": np.array([CLASSES.index(r["label"]) for r in chosen]),
-                       "fracatlas": np.array([r["source"] == "fracatlas" for r in chosen])}
+        sets[split] = {
+            "images": build_image_cache(chosen, args.data_dir, args.cache_dir),
+            "labels": np.array([CLASSES.index(r["label"]) for r in chosen]),
+            "fracatlas": np.array([r["source"] == "fracatlas" for r in chosen]),
+        }
     train = [r for r in rows if r["split"] == "train"]
     pick = np.random.default_rng(0).choice(len(train), args.representative, replace=False)
-    sets["representative"] = {"images": build_image_cache([train[i] for i in sorted(pick)], args.data_dir,
-                                                          args.cache_dir)}
+    sets["representative"] = {
+        "images": build_image_cache([train[i] for i in sorted(pick)], args.data_dir, args.cache_dir)
+    }
     knee = [prepare_input(str(p), p.read_bytes(), args.input_size) for p in knee_files(args.data_dir, args.knee_limit)]
     sets["knee"] = {"images": np.stack([p.model_input for p in knee if p.error is None])}
     return sets
 
 
 def median_ms(engine, inputs: np.ndarray, batch: int, repeats: int = 20) -> float:
-    from utils.inference import to_model_input
-
     x = to_model_input(inputs[:batch, ..., None])
     for _ in range(3):
         engine(x)
@@ -114,12 +115,13 @@ def median_ms(engine, inputs: np.ndarray, batch: int, repeats: int = 20) -> floa
 
 
 def evaluate_engine(engine, sets: dict, bundle, reference: dict | None = None) -> dict:
-    from training.calibrate import expected_calibration_error, fit_temperature
-    from utils.inference import calibrated_probabilities
-
     metadata, guard = bundle.metadata, bundle.guard
-    result = {"timing_ms_per_image": {"batch_1": median_ms(engine, sets["test"]["images"], 1),
-                                      "batch_8": median_ms(engine, sets["test"]["images"], 8)}}
+    result = {
+        "timing_ms_per_image": {
+            "batch_1": median_ms(engine, sets["test"]["images"], 1),
+            "batch_8": median_ms(engine, sets["test"]["images"], 8),
+        }
+    }
     outputs = {name: engine_outputs(engine, sets[name]["images"]) for name in ("val", "test", "knee")}
     temperature = bundle.temperature
     test = sets["test"]
@@ -131,36 +133,50 @@ def evaluate_engine(engine, sets: dict, bundle, reference: dict | None = None) -
     probs = {name: calibrated_probabilities(outputs[name][0], temperature) for name in outputs}
     result["ece_test"] = expected_calibration_error(probs["test"], test["labels"])
     result["binary_auroc_test"] = binary_auroc(test["labels"], probs["test"])
-    result["binary_auroc_test_fracatlas"] = binary_auroc(test["labels"][test["fracatlas"]], probs["test"][test["fracatlas"]])
-    result["decisions"] = {name: decisions(probs[name], guard.distance(outputs[name][1]), metadata, guard.threshold)
-                           for name in ("test", "knee")}
+    result["binary_auroc_test_fracatlas"] = binary_auroc(
+        test["labels"][test["fracatlas"]], probs["test"][test["fracatlas"]]
+    )
+    result["decisions"] = {
+        name: decisions(probs[name], guard.distance(outputs[name][1]), metadata, guard.threshold)
+        for name in ("test", "knee")
+    }
     if reference is not None:
         presets = list(metadata["presets"])
-        result["agreement"] = {name: compare(reference["decisions"][name], result["decisions"][name], presets)
-                               for name in ("test", "knee")}
-        result["auroc_delta"] = {"overall": abs(result["binary_auroc_test"] - reference["binary_auroc_test"]),
-                                 "fracatlas": abs(result["binary_auroc_test_fracatlas"]
-                                                  - reference["binary_auroc_test_fracatlas"])}
+        result["agreement"] = {
+            name: compare(reference["decisions"][name], result["decisions"][name], presets) for name in ("test", "knee")
+        }
+        result["auroc_delta"] = {
+            "overall": abs(result["binary_auroc_test"] - reference["binary_auroc_test"]),
+            "fracatlas": abs(result["binary_auroc_test_fracatlas"] - reference["binary_auroc_test_fracatlas"]),
+        }
         agreements = result["agreement"]
         result["passes"] = {
             "auroc_delta": max(result["auroc_delta"].values()) <= CRITERIA["auroc_delta"],
             "verdict_agreement": min(v for a in agreements.values() for v in a["verdict_agreement"].values())
             >= CRITERIA["verdict_agreement"],
             "ece": result["ece_test"] <= CRITERIA["ece"],
-            "flag_agreement": min([v for a in agreements.values() for v in a["uncertain_agreement"].values()]
-                                  + [a["not_xray_agreement"] for a in agreements.values()]) >= CRITERIA["flag_agreement"]}
+            "flag_agreement": min(
+                [v for a in agreements.values() for v in a["uncertain_agreement"].values()]
+                + [a["not_xray_agreement"] for a in agreements.values()]
+            )
+            >= CRITERIA["flag_agreement"],
+        }
         result["passed"] = all(result["passes"].values())
     return result
 
 
 def markdown(results: dict, n: dict) -> str:
-    lines = [f"Test split {n['test']} images, knee check {n['knee']} images (nothing fitted on it). Criteria: "
-             f"binary AUROC within {CRITERIA['auroc_delta']} of float32 (FracAtlas and overall), the same verdict "
-             f"under each preset for >= {CRITERIA['verdict_agreement']:.0%}, ECE <= {CRITERIA['ece']}, the uncertain "
-             f"and not-an-X-ray flags agreeing for >= {CRITERIA['flag_agreement']:.0%}.", "",
-             "| engine | ms/image (batch 1) | ms/image (batch 8) | test AUROC | FracAtlas AUROC | ECE | temperature | "
-             "same verdict, test (balanced / sensitive) | same verdict, knee | flags agree, test | flags agree, knee | "
-             "passes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Test split {n['test']} images, knee check {n['knee']} images (nothing fitted on it). Criteria: "
+        f"binary AUROC within {CRITERIA['auroc_delta']} of float32 (FracAtlas and overall), the same verdict "
+        f"under each preset for >= {CRITERIA['verdict_agreement']:.0%}, ECE <= {CRITERIA['ece']}, the uncertain "
+        f"and not-an-X-ray flags agreeing for >= {CRITERIA['flag_agreement']:.0%}.",
+        "",
+        "| engine | ms/image (batch 1) | ms/image (batch 8) | test AUROC | FracAtlas AUROC | ECE | temperature | "
+        "same verdict, test (balanced / sensitive) | same verdict, knee | flags agree, test | flags agree, knee | "
+        "passes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         a = r.get("agreement")
 
@@ -170,12 +186,16 @@ def markdown(results: dict, n: dict) -> str:
         def flags(block):
             return f"{min(list(block['uncertain_agreement'].values()) + [block['not_xray_agreement']]):.1%}"
 
-        lines.append(f"| {name} | {r['timing_ms_per_image']['batch_1']:.1f} | {r['timing_ms_per_image']['batch_8']:.1f} | "
-                     f"{r['binary_auroc_test']:.4f} | {r['binary_auroc_test_fracatlas']:.4f} | {r['ece_test']:.3f} | "
-                     f"{r['temperature']:.3f}{' (own)' if r['own_temperature'] else ''} | "
-                     f"{pair(a['test']) if a else '-'} | {pair(a['knee']) if a else '-'} | "
-                     f"{flags(a['test']) if a else '-'} | {flags(a['knee']) if a else '-'} | "
-                     f"{('yes' if r['passed'] else 'no: ' + ', '.join(k for k, v in r['passes'].items() if not v)) if a else 'reference'} |")
+        failed = ", ".join(k for k, v in r["passes"].items() if not v)
+        verdict = "yes" if r["passed"] else "no: " + failed
+        lines.append(
+            f"| {name} | {r['timing_ms_per_image']['batch_1']:.1f} | {r['timing_ms_per_image']['batch_8']:.1f} | "
+            f"{r['binary_auroc_test']:.4f} | {r['binary_auroc_test_fracatlas']:.4f} | {r['ece_test']:.3f} | "
+            f"{r['temperature']:.3f}{' (own)' if r['own_temperature'] else ''} | "
+            f"{pair(a['test']) if a else '-'} | {pair(a['knee']) if a else '-'} | "
+            f"{flags(a['test']) if a else '-'} | {flags(a['knee']) if a else '-'} | "
+            f"{verdict if a else 'reference'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -184,35 +204,34 @@ def summary(result: dict) -> dict:
 
 
 def write_bundle(bundle_dir: Path, candidate: Path, name: str, results: dict, table: str) -> None:
-    from utils.bundle import sha256_of
-
     target = bundle_dir / INT8_FILE
     shutil.copyfile(candidate, target)
     metadata_path = bundle_dir / "metadata.json"
     metadata = json.loads(metadata_path.read_text())
     chosen = results[name]
-    metadata["runtime_int8"] = {"file": INT8_FILE, "sha256": sha256_of(target), "format": f"LiteRT flatbuffer, {name}",
-                                "engine": "ai-edge-litert (XNNPACK); --precision int8 in the CLI and Ray",
-                                "temperature": chosen["temperature"], "criteria": CRITERIA,
-                                "equivalence": {k: summary(v) for k, v in results.items()},
-                                "command": "python -m training.equivalence --write"}
+    metadata["runtime_int8"] = {
+        "file": INT8_FILE,
+        "sha256": sha256_of(target),
+        "format": f"LiteRT flatbuffer, {name}",
+        "engine": "ai-edge-litert (XNNPACK); --precision int8 in the CLI and Ray",
+        "temperature": chosen["temperature"],
+        "criteria": CRITERIA,
+        "equivalence": {k: summary(v) for k, v in results.items()},
+        "command": "python -m training.equivalence --write",
+    }
     metadata_path.write_text(json.dumps(metadata, indent=1, default=float) + "\n")
     card = bundle_dir / "MODEL_CARD.md"
     text = card.read_text()
     marker = "## Faster engine: the equivalence check"
     if marker in text:
-        text = text[:text.index(marker)].rstrip() + "\n\n"
-    card.write_text(text + f"{marker}\n\n`{INT8_FILE}` ({name}) passed and is used by `--precision int8` "
-                           f"(CLI and Ray). The app stays float32.\n\n" + table)
+        text = text[: text.index(marker)].rstrip() + "\n\n"
+    card.write_text(
+        text + f"{marker}\n\n`{INT8_FILE}` ({name}) passed and is used by `--precision int8` "
+        f"(CLI and Ray). The app stays float32.\n\n" + table
+    )
 
 
 def main(argv=None) -> dict:
-    from training.data import DEFAULT_SPLIT_FILE, default_data_dir
-    from training.litert import convert
-    from training.pretrained import default_cache_dir
-    from utils.bundle import DEFAULT_BUNDLE_DIR, load_bundle
-    from utils.runtime import LiteRTEngine
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle-dir", type=Path, default=DEFAULT_BUNDLE_DIR)
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
@@ -229,9 +248,12 @@ def main(argv=None) -> dict:
     results = {"float32 (shipped)": evaluate_engine(LiteRTEngine(bundle.litert_path), sets, bundle)}
     reference = results["float32 (shipped)"]
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"int8 dynamic range": convert(bundle.model_path, Path(tmp) / "dynamic.tflite", int8=True),
-                 "int8 full integer": convert(bundle.model_path, Path(tmp) / "full.tflite", int8=True,
-                                              representative=sets["representative"]["images"])}
+        files = {
+            "int8 dynamic range": convert(bundle.model_path, Path(tmp) / "dynamic.tflite", int8=True),
+            "int8 full integer": convert(
+                bundle.model_path, Path(tmp) / "full.tflite", int8=True, representative=sets["representative"]["images"]
+            ),
+        }
         for name, path in files.items():
             results[name] = evaluate_engine(LiteRTEngine(path), sets, bundle, reference)
             print(name, json.dumps(summary(results[name]), default=float))

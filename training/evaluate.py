@@ -11,30 +11,50 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import warnings
 from pathlib import Path
 
+import keras
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    RocCurveDisplay,
+    accuracy_score,
+    balanced_accuracy_score,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from training.calibrate import (
+    SENSITIVE_TARGET_RECALL,
+    any_fracture_threshold,
+    expected_calibration_error,
+    fit_class_weights,
+    fit_temperature,
+    fit_uncertainty_thresholds,
+    two_stage_presets,
+)
+from training.data import CLASSES, read_split, run_step_parser
+from training.features import build_image_cache
+from training.train import quick_subset
+from utils.core.inference import calibrated_probabilities, decide, to_model_input
+
 # Bootstrap resamples often miss a class; sklearn warns about each, which says nothing here.
 warnings.filterwarnings("ignore", module="sklearn")
-
-from training.calibrate import (SENSITIVE_TARGET_RECALL, any_fracture_threshold,  # noqa: E402
-                                expected_calibration_error, fit_class_weights, fit_temperature,
-                                fit_uncertainty_thresholds, two_stage_presets)
-from training.data import CLASSES, read_split, run_step_parser  # noqa: E402
-from training.features import build_image_cache  # noqa: E402
-from utils.inference import calibrated_probabilities, decide, to_model_input  # noqa: E402
 
 BODY_PART_FLAGS = ("hand", "leg", "hip", "shoulder", "mixed", "hardware")
 BOOTSTRAP_ROUNDS = 1000
 
 
 def model_logits(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    out = [np.asarray(model(to_model_input(images[i:i + batch_size, ..., None]), training=False))
-           for i in range(0, len(images), batch_size)]
+    out = [
+        np.asarray(model(to_model_input(images[i : i + batch_size, ..., None]), training=False))
+        for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(out).astype(np.float64)
 
 
@@ -43,15 +63,13 @@ def labels_from(probs: np.ndarray, preset: dict) -> np.ndarray:
 
 
 def core_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray) -> dict:
-    from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score,
-                                 precision_recall_fscore_support, roc_auc_score)
-
     out = {"n": int(len(y)), "accuracy": float(accuracy_score(y, pred))}
     present = np.unique(y)
     out["balanced_accuracy"] = float(balanced_accuracy_score(y, pred)) if len(y) else float("nan")
     out["macro_f1"] = float(f1_score(y, pred, labels=present, average="macro", zero_division=0))
     precision, recall, _, support = precision_recall_fscore_support(
-        y, pred, labels=range(len(CLASSES)), zero_division=0)
+        y, pred, labels=range(len(CLASSES)), zero_division=0
+    )
     for c, name in enumerate(CLASSES):
         out[f"precision_{name}"] = float(precision[c])
         out[f"recall_{name}"] = float(recall[c])
@@ -66,14 +84,13 @@ def core_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray) -> dict:
         out["binary_recall_any_fracture"] = float(((pred > 0) & any_fracture).sum() / any_fracture.sum())
         out["binary_specificity"] = float(((pred == 0) & ~any_fracture).sum() / (~any_fracture).sum())
         out["binary_sensitivity_at_specificity_0.85"] = sensitivity_at_specificity(
-            any_fracture, probs[:, 1] + probs[:, 2], 0.85)
+            any_fracture, probs[:, 1] + probs[:, 2], 0.85
+        )
     return out
 
 
 def sensitivity_at_specificity(positive: np.ndarray, score: np.ndarray, specificity: float) -> float:
     """The highest sensitivity of any threshold on score whose specificity is at least this."""
-    from sklearn.metrics import roc_curve
-
     fpr, tpr, _ = roc_curve(positive, score)
     allowed = fpr <= 1.0 - specificity + 1e-12
     return float(tpr[allowed].max()) if allowed.any() else 0.0
@@ -87,8 +104,11 @@ def bootstrap_ci(y, probs, pred, rounds=BOOTSTRAP_ROUNDS, seed=0) -> dict:
         for key, value in core_metrics(y[idx], probs[idx], pred[idx]).items():
             if isinstance(value, float) and np.isfinite(value):
                 samples.setdefault(key, []).append(value)
-    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
-            for k, v in samples.items() if len(v) >= rounds // 2}
+    return {
+        k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+        for k, v in samples.items()
+        if len(v) >= rounds // 2
+    }
 
 
 def with_ci(y, probs, pred, rounds=BOOTSTRAP_ROUNDS) -> dict:
@@ -97,8 +117,9 @@ def with_ci(y, probs, pred, rounds=BOOTSTRAP_ROUNDS) -> dict:
     return {"point": point, "ci95": ci}
 
 
-def selective_metrics(y: np.ndarray, probs: np.ndarray, preset: dict, rounds: int = BOOTSTRAP_ROUNDS,
-                      seed: int = 0) -> dict:
+def selective_metrics(
+    y: np.ndarray, probs: np.ndarray, preset: dict, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0
+) -> dict:
     """Coverage (share not flagged uncertain) and accuracy on the covered images, with CIs."""
     decisions = [decide(p, preset) for p in probs]
     pred = np.array([CLASSES.index(label) for label, _ in decisions])
@@ -112,9 +133,14 @@ def selective_metrics(y: np.ndarray, probs: np.ndarray, preset: dict, rounds: in
     rng = np.random.default_rng(seed)
     samples = np.array([figures(rng.integers(0, len(y), len(y))) for _ in range(rounds)])
     coverage, accuracy = figures(np.arange(len(y)))
-    return {"n": int(len(y)), "n_covered": int(covered.sum()), "coverage": float(coverage),
-            "covered_accuracy": float(accuracy), "accuracy_all": float(correct.mean()),
-            "ci95": {"coverage": _interval(samples[:, 0]), "covered_accuracy": _interval(samples[:, 1])}}
+    return {
+        "n": int(len(y)),
+        "n_covered": int(covered.sum()),
+        "coverage": float(coverage),
+        "covered_accuracy": float(accuracy),
+        "accuracy_all": float(correct.mean()),
+        "ci95": {"coverage": _interval(samples[:, 0]), "covered_accuracy": _interval(samples[:, 1])},
+    }
 
 
 def _interval(samples: np.ndarray) -> list[float]:
@@ -134,8 +160,6 @@ def read_body_part_flags(data_dir: Path) -> dict[str, dict]:
 
 def save_plot(fig, out_dir: Path, name: str, dpi: int = 110) -> str:
     """Write a finished figure to out_dir/name, free it, and return the name."""
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
     fig.savefig(out_dir / name, dpi=dpi)
     plt.close(fig)
@@ -143,15 +167,13 @@ def save_plot(fig, out_dir: Path, name: str, dpi: int = 110) -> str:
 
 
 def plots(out_dir: Path, y, probs_raw, probs_cal, pred) -> list[str]:
-    import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
     names = []
     fig, ax = plt.subplots(figsize=(5, 4.5))
-    ConfusionMatrixDisplay.from_predictions(y, pred, labels=range(3), display_labels=CLASSES, ax=ax,
-                                            colorbar=False, xticks_rotation=20)
+    ConfusionMatrixDisplay.from_predictions(
+        y, pred, labels=range(3), display_labels=CLASSES, ax=ax, colorbar=False, xticks_rotation=20
+    )
     ax.set_title("Test confusion matrix (balanced preset)")
     names.append(save_plot(fig, out_dir, "confusion_matrix.png"))
 
@@ -171,11 +193,14 @@ def plots(out_dir: Path, y, probs_raw, probs_cal, pred) -> list[str]:
         for low, high in zip(edges[:-1], edges[1:]):
             sel = (conf > low) & (conf <= high)
             if sel.sum() >= 5:
-                xs.append(conf[sel].mean()); ys.append(correct[sel].mean())
+                xs.append(conf[sel].mean())
+                ys.append(correct[sel].mean())
         ax.plot(xs, ys, "o-", label=label)
     ax.plot([0, 1], [0, 1], "k:", lw=1)
-    ax.set_xlabel("confidence (top probability)"); ax.set_ylabel("accuracy")
-    ax.set_title("Test reliability diagram"); ax.legend()
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Test reliability diagram")
+    ax.legend()
     names.append(save_plot(fig, out_dir, "reliability_diagram.png"))
     return names
 
@@ -184,8 +209,11 @@ def clinical_films(val, split_file: Path) -> np.ndarray:
     """Which validation films are clinical (FracAtlas): the fracture thresholds keep to them, as
     web figures, all fractures, would otherwise set them. All films when that leaves one class."""
     source_of = {r["sha256"]: r["source"] for r in read_split(split_file)}
-    clinical = np.array([source_of.get(str(h)) == "fracatlas" for h in val["sha256"]]) \
-        if "sha256" in val.files else np.ones(len(val["labels"]), bool)
+    clinical = (
+        np.array([source_of.get(str(h)) == "fracatlas" for h in val["sha256"]])
+        if "sha256" in val.files
+        else np.ones(len(val["labels"]), bool)
+    )
     if not (val["labels"][clinical] > 0).any() or (val["labels"][clinical] > 0).all():
         clinical = np.ones(len(val["labels"]), bool)
     return clinical
@@ -197,10 +225,17 @@ def validation_fit(run_dir: Path, split_file: Path, verdict: str = "two_stage") 
     temperature = fit_temperature(val["logits"], val["labels"])
     val_probs = calibrated_probabilities(val["logits"], temperature)
     clinical = clinical_films(val, split_file)
-    presets = (two_stage_presets(val_probs, val["labels"], clinical) if verdict == "two_stage"
-               else weighted_presets(val_probs, val["labels"], clinical))
-    return {"temperature": temperature, "presets": presets, "validation_only": True,
-            "val_ece_after": expected_calibration_error(val_probs, val["labels"])}
+    presets = (
+        two_stage_presets(val_probs, val["labels"], clinical)
+        if verdict == "two_stage"
+        else weighted_presets(val_probs, val["labels"], clinical)
+    )
+    return {
+        "temperature": temperature,
+        "presets": presets,
+        "validation_only": True,
+        "val_ece_after": expected_calibration_error(val_probs, val["labels"]),
+    }
 
 
 def weighted_presets(val_probs: np.ndarray, labels: np.ndarray, clinical: np.ndarray) -> dict[str, dict]:
@@ -209,21 +244,27 @@ def weighted_presets(val_probs: np.ndarray, labels: np.ndarray, clinical: np.nda
     weights = fit_class_weights(val_probs, labels)
     presets = {
         "balanced": {"class_weights": weights, "any_fracture_threshold": None},
-        "fracture_sensitive": {"class_weights": weights,
-                               "any_fracture_threshold": any_fracture_threshold(val_probs[clinical], labels[clinical]),
-                               "target_val_recall_any_fracture": SENSITIVE_TARGET_RECALL,
-                               "threshold_fitted_on": "FracAtlas validation films"},
+        "fracture_sensitive": {
+            "class_weights": weights,
+            "any_fracture_threshold": any_fracture_threshold(val_probs[clinical], labels[clinical]),
+            "target_val_recall_any_fracture": SENSITIVE_TARGET_RECALL,
+            "threshold_fitted_on": "FracAtlas validation films",
+        },
     }
     for preset in presets.values():  # "uncertain: needs review" thresholds, also from validation
         preset.update(fit_uncertainty_thresholds(val_probs, labels, preset))
     return presets
 
 
-def evaluate(run_dir: Path, out_dir: Path, data_dir: Path, split_file: Path, cache_dir: Path,
-             quick: bool = False, verdict: str = "two_stage") -> dict:
-    import keras
-
-    from training.train import quick_subset
+def evaluate(  # noqa: PLR0913  (named in pyproject.toml)
+    run_dir: Path,
+    out_dir: Path,
+    data_dir: Path,
+    split_file: Path,
+    cache_dir: Path,
+    quick: bool = False,
+    verdict: str = "two_stage",
+) -> dict:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_split(split_file)
@@ -237,8 +278,11 @@ def evaluate(run_dir: Path, out_dir: Path, data_dir: Path, split_file: Path, cac
     temperature = fit_temperature(val["logits"], val["labels"])
     val_probs = calibrated_probabilities(val["logits"], temperature)
     clinical = clinical_films(val, split_file)
-    presets = (two_stage_presets(val_probs, val["labels"], clinical) if verdict == "two_stage"
-               else weighted_presets(val_probs, val["labels"], clinical))
+    presets = (
+        two_stage_presets(val_probs, val["labels"], clinical)
+        if verdict == "two_stage"
+        else weighted_presets(val_probs, val["labels"], clinical)
+    )
 
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
     logits = model_logits(model, images)
@@ -258,28 +302,35 @@ def evaluate(run_dir: Path, out_dir: Path, data_dir: Path, split_file: Path, cac
         "ece_after": expected_calibration_error(probs, y),
         "val_ece_before": expected_calibration_error(calibrated_probabilities(val["logits"], 1.0), val["labels"]),
         "val_ece_after": expected_calibration_error(val_probs, val["labels"]),
-        "majority_class_baseline": core_metrics(y, np.tile(np.eye(3)[np.bincount(y, minlength=3).argmax()], (len(y), 1)),
-                                                np.full(len(y), np.bincount(y, minlength=3).argmax())),
+        "majority_class_baseline": core_metrics(
+            y,
+            np.tile(np.eye(3)[np.bincount(y, minlength=3).argmax()], (len(y), 1)),
+            np.full(len(y), np.bincount(y, minlength=3).argmax()),
+        ),
         "overall": with_ci(y, probs, pred, rounds),
         "overall_fracture_sensitive": with_ci(y, probs, pred_sensitive, rounds),
-        "by_source": {}, "fracatlas_by_body_part": {},
+        "by_source": {},
+        "fracatlas_by_body_part": {},
     }
     for source in ("fracatlas", "bone_break"):
         sel = sources == source
         if sel.any():
             report["by_source"][source] = with_ci(y[sel], probs[sel], pred[sel], rounds)
             report["by_source"][source + "_fracture_sensitive"] = with_ci(
-                y[sel], probs[sel], pred_sensitive[sel], rounds)
+                y[sel], probs[sel], pred_sensitive[sel], rounds
+            )
     for flag in BODY_PART_FLAGS:
-        sel = np.array([s == "fracatlas" and flags.get(Path(r["path"]).name, {}).get(flag) == "1"
-                        for s, r in zip(sources, test_rows)])
+        sel = np.array(
+            [
+                s == "fracatlas" and flags.get(Path(r["path"]).name, {}).get(flag) == "1"
+                for s, r in zip(sources, test_rows)
+            ]
+        )
         if sel.sum() >= 5:
             report["fracatlas_by_body_part"][flag] = core_metrics(y[sel], probs[sel], pred[sel])
-    report["selective"] = {name: selective_metrics(y, probs, preset, rounds)
-                           for name, preset in presets.items()}
+    report["selective"] = {name: selective_metrics(y, probs, preset, rounds) for name, preset in presets.items()}
     report["plots"] = plots(out_dir, y, probs_raw, probs, pred)
-    np.savez(out_dir / "test_logits.npz", logits=logits, labels=y,
-             sha256=np.array([r["sha256"] for r in test_rows]))
+    np.savez(out_dir / "test_logits.npz", logits=logits, labels=y, sha256=np.array([r["sha256"] for r in test_rows]))
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=1))
     (out_dir / "metrics.md").write_text(markdown_report(report))
     return report
@@ -294,33 +345,55 @@ def _fmt(block: dict, key: str) -> str:
 
 
 def markdown_report(report: dict) -> str:
-    keys = ["accuracy", "balanced_accuracy", "macro_f1", "macro_auroc", "binary_auroc",
-            "binary_recall_any_fracture", "binary_specificity", "binary_sensitivity_at_specificity_0.85"] + \
-        [f"{m}_{c}" for c in CLASSES for m in ("precision", "recall", "auroc")]
+    keys = [
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "macro_auroc",
+        "binary_auroc",
+        "binary_recall_any_fracture",
+        "binary_specificity",
+        "binary_sensitivity_at_specificity_0.85",
+    ] + [f"{m}_{c}" for c in CLASSES for m in ("precision", "recall", "auroc")]
     columns = [("all test", report["overall"]), ("all, fracture-sensitive", report["overall_fracture_sensitive"])]
     columns += [(name.replace("_", " "), block) for name, block in report["by_source"].items()]
-    lines = [f"Test split: {report['n_test']} images. Values: point estimate [bootstrap 95% CI].", "",
-             "| metric | " + " | ".join(name for name, _ in columns) + " |",
-             "|---|" + "---|" * len(columns)]
+    lines = [
+        f"Test split: {report['n_test']} images. Values: point estimate [bootstrap 95% CI].",
+        "",
+        "| metric | " + " | ".join(name for name, _ in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
     for key in keys:
         lines.append(f"| {key} | " + " | ".join(_fmt(block, key) for _, block in columns) + " |")
     base = report["majority_class_baseline"]
-    lines += ["", f"Majority-class baseline (always `{CLASSES[int(np.argmax([base[f'support_{c}'] for c in CLASSES]))]}`): "
-              f"accuracy {base['accuracy']:.3f}, balanced accuracy {base['balanced_accuracy']:.3f}.",
-              f"Temperature {report['temperature']:.3f} (fitted on validation). Test ECE "
-              f"{report['ece_before']:.3f} before, {report['ece_after']:.3f} after temperature scaling.",
-              ""] + preset_lines(report)
-    lines += ["", "FracAtlas test images by body-part flag (balanced preset):", "",
-              "| flag | n | accuracy | binary AUROC | recall any fracture |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Majority-class baseline (always `{CLASSES[int(np.argmax([base[f'support_{c}'] for c in CLASSES]))]}`): "
+        f"accuracy {base['accuracy']:.3f}, balanced accuracy {base['balanced_accuracy']:.3f}.",
+        f"Temperature {report['temperature']:.3f} (fitted on validation). Test ECE "
+        f"{report['ece_before']:.3f} before, {report['ece_after']:.3f} after temperature scaling.",
+        "",
+    ] + preset_lines(report)
+    lines += [
+        "",
+        "FracAtlas test images by body-part flag (balanced preset):",
+        "",
+        "| flag | n | accuracy | binary AUROC | recall any fracture |",
+        "|---|---|---|---|---|",
+    ]
     for flag, m in report["fracatlas_by_body_part"].items():
-        lines.append(f"| {flag} | {m['n']} | {m['accuracy']:.3f} | {m.get('binary_auroc', float('nan')):.3f} | "
-                     f"{m.get('binary_recall_any_fracture', float('nan')):.3f} |")
+        lines.append(
+            f"| {flag} | {m['n']} | {m['accuracy']:.3f} | {m.get('binary_auroc', float('nan')):.3f} | "
+            f"{m.get('binary_recall_any_fracture', float('nan')):.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def two_stage_cells(preset: dict) -> str:
-    return (f"{preset['fracture_threshold']:.3f} | {preset['fracture_band']:.2f} | "
-            f"{preset['severity_threshold']:.3f} | {preset['severity_margin']:.2f}")
+    return (
+        f"{preset['fracture_threshold']:.3f} | {preset['fracture_band']:.2f} | "
+        f"{preset['severity_threshold']:.3f} | {preset['severity_margin']:.2f}"
+    )
 
 
 def weighted_cells(preset: dict) -> str:
@@ -331,45 +404,61 @@ def preset_lines(report: dict) -> list[str]:
     """The presets and their uncertainty flag on validation and test, as markdown lines."""
     presets, selective = report["presets"], report.get("selective", {})
     if presets["balanced"].get("rule") == "two_stage":
-        lines = ["Two-stage verdict: a fracture when P(any fracture) >= the preset's threshold (fitted on the "
-                 "FracAtlas validation films: balanced maximises sensitivity + specificity, fracture-sensitive keeps "
-                 f"recall >= {SENSITIVE_TARGET_RECALL}); then beyond repair when P(beyond repair | fracture) >= the "
-                 "severity threshold. \"Uncertain: needs review\" inside a band around the fracture threshold "
-                 "(logit units) or the severity margin, the narrowest keeping "
-                 f"{presets['balanced']['target_val_covered_accuracy']:.0%} accuracy on covered validation films.", "",
-                 "| preset | fracture threshold | band (logit) | severity threshold | severity margin | "
-                 "validation coverage | test coverage | test accuracy on covered | test accuracy on all |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+        lines = [
+            "Two-stage verdict: a fracture when P(any fracture) >= the preset's threshold (fitted on the "
+            "FracAtlas validation films: balanced maximises sensitivity + specificity, fracture-sensitive keeps "
+            f"recall >= {SENSITIVE_TARGET_RECALL}); then beyond repair when P(beyond repair | fracture) >= the "
+            'severity threshold. "Uncertain: needs review" inside a band around the fracture threshold '
+            "(logit units) or the severity margin, the narrowest keeping "
+            f"{presets['balanced']['target_val_covered_accuracy']:.0%} accuracy on covered validation films.",
+            "",
+            "| preset | fracture threshold | band (logit) | severity threshold | severity margin | "
+            "validation coverage | test coverage | test accuracy on covered | test accuracy on all |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         cells = two_stage_cells
     else:
-        lines = [f"Fracture-sensitive threshold on P(any fracture): "
-                 f"{presets['fracture_sensitive']['any_fracture_threshold']:.3f} "
-                 f"(recall of any fracture >= {SENSITIVE_TARGET_RECALL} on the FracAtlas validation films).", "",
-                 "Uncertainty flag (\"uncertain: needs review\" when the verdict's probability is below "
-                 "min_confidence or its lead over the next class is below min_margin; both chosen on "
-                 "validation for the largest coverage at >= "
-                 f"{presets['balanced']['target_val_covered_accuracy']:.0%} accuracy on covered images):", "",
-                 "| preset | min_confidence | min_margin | validation coverage | test coverage | "
-                 "test accuracy on covered | test accuracy on all |", "|---|---|---|---|---|---|---|"]
+        lines = [
+            f"Fracture-sensitive threshold on P(any fracture): "
+            f"{presets['fracture_sensitive']['any_fracture_threshold']:.3f} "
+            f"(recall of any fracture >= {SENSITIVE_TARGET_RECALL} on the FracAtlas validation films).",
+            "",
+            'Uncertainty flag ("uncertain: needs review" when the verdict\'s probability is below '
+            "min_confidence or its lead over the next class is below min_margin; both chosen on "
+            "validation for the largest coverage at >= "
+            f"{presets['balanced']['target_val_covered_accuracy']:.0%} accuracy on covered images):",
+            "",
+            "| preset | min_confidence | min_margin | validation coverage | test coverage | "
+            "test accuracy on covered | test accuracy on all |",
+            "|---|---|---|---|---|---|---|",
+        ]
         cells = weighted_cells
     for name, sel in selective.items():
         preset = presets[name]
-        lines.append(f"| {name} | {cells(preset)} | "
-                     f"{preset['val_coverage']:.3f} | {sel['coverage']:.3f} [{sel['ci95']['coverage'][0]:.3f}, "
-                     f"{sel['ci95']['coverage'][1]:.3f}] | {sel['covered_accuracy']:.3f} "
-                     f"[{sel['ci95']['covered_accuracy'][0]:.3f}, {sel['ci95']['covered_accuracy'][1]:.3f}] | "
-                     f"{sel['accuracy_all']:.3f} |")
+        lines.append(
+            f"| {name} | {cells(preset)} | "
+            f"{preset['val_coverage']:.3f} | {sel['coverage']:.3f} [{sel['ci95']['coverage'][0]:.3f}, "
+            f"{sel['ci95']['coverage'][1]:.3f}] | {sel['covered_accuracy']:.3f} "
+            f"[{sel['ci95']['covered_accuracy'][0]:.3f}, {sel['ci95']['covered_accuracy'][1]:.3f}] | "
+            f"{sel['accuracy_all']:.3f} |"
+        )
     return lines
 
 
 def main(argv=None) -> None:
     parser = run_step_parser(__doc__.splitlines()[0])
-    parser.add_argument("--verdict", choices=("two_stage", "weighted"), default="two_stage",
-                        help="two_stage: fracture or not, then severity (the default); weighted: the older "
-                             "class-weighted argmax")
-    parser.add_argument("--validation-only", action="store_true",
-                        help="fit the temperature and presets on validation and stop: a candidate that is "
-                             "compared on validation and the unseen-source checks, not yet tested")
+    parser.add_argument(
+        "--verdict",
+        choices=("two_stage", "weighted"),
+        default="two_stage",
+        help="two_stage: fracture or not, then severity (the default); weighted: the older class-weighted argmax",
+    )
+    parser.add_argument(
+        "--validation-only",
+        action="store_true",
+        help="fit the temperature and presets on validation and stop: a candidate that is "
+        "compared on validation and the unseen-source checks, not yet tested",
+    )
     args = parser.parse_args(argv)
     if args.validation_only:
         out = args.out or args.run / "eval"
@@ -378,8 +467,9 @@ def main(argv=None) -> None:
         (out / "metrics.json").write_text(json.dumps(fitted, indent=1))
         print(json.dumps(fitted["presets"], indent=1))
         return
-    report = evaluate(args.run, args.out or args.run / "eval", args.data_dir, args.split,
-                      args.cache_dir, args.quick, args.verdict)
+    report = evaluate(
+        args.run, args.out or args.run / "eval", args.data_dir, args.split, args.cache_dir, args.quick, args.verdict
+    )
     print(markdown_report(report))
 
 

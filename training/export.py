@@ -11,48 +11,78 @@ import datetime as dt
 import json
 import platform
 import shutil
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import keras
 import numpy as np
+import tensorflow as tf
 
 from training.data import CLASSES, DEFAULT_SPLIT_FILE
+from training.litert import LITERT_FILE
+from training.offsource_report import markdown
 from training.pretrained import NSFWJS_SPEC, NSFWJS_TGZ_SHA256
-from utils.bundle import sha256_of as sha256_file
-from utils.bundle import DEFAULT_BUNDLE_DIR, METADATA_FILE
-from utils.preprocess import INPUT_SIZE, PREPROCESSING_SPEC
-from utils.guard import MAX_COLOUR_FRACTION, MIN_DYNAMIC_RANGE
-from utils.runtime import FEATURE_LAYER
+from training.trust import GUARD_FILE
+from training.trust import markdown as trust_markdown
+from utils.core.bundle import DEFAULT_BUNDLE_DIR, METADATA_FILE
+from utils.core.bundle import sha256_of as sha256_file
+from utils.core.engines import FEATURE_LAYER
+from utils.core.guard import MAX_COLOUR_FRACTION, MIN_DYNAMIC_RANGE
+from utils.core.preprocess import INPUT_SIZE, PREPROCESSING_SPEC
 
 MODEL_FILE = "bone_xray_inceptionv3.keras"
 # The targets the model is held to; the UPPER_LIMITS ones are ceilings.
-TARGETS = {"offsource_auroc": 0.85, "hbfmid_fracture_recall": 0.80, "wrist_healthy_confident": 0.80,
-           "knee_healthy_confident": 0.80, "knee_fracture_confident": 0.03, "knee_flagged_not_radiograph": 0.05,
-           "hbfmid_flagged_not_radiograph": 0.05, "hbfmid_pointing_hit_rate": 0.40,
-           "fracatlas_binary_auroc": 0.92, "fracatlas_sensitivity_at_specificity_0.85": 0.85,
-           "fracatlas_sensitive_recall_any_fracture": 0.85,
-           "fracatlas_sensitive_specificity": 0.85, "pointing_hit_rate": 0.50, "ece_after": 0.05,
-           "precision_beyond_repair": 0.30, "recall_beyond_repair": 0.70}
+TARGETS = {
+    "offsource_auroc": 0.85,
+    "hbfmid_fracture_recall": 0.80,
+    "wrist_healthy_confident": 0.80,
+    "knee_healthy_confident": 0.80,
+    "knee_fracture_confident": 0.03,
+    "knee_flagged_not_radiograph": 0.05,
+    "hbfmid_flagged_not_radiograph": 0.05,
+    "hbfmid_pointing_hit_rate": 0.40,
+    "fracatlas_binary_auroc": 0.92,
+    "fracatlas_sensitivity_at_specificity_0.85": 0.85,
+    "fracatlas_sensitive_recall_any_fracture": 0.85,
+    "fracatlas_sensitive_specificity": 0.85,
+    "pointing_hit_rate": 0.50,
+    "ece_after": 0.05,
+    "precision_beyond_repair": 0.30,
+    "recall_beyond_repair": 0.70,
+}
 UPPER_LIMITS = {"ece_after", "knee_fracture_confident", "knee_flagged_not_radiograph", "hbfmid_flagged_not_radiograph"}
-TWO_STAGE_HEAD = ("two stages on mixed7: P(any fracture) = sigmoid(Dense(GAP features, max and mean of a "
-                  "1x1-conv per-cell fracture map)); P(beyond_repair | fracture) = sigmoid(Dense(GAP features)); "
-                  "logits = the three classes' log-probabilities composed from the two")
+TWO_STAGE_HEAD = (
+    "two stages on mixed7: P(any fracture) = sigmoid(Dense(GAP features, max and mean of a "
+    "1x1-conv per-cell fracture map)); P(beyond_repair | fracture) = sigmoid(Dense(GAP features)); "
+    "logits = the three classes' log-probabilities composed from the two"
+)
 
 DATA_PROVENANCE = [
-    {"name": "FracAtlas", "licence": "CC BY 4.0",
-     "citation": "Abedeen I., Rahman M.A., Prottyasha F.Z., et al., \"FracAtlas: A Dataset for Fracture "
-                 "Classification, Localization and Segmentation of Musculoskeletal Radiographs\", "
-                 "Scientific Data 10, 521 (2023).",
-     "use": "healthy (Non_fractured) and fractured (Fractured)"},
-    {"name": "Bone Break Classification", "licence": "CC BY 4.0",
-     "citation": "Kaggle dataset by pkdarabi, exported from the Roboflow Universe project "
-                 "curso-rphcb/bone-break-classification.",
-     "use": "beyond_repair (Comminuted fracture folder, a proxy); fractured (the other nine types)"},
+    {
+        "name": "FracAtlas",
+        "licence": "CC BY 4.0",
+        "citation": 'Abedeen I., Rahman M.A., Prottyasha F.Z., et al., "FracAtlas: A Dataset for Fracture '
+        'Classification, Localization and Segmentation of Musculoskeletal Radiographs", '
+        "Scientific Data 10, 521 (2023).",
+        "use": "healthy (Non_fractured) and fractured (Fractured)",
+    },
+    {
+        "name": "Bone Break Classification",
+        "licence": "CC BY 4.0",
+        "citation": "Kaggle dataset by pkdarabi, exported from the Roboflow Universe project "
+        "curso-rphcb/bone-break-classification.",
+        "use": "beyond_repair (Comminuted fracture folder, a proxy); fractured (the other nine types)",
+    },
 ]
 
 
-def installed_version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
+TRUST_PLOTS = (
+    "Plots: [guard distances](eval/guard_distances.png), [pointing game](eval/pointing_game.png), "
+    "[heatmap sanity check on synthetic images](eval/heatmap_examples.png)."
+)
 
+
+def installed_version(package: str) -> str | None:
     try:
         return version(package)
     except PackageNotFoundError:
@@ -65,95 +95,125 @@ def offsource_values(offsource: dict | None, knee: dict | None) -> dict:
     balanced = (offsource or {}).get("presets", {}).get("balanced", {})
     knee_block = balanced.get("knee_oai") or (knee or {}).get("balanced", {})
     hbfmid, wrist = balanced.get("hbfmid_check_fractures", {}), balanced.get("wrist_check", {})
-    return {"offsource_auroc": (offsource or {}).get("aurocs", {}).get("offsource_auroc"),
-            "hbfmid_fracture_recall": hbfmid.get("not_healthy"),
-            "wrist_healthy_confident": wrist.get("healthy_confident"),
-            "knee_healthy_confident": knee_block.get("healthy_confident"),
-            "knee_fracture_confident": knee_block.get("fracture_confident"),
-            "knee_flagged_not_radiograph": knee_block.get("not_radiograph", knee_block.get("flagged_not_xray")),
-            "hbfmid_flagged_not_radiograph": hbfmid.get("not_radiograph"),
-            "hbfmid_pointing_hit_rate": (offsource or {}).get("pointing_game", {}).get("hit_rate")}
+    return {
+        "offsource_auroc": (offsource or {}).get("aurocs", {}).get("offsource_auroc"),
+        "hbfmid_fracture_recall": hbfmid.get("not_healthy"),
+        "wrist_healthy_confident": wrist.get("healthy_confident"),
+        "knee_healthy_confident": knee_block.get("healthy_confident"),
+        "knee_fracture_confident": knee_block.get("fracture_confident"),
+        "knee_flagged_not_radiograph": knee_block.get("not_radiograph", knee_block.get("flagged_not_xray")),
+        "hbfmid_flagged_not_radiograph": hbfmid.get("not_radiograph"),
+        "hbfmid_pointing_hit_rate": (offsource or {}).get("pointing_game", {}).get("hit_rate"),
+    }
 
 
-def target_check(test: dict, knee: dict | None = None, trust: dict | None = None,
-                 offsource: dict | None = None) -> dict:
+def target_check(
+    test: dict, knee: dict | None = None, trust: dict | None = None, offsource: dict | None = None
+) -> dict:
     fa = test["by_source"].get("fracatlas", {}).get("point", {})
     fa_sensitive = test["by_source"].get("fracatlas_fracture_sensitive", {}).get("point", {})
     overall = test["overall"]["point"]
-    values = {**offsource_values(offsource, knee),
-              "fracatlas_sensitivity_at_specificity_0.85": fa.get("binary_sensitivity_at_specificity_0.85"),
-              "fracatlas_binary_auroc": fa.get("binary_auroc"),
-              "fracatlas_sensitive_recall_any_fracture": fa_sensitive.get("binary_recall_any_fracture"),
-              "fracatlas_sensitive_specificity": fa_sensitive.get("binary_specificity"),
-              "pointing_hit_rate": (trust or {}).get("pointing_game", {}).get("hit_rate"),
-              "ece_after": test.get("ece_after"),
-              "precision_beyond_repair": overall.get("precision_beyond_repair"),
-              "recall_beyond_repair": overall.get("recall_beyond_repair")}
-    met = {k: (v is not None and (v <= TARGETS[k] if k in UPPER_LIMITS else v >= TARGETS[k]))
-           for k, v in values.items() if k in TARGETS}
+    values = {
+        **offsource_values(offsource, knee),
+        "fracatlas_sensitivity_at_specificity_0.85": fa.get("binary_sensitivity_at_specificity_0.85"),
+        "fracatlas_binary_auroc": fa.get("binary_auroc"),
+        "fracatlas_sensitive_recall_any_fracture": fa_sensitive.get("binary_recall_any_fracture"),
+        "fracatlas_sensitive_specificity": fa_sensitive.get("binary_specificity"),
+        "pointing_hit_rate": (trust or {}).get("pointing_game", {}).get("hit_rate"),
+        "ece_after": test.get("ece_after"),
+        "precision_beyond_repair": overall.get("precision_beyond_repair"),
+        "recall_beyond_repair": overall.get("recall_beyond_repair"),
+    }
+    met = {
+        k: (v is not None and (v <= TARGETS[k] if k in UPPER_LIMITS else v >= TARGETS[k]))
+        for k, v in values.items()
+        if k in TARGETS
+    }
     return {"targets": TARGETS, "values": values, "met": met}
 
 
-def build_metadata(run_dir: Path, eval_report: dict, model_path: Path, command: str,
-                   control_report: dict | None, version: str) -> dict:
-    import keras
-    import tensorflow as tf
-
+def build_metadata(
+    run_dir: Path, eval_report: dict, model_path: Path, command: str, control_report: dict | None, version: str
+) -> dict:
     summary = json.loads((run_dir / "train_summary.json").read_text())
     args = summary["args"]
     val_best = next(h for h in summary["history"] if h["epoch"] == summary["best_epoch"])
     metadata = {
         "name": "bone-xray-inception-v3",
         "version": version,
-        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "model_file": model_path.name,
         "sha256": sha256_file(model_path),
         "size_bytes": model_path.stat().st_size,
         "classes": list(CLASSES),
-        "input": {"shape": [None, INPUT_SIZE, INPUT_SIZE, 3], "dtype": "float32", "range": [0.0, 1.0],
-                  "preprocessing": PREPROCESSING_SPEC,
-                  "code": "utils.preprocess.load_and_preprocess -> utils.inference.to_model_input"},
-        "output": {"kind": "logits", "shape": [None, len(CLASSES)],
-                   "probabilities": "softmax(logits / temperature)"},
+        "input": {
+            "shape": [None, INPUT_SIZE, INPUT_SIZE, 3],
+            "dtype": "float32",
+            "range": [0.0, 1.0],
+            "preprocessing": PREPROCESSING_SPEC,
+            "code": "utils.core.preprocess.load_and_preprocess -> utils.core.inference.to_model_input",
+        },
+        "output": {"kind": "logits", "shape": [None, len(CLASSES)], "probabilities": "softmax(logits / temperature)"},
         "temperature": eval_report["temperature"],
         "presets": eval_report["presets"],
-        "architecture": {"backbone": "InceptionV3 (keras.applications, weights=None)",
-                         "cut": args["cut"], "frozen_until": args["frozen_until"],
-                         "head": TWO_STAGE_HEAD if summary.get("recipe", "").startswith("training.finetune")
-                         else "GlobalAveragePooling2D -> Dropout -> Dense(3)",
-                         "parameters": int(keras.saving.load_model(model_path, compile=False).count_params())},
-        "initialisation": {"source": NSFWJS_SPEC if args["init"] == "nsfwjs" else "random",
-                           "source_sha256": NSFWJS_TGZ_SHA256 if args["init"] == "nsfwjs" else None,
-                           "note": "npm package nsfwjs (MIT): InceptionV3 whose layers up to about mixed6 "
-                                   "keep ImageNet weights; converted by training/pretrained.py"},
-        "training": {"command": command, "date": dt.date.today().isoformat(),
-                     "best_epoch": summary["best_epoch"], "epochs_run": len(summary["history"]),
-                     "val_macro_auroc": summary["best_val_macro_auroc"],
-                     "val_balanced_accuracy_at_best": val_best["balanced_accuracy"],
-                     "train_counts": dict(zip(CLASSES, summary["train_counts"])),
-                     "class_weights": dict(zip(CLASSES, summary["class_weights"])),
-                     "augmentation": summary["augmentation"],
-                     "hyperparameters": {k: args[k] for k in ("views", "epochs", "batch_size", "lr",
-                                                               "weight_decay", "dropout", "seed")},
-                     "wall_seconds": summary["wall_seconds"],
-                     "features_from_cache": summary.get("features_from_cache")},
-        "data": {"sources": DATA_PROVENANCE, "split_file": "training/split.csv",
-                 "split_sha256": sha256_file(DEFAULT_SPLIT_FILE) if DEFAULT_SPLIT_FILE.exists() else None,
-                 "split": "by manifest overlap_group, stratified by (source, label), 70/15/15, seed 20261125",
-                 "cleaning": "images whose overlap group carries a more severe label are dropped (22); "
-                             "truncated JPEGs are decoded and their grey-filled bottom rows cropped"},
-        "metrics": {"test": {"overall": eval_report["overall"],
-                             "overall_fracture_sensitive": eval_report["overall_fracture_sensitive"],
-                             "by_source": eval_report["by_source"],
-                             "fracatlas_by_body_part": eval_report["fracatlas_by_body_part"],
-                             "majority_class_baseline": eval_report["majority_class_baseline"],
-                             "ece_before": eval_report["ece_before"], "ece_after": eval_report["ece_after"]},
-                    "validation": {"ece_before": eval_report["val_ece_before"],
-                                   "ece_after": eval_report["val_ece_after"]},
-                    "targets": target_check(eval_report)},
-        "software": {"tensorflow": tf.__version__, "keras": keras.__version__,
-                     "ai_edge_litert": installed_version("ai-edge-litert"),
-                     "python": platform.python_version()},
+        "architecture": {
+            "backbone": "InceptionV3 (keras.applications, weights=None)",
+            "cut": args["cut"],
+            "frozen_until": args["frozen_until"],
+            "head": TWO_STAGE_HEAD
+            if summary.get("recipe", "").startswith("training.finetune")
+            else "GlobalAveragePooling2D -> Dropout -> Dense(3)",
+            "parameters": int(keras.saving.load_model(model_path, compile=False).count_params()),
+        },
+        "initialisation": {
+            "source": NSFWJS_SPEC if args["init"] == "nsfwjs" else "random",
+            "source_sha256": NSFWJS_TGZ_SHA256 if args["init"] == "nsfwjs" else None,
+            "note": "npm package nsfwjs (MIT): InceptionV3 whose layers up to about mixed6 "
+            "keep ImageNet weights; converted by training/pretrained.py",
+        },
+        "training": {
+            "command": command,
+            "date": dt.date.today().isoformat(),
+            "best_epoch": summary["best_epoch"],
+            "epochs_run": len(summary["history"]),
+            "val_macro_auroc": summary["best_val_macro_auroc"],
+            "val_balanced_accuracy_at_best": val_best["balanced_accuracy"],
+            "train_counts": dict(zip(CLASSES, summary["train_counts"])),
+            "class_weights": dict(zip(CLASSES, summary["class_weights"])),
+            "augmentation": summary["augmentation"],
+            "hyperparameters": {
+                k: args[k] for k in ("views", "epochs", "batch_size", "lr", "weight_decay", "dropout", "seed")
+            },
+            "wall_seconds": summary["wall_seconds"],
+            "features_from_cache": summary.get("features_from_cache"),
+        },
+        "data": {
+            "sources": DATA_PROVENANCE,
+            "split_file": "training/split.csv",
+            "split_sha256": sha256_file(DEFAULT_SPLIT_FILE) if DEFAULT_SPLIT_FILE.exists() else None,
+            "split": "by manifest overlap_group, stratified by (source, label), 70/15/15, seed 20261125",
+            "cleaning": "images whose overlap group carries a more severe label are dropped (22); "
+            "truncated JPEGs are decoded and their grey-filled bottom rows cropped",
+        },
+        "metrics": {
+            "test": {
+                "overall": eval_report["overall"],
+                "overall_fracture_sensitive": eval_report["overall_fracture_sensitive"],
+                "by_source": eval_report["by_source"],
+                "fracatlas_by_body_part": eval_report["fracatlas_by_body_part"],
+                "majority_class_baseline": eval_report["majority_class_baseline"],
+                "ece_before": eval_report["ece_before"],
+                "ece_after": eval_report["ece_after"],
+            },
+            "validation": {"ece_before": eval_report["val_ece_before"], "ece_after": eval_report["val_ece_after"]},
+            "targets": target_check(eval_report),
+        },
+        "software": {
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "ai_edge_litert": installed_version("ai-edge-litert"),
+            "python": platform.python_version(),
+        },
     }
     metadata["heatmap_kind"] = "fracture map" if metadata["architecture"]["head"] == TWO_STAGE_HEAD else "Grad-CAM"
     if control_report is not None:
@@ -161,31 +221,44 @@ def build_metadata(run_dir: Path, eval_report: dict, model_path: Path, command: 
             "overall": control_report["overall"]["point"],
             "fracatlas": control_report["by_source"].get("fracatlas", {}).get("point"),
             "wall_seconds": control_report.get("wall_seconds"),
-            "input_size": control_report.get("input_size", INPUT_SIZE)}
+            "input_size": control_report.get("input_size", INPUT_SIZE),
+        }
     return metadata
 
 
 def guard_metadata(trust_report: dict, guard_path: Path) -> dict:
     guard = trust_report["guard"]
-    return {"file": guard_path.name, "sha256": sha256_file(guard_path), "feature_layer": FEATURE_LAYER,
-            "method": guard["method"], "threshold": guard["threshold"], "val_quantile": guard["val_quantile"],
-            "cheap_checks": {k: guard["cheap_checks"][k] for k in ("max_colour_fraction", "min_dynamic_range")},
-            "code": "utils.guard"}
+    return {
+        "file": guard_path.name,
+        "sha256": sha256_file(guard_path),
+        "feature_layer": FEATURE_LAYER,
+        "method": guard["method"],
+        "threshold": guard["threshold"],
+        "val_quantile": guard["val_quantile"],
+        "cheap_checks": {k: guard["cheap_checks"][k] for k in ("max_colour_fraction", "min_dynamic_range")},
+        "code": "utils.core.guard",
+    }
 
 
 def model_section(metadata: dict, features_note: str, control_time: str) -> str:
     training, arch = metadata["training"], metadata["architecture"]
-    timing = (f"Training wall time on 2 CPU cores: {training['wall_seconds'] / 60:.0f} min{features_note}{control_time}.\n\n"
-              f"Reproduce: `{training['command']}`")
+    timing = (
+        f"Training wall time on 2 CPU cores: {training['wall_seconds'] / 60:.0f} min{features_note}{control_time}.\n\n"
+        f"Reproduce: `{training['command']}`"
+    )
     if arch["head"] != TWO_STAGE_HEAD:
-        return (f"InceptionV3 (Keras) cut at `{arch['cut']}`, global average pooling, dropout, dense logits; "
-                f"{arch['parameters']:,} parameters. Initialisation: {metadata['initialisation']['source']}, layers up "
-                f"to `{arch['frozen_until']}` frozen, the rest fine-tuned on cached trunk features. Best epoch "
-                f"{training['best_epoch']} of {training['epochs_run']} by validation macro-AUROC "
-                f"({training['val_macro_auroc']:.3f}). " + timing)
+        return (
+            f"InceptionV3 (Keras) cut at `{arch['cut']}`, global average pooling, dropout, dense logits; "
+            f"{arch['parameters']:,} parameters. Initialisation: {metadata['initialisation']['source']}, layers up "
+            f"to `{arch['frozen_until']}` frozen, the rest fine-tuned on cached trunk features. Best epoch "
+            f"{training['best_epoch']} of {training['epochs_run']} by validation macro-AUROC "
+            f"({training['val_macro_auroc']:.3f}). " + timing
+        )
     aug = training["augmentation"]
-    return f"""InceptionV3 (Keras) cut at `{arch['cut']}` with a two-stage head
-({arch['parameters']:,} parameters; `training.model.build_two_stage_classifier`):
+    zoom_out, zoom_in = np.exp(aug["zoom_log_range"][0]), np.exp(aug["zoom_log_range"][1])
+    low_side, high_side = aug["downscale"]["min_side"], aug["downscale"]["max_side"]
+    return f"""InceptionV3 (Keras) cut at `{arch["cut"]}` with a two-stage head
+({arch["parameters"]:,} parameters; `training.model.build_two_stage_classifier`):
 - a **fracture map**: a 1x1 convolution on the mixed7 grid gives a fracture logit per cell;
   it is trained against the FracAtlas fracture boxes (a cell is positive when a box covers at
   least 5 % of it; healthy FracAtlas films teach an empty map), and it is the heatmap the app
@@ -198,31 +271,37 @@ def model_section(metadata: dict, features_note: str, control_time: str) -> str:
 - the three class probabilities are composed from the two stages (they sum to 1), then
   calibrated by one temperature.
 
-Initialisation: {metadata['initialisation']['source']} (sha256
-`{str(metadata['initialisation']['source_sha256'])[:16]}...`); layers up to `{arch['frozen_until']}` frozen
+Initialisation: {metadata["initialisation"]["source"]} (sha256
+`{str(metadata["initialisation"]["source_sha256"])[:16]}...`); layers up to `{arch["frozen_until"]}` frozen
 (BatchNorm statistics too), mixed6, mixed7 and the heads fine-tuned with AdamW (cosine schedule)
-on **live augmentation**, drawn fresh at every step for every class: rotation +-{aug['rotation_deg']:.0f} deg,
-flips, zoom from {np.exp(aug['zoom_log_range'][0]):.1f}x (zoom-out) to {np.exp(aug['zoom_log_range'][1]):.1f}x (close-ups that show part of the
-film, redrawn when the fracture box would leave the view), downscaling to {aug['downscale']['min_side']}-{aug['downscale']['max_side']} px and
+on **live augmentation**, drawn fresh at every step for every class: rotation +-{aug["rotation_deg"]:.0f} deg,
+flips, zoom from {zoom_out:.1f}x (zoom-out) to {zoom_in:.1f}x (close-ups that show part of the
+film, redrawn when the fracture box would leave the view), downscaling to {low_side}-{high_side} px and
 back, gamma, contrast, brightness, blur or sharpening, noise, JPEG re-compression, burned-in
 text, L/R markers and rulers (`training/augment.py`). Each epoch sees every fracture image and
-a fresh draw of the healthy films. Best epoch {training['best_epoch']} of {training['epochs_run']} by the validation
+a fresh draw of the healthy films. Best epoch {training["best_epoch"]} of {training["epochs_run"]} by the validation
 score (mean of the FracAtlas healthy-vs-fracture AUROC and the severity AUROC among fractures;
-validation macro-AUROC at that epoch {training['val_macro_auroc']:.3f}). {timing}"""
+validation macro-AUROC at that epoch {training["val_macro_auroc"]:.3f}). {timing}"""
 
 
 def comparison_section(metadata: dict) -> str:
     rows = metadata["metrics"].get("comparison")
     if not rows:
         return "Not run for this bundle."
-    lines = ["Same split; validation figures choose nothing here, they only compare. "
-             "Knee check: share called healthy and not uncertain / share with a confident fracture verdict.", "",
-             "| model | recipe | val FracAtlas AUROC | val severity AUROC | test FracAtlas AUROC | test macro-AUROC | "
-             "knee healthy | knee confident fracture | train min |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "Same split; validation figures choose nothing here, they only compare. "
+        "Knee check: share called healthy and not uncertain / share with a confident fracture verdict.",
+        "",
+        "| model | recipe | val FracAtlas AUROC | val severity AUROC | test FracAtlas AUROC | test macro-AUROC | "
+        "knee healthy | knee confident fracture | train min |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['recipe']} | {r['val_fracatlas_auroc']:.3f} | {r['val_severity_auroc']:.3f} | "
-                     f"{r['test_fracatlas_auroc']:.3f} | {r['test_macro_auroc']:.3f} | {r['knee_healthy_confident']:.1%} | "
-                     f"{r['knee_fracture_confident']:.1%} | {r['train_minutes']:.0f} |")
+        lines.append(
+            f"| {r['model']} | {r['recipe']} | {r['val_fracatlas_auroc']:.3f} | {r['val_severity_auroc']:.3f} | "
+            f"{r['test_fracatlas_auroc']:.3f} | {r['test_macro_auroc']:.3f} | {r['knee_healthy_confident']:.1%} | "
+            f"{r['knee_fracture_confident']:.1%} | {r['train_minutes']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -231,16 +310,18 @@ def decisions_section(metadata: dict) -> str:
     if presets["balanced"].get("rule") != "two_stage":
         return f"""Probabilities are calibrated by temperature scaling on the validation split. The verdict
 follows a preset stored in `metadata.json`: *balanced* multiplies each calibrated probability by a
-class weight chosen on validation for balanced accuracy (weights {presets['balanced'].get('class_weights')});
+class weight chosen on validation for balanced accuracy (weights {presets["balanced"].get("class_weights")});
 *fracture-sensitive* calls a fracture when P(fractured) + P(beyond_repair) reaches the threshold
 that keeps 95% recall on the FracAtlas validation films. A verdict is "uncertain: needs review"
 when its probability is below `min_confidence` or its lead below `min_margin` (chosen on
 validation). An input the guard flags is always "uncertain", with a warning that says why."""
-    rows = "\n".join(f"| {name} | {p['fracture_threshold']:.3f} | {p['fracture_band']:.2f} | "
-                     f"{p['severity_threshold']:.3f} | {p['severity_margin']:.2f} | {p['val_coverage']:.3f} |"
-                     for name, p in presets.items())
+    rows = "\n".join(
+        f"| {name} | {p['fracture_threshold']:.3f} | {p['fracture_band']:.2f} | "
+        f"{p['severity_threshold']:.3f} | {p['severity_margin']:.2f} | {p['val_coverage']:.3f} |"
+        for name, p in presets.items()
+    )
     return f"""Probabilities are calibrated by temperature scaling on the validation split. The verdict
-follows the model's two stages (`utils.inference.decide_two_stage`), with a preset stored in
+follows the model's two stages (`utils.core.inference.decide_two_stage`), with a preset stored in
 `metadata.json`:
 1. **Fracture or not**: a fracture when P(any fracture) = P(fractured) + P(beyond_repair) reaches
    the preset's threshold, fitted on the FracAtlas (clinical) validation films: *balanced*
@@ -264,32 +345,34 @@ def guard_section(metadata: dict) -> str:
     if guard.get("kind") != "radiograph":
         return ""
     flagged, fitted = guard["flagged"], guard["fitted_on"]
-    return (f"**The radiograph guard** (`{guard['code']}`, `python -m training.radiograph_guard`) answers \"is this a "
-            f"radiograph?\": {guard['method']}. Fitted on {fitted['training_films']} training films, "
-            f"{fitted['augmented_views']} augmented views and {fitted['chest_films']} chest films of another hospital, "
-            f"against {fitted['non_radiographs']} made-up non-radiographs ({', '.join(fitted['non_radiograph_kinds'])}); "
-            f"threshold {guard['threshold']:.3f} on P(not a radiograph). Flagged: validation films "
-            f"{flagged['validation_films']:.1%}, test films {flagged['test_films']:.1%}, held-out chest films "
-            f"{flagged['chest_films_held_out']:.1%}; non-radiographs of the measured set (photos, textures, documents, "
-            f"flat; another seed) {flagged['non_radiographs_model_card_set']:.1%}, drawings, screenshots and CT-like "
-            f"slices {flagged['drawings_screenshots_ct_like']:.1%}. It replaces the distance guard below, whose "
-            "figures are kept for comparison.")
+    return (
+        f'**The radiograph guard** (`{guard["code"]}`, `python -m training.radiograph_guard`) answers "is this a '
+        f'radiograph?": {guard["method"]}. Fitted on {fitted["training_films"]} training films, '
+        f"{fitted['augmented_views']} augmented views and {fitted['chest_films']} chest films of another hospital, "
+        f"against {fitted['non_radiographs']} made-up non-radiographs ({', '.join(fitted['non_radiograph_kinds'])}); "
+        f"threshold {guard['threshold']:.3f} on P(not a radiograph). Flagged: validation films "
+        f"{flagged['validation_films']:.1%}, test films {flagged['test_films']:.1%}, held-out chest films "
+        f"{flagged['chest_films_held_out']:.1%}; non-radiographs of the measured set (photos, textures, documents, "
+        f"flat; another seed) {flagged['non_radiographs_model_card_set']:.1%}, drawings, screenshots and CT-like "
+        f"slices {flagged['drawings_screenshots_ct_like']:.1%}. It replaces the distance guard below, whose "
+        "figures are kept for comparison."
+    )
 
 
 def offsource_section(metadata: dict) -> str:
     offsource = metadata["metrics"].get("offsource")
     if not offsource:
         return "Not measured for this bundle (run python -m training.offsource_report)."
-    from training.offsource_report import markdown
 
-    return ("Three sets from hospitals and clinics the model never saw, through the serving path (guard "
-            "included), `python -m training.offsource_report --bundle-dir model`. Nothing (weights, "
-            "thresholds, calibration, guard) was fitted on them; checkpoints and studies were chosen with "
-            "their figures beside validation's. `knee_oai/`: 1,000 healthy knees (OAI); `wrist_check/`: 42 "
-            "healthy wrists and forearms, mostly children's; `hbfmid_check/`: 82 fractured films of many "
-            "body parts (and 5 healthy), with fracture boxes. The **off-source AUROC** is the worst AUROC of "
-            "P(any fracture) for the hbfmid_check fractures against each healthy source in turn.\n\n"
-            + markdown(offsource))
+    return (
+        "Three sets from hospitals and clinics the model never saw, through the serving path (guard "
+        "included), `python -m training.offsource_report --bundle-dir model`. Nothing (weights, "
+        "thresholds, calibration, guard) was fitted on them; checkpoints and studies were chosen with "
+        "their figures beside validation's. `knee_oai/`: 1,000 healthy knees (OAI); `wrist_check/`: 42 "
+        "healthy wrists and forearms, mostly children's; `hbfmid_check/`: 82 fractured films of many "
+        "body parts (and 5 healthy), with fracture boxes. The **off-source AUROC** is the worst AUROC of "
+        "P(any fracture) for the hbfmid_check fractures against each healthy source in turn.\n\n" + markdown(offsource)
+    )
 
 
 def model_card(metadata: dict, eval_markdown: str, trust_markdown: str = "") -> str:
@@ -297,31 +380,53 @@ def model_card(metadata: dict, eval_markdown: str, trust_markdown: str = "") -> 
     target_lines = "\n".join(
         f"| {k} | {'<=' if k in UPPER_LIMITS else '>='} {v} | "
         f"{'n/a' if targets['values'][k] is None else format(targets['values'][k], '.3f')} | "
-        f"{'yes' if targets['met'][k] else 'no'} |" for k, v in targets["targets"].items())
+        f"{'yes' if targets['met'][k] else 'no'} |"
+        for k, v in targets["targets"].items()
+    )
     control = metadata["metrics"].get("random_init_control")
     control_size = (control or {}).get("input_size", INPUT_SIZE)
-    control_text = "Not run for this bundle." if not control else (
-        "Same recipe from random initialisation"
-        + (f", at {control_size} px (this model: {INPUT_SIZE} px; the control was not rerun at the new size)"
-           if control_size != INPUT_SIZE else "") + ": test balanced accuracy "
-        f"{control['overall']['balanced_accuracy']:.3f}, macro-AUROC {control['overall']['macro_auroc']:.3f}"
-        + (f", FracAtlas binary AUROC {control['fracatlas']['binary_auroc']:.3f}"
-           if control.get("fracatlas") and "binary_auroc" in control["fracatlas"] else "") + ".")
+    control_text = (
+        "Not run for this bundle."
+        if not control
+        else (
+            "Same recipe from random initialisation"
+            + (
+                f", at {control_size} px (this model: {INPUT_SIZE} px; the control was not rerun at the new size)"
+                if control_size != INPUT_SIZE
+                else ""
+            )
+            + ": test balanced accuracy "
+            f"{control['overall']['balanced_accuracy']:.3f}, macro-AUROC {control['overall']['macro_auroc']:.3f}"
+            + (
+                f", FracAtlas binary AUROC {control['fracatlas']['binary_auroc']:.3f}"
+                if control.get("fracatlas") and "binary_auroc" in control["fracatlas"]
+                else ""
+            )
+            + "."
+        )
+    )
     training = metadata["training"]
-    features_note = {True: " (trunk features were already cached)",
-                     False: " (trunk feature caching included)"}.get(training.get("features_from_cache"), "")
+    features_note = {True: " (trunk features were already cached)", False: " (trunk feature caching included)"}.get(
+        training.get("features_from_cache"), ""
+    )
     control_seconds = (control or {}).get("wall_seconds")
-    control_time = (f"; the random-init control, which computed its trunk features from scratch with "
-                    f"the same recipe, took {control_seconds / 60:.0f} min") if control_seconds else ""
-    return f"""# Model card: {metadata['name']} {metadata['version']}
+    control_time = (
+        (
+            f"; the random-init control, which computed its trunk features from scratch with "
+            f"the same recipe, took {control_seconds / 60:.0f} min"
+        )
+        if control_seconds
+        else ""
+    )
+    return f"""# Model card: {metadata["name"]} {metadata["version"]}
 
 **Not a medical device.** This model is an educational and triage-support demonstration. It
 must not be used for diagnosis or treatment decisions; a qualified clinician reads the image.
 
 ## What it does
 Classifies one bone radiograph as `healthy`, `fractured` or `beyond_repair` and gives a
-calibrated probability for each (softmax of logits / temperature {metadata['temperature']:.3f}).
-Input: any JPEG/PNG/DICOM, converted by `utils.preprocess` (grayscale, border crop,
+calibrated probability for each (softmax of logits / temperature {metadata["temperature"]:.3f}).
+Input: any JPEG/PNG/DICOM, converted by `utils.core.preprocess` (grayscale, border crop,
 percentile contrast stretch, black letterbox to {INPUT_SIZE} x {INPUT_SIZE}).
 
 Body parts seen in training: hand, wrist, forearm, elbow, humerus, shoulder, hip, leg
@@ -330,7 +435,7 @@ Body parts seen in training: hand, wrist, forearm, elbow, humerus, shoulder, hip
 ## The `beyond_repair` class is a proxy
 No public dataset we know of labels non-union, pseudoarthrosis or crushed/shattered bone.
 `beyond_repair` was trained only on the Bone Break Classification *Comminuted fracture* folder
-({metadata['training']['train_counts']['beyond_repair']} training images; about 98 distinct pictures in
+({metadata["training"]["train_counts"]["beyond_repair"]} training images; about 98 distinct pictures in
 all, collected from the web). Treat this class as a demonstration, not a clinical signal.
 
 ## Model
@@ -342,10 +447,10 @@ all, collected from the web). Treat this class as a demonstration, not a clinica
 ## Data
 Split by the manifest's `overlap_group` (near-duplicates and crops stay on one side),
 stratified by source and label, 70/15/15, fixed seed (`training/split.csv`).
-Cleaning: {metadata['data']['cleaning']}.
+Cleaning: {metadata["data"]["cleaning"]}.
 
-- FracAtlas (CC BY 4.0): {DATA_PROVENANCE[0]['citation']}
-- Bone Break Classification (CC BY 4.0): {DATA_PROVENANCE[1]['citation']}
+- FracAtlas (CC BY 4.0): {DATA_PROVENANCE[0]["citation"]}
+- Bone Break Classification (CC BY 4.0): {DATA_PROVENANCE[1]["citation"]}
 
 Known limits: FracAtlas comes from one group of hospitals; Bone Break images are web figures
 with arrows, captions and crops, and every one of them is a fracture, so "any fracture" is
@@ -362,7 +467,7 @@ Plots: [confusion matrix](eval/confusion_matrix.png), [ROC curves](eval/roc_curv
 {guard_section(metadata)}
 
 {trust_markdown or "Not measured for this bundle (run python -m training.trust)."}
-{"Plots: [guard distances](eval/guard_distances.png), [pointing game](eval/pointing_game.png), [heatmap sanity check on synthetic images](eval/heatmap_examples.png)." if trust_markdown else ""}
+{TRUST_PLOTS if trust_markdown else ""}
 
 ## Films from other hospitals
 {offsource_section(metadata)}
@@ -380,10 +485,9 @@ Plots: [confusion matrix](eval/confusion_matrix.png), [ROC curves](eval/roc_curv
 """
 
 
-def export(run_dir: Path, bundle_dir: Path, command: str, control_dir: Path | None = None,
-           version: str = "1.0.0") -> dict:
-    from training.trust import GUARD_FILE, markdown as trust_markdown
-
+def export(
+    run_dir: Path, bundle_dir: Path, command: str, control_dir: Path | None = None, version: str = "1.0.0"
+) -> dict:
     eval_dir = run_dir / "eval"
     eval_report = json.loads((eval_dir / "metrics.json").read_text())
     trust_dir = run_dir / "trust"
@@ -404,17 +508,18 @@ def export(run_dir: Path, bundle_dir: Path, command: str, control_dir: Path | No
     metadata = build_metadata(run_dir, eval_report, model_path, command, control, version)
     litert_dir = run_dir / "litert"
     if (litert_dir / "litert.json").exists():
-        from training.litert import LITERT_FILE
-
         litert_path = bundle_dir / LITERT_FILE
         shutil.copyfile(litert_dir / LITERT_FILE, litert_path)
         metadata["runtime"] = {
-            "file": LITERT_FILE, "sha256": sha256_file(litert_path), "format": "LiteRT flatbuffer, float32",
-            "engine": "ai-edge-litert (XNNPACK); utils.runtime.LiteRTEngine",
-            "graph": "utils.runtime.build_serving_model: outputs logits, features (pool) and the heatmap source "
-                     "(localisation: the fracture map's sigmoid, or class_maps: mixed7 x dense kernel)",
+            "file": LITERT_FILE,
+            "sha256": sha256_file(litert_path),
+            "format": "LiteRT flatbuffer, float32",
+            "engine": "ai-edge-litert (XNNPACK); utils.core.engines.LiteRTEngine",
+            "graph": "utils.core.engines.build_serving_model: outputs logits, features (pool) and the heatmap source "
+            "(localisation: the fracture map's sigmoid, or class_maps: mixed7 x dense kernel)",
             "converted_from": metadata["model_file"],
-            "test_split_agreement": json.loads((litert_dir / "litert.json").read_text())}
+            "test_split_agreement": json.loads((litert_dir / "litert.json").read_text()),
+        }
     knee = json.loads((run_dir / "knee_check.json").read_text()) if (run_dir / "knee_check.json").exists() else None
     offsource = json.loads((run_dir / "offsource.json").read_text()) if (run_dir / "offsource.json").exists() else None
     metadata["metrics"]["knee_check"] = knee
@@ -435,16 +540,26 @@ def export(run_dir: Path, bundle_dir: Path, command: str, control_dir: Path | No
         report = json.loads((run_dir / "guard" / "guard.json").read_text())
         (bundle_dir / GUARD_FILE).unlink(missing_ok=True)
         shutil.copyfile(radiograph_guard, bundle_dir / radiograph_guard.name)
-        metadata["guard"] = {"file": radiograph_guard.name, "sha256": sha256_file(bundle_dir / radiograph_guard.name),
-                             "kind": "radiograph", "feature_layer": FEATURE_LAYER, "method": report["method"],
-                             "threshold": report["threshold"], "fitted_on": report["fitted_on"],
-                             "flagged": report["flagged"], "code": "utils.guard.RadiographGuard",
-                             "cheap_checks": {"max_colour_fraction": MAX_COLOUR_FRACTION,
-                                              "min_dynamic_range": MIN_DYNAMIC_RANGE}}
+        metadata["guard"] = {
+            "file": radiograph_guard.name,
+            "sha256": sha256_file(bundle_dir / radiograph_guard.name),
+            "kind": "radiograph",
+            "feature_layer": FEATURE_LAYER,
+            "method": report["method"],
+            "threshold": report["threshold"],
+            "fitted_on": report["fitted_on"],
+            "flagged": report["flagged"],
+            "code": "utils.core.guard.RadiographGuard",
+            "cheap_checks": {"max_colour_fraction": MAX_COLOUR_FRACTION, "min_dynamic_range": MIN_DYNAMIC_RANGE},
+        }
     (bundle_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=1) + "\n")
-    (bundle_dir / "MODEL_CARD.md").write_text(model_card(
-        metadata, (eval_dir / "metrics.md").read_text(),
-        trust_markdown(trust_report) if trust_report is not None else ""))
+    (bundle_dir / "MODEL_CARD.md").write_text(
+        model_card(
+            metadata,
+            (eval_dir / "metrics.md").read_text(),
+            trust_markdown(trust_report) if trust_report is not None else "",
+        )
+    )
     return metadata
 
 

@@ -1,7 +1,7 @@
 """Caches that keep experiments from re-decoding images or re-running the frozen trunk.
 
 1. Image cache: every listed image decoded and preprocessed once (uint8, INPUT_SIZE^2),
-   with the same `utils.preprocess.load_and_preprocess` the app uses.
+   with the same `utils.core.preprocess.load_and_preprocess` the app uses.
 2. Feature cache: the frozen trunk's output (float16) for each image, K augmented views
    per training image and one clean view per validation/test image. Written in chunks, so
    an interrupted run resumes where it stopped.
@@ -18,14 +18,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from utils.preprocess import INPUT_SIZE, PREPROCESSING_SPEC, load_and_preprocess
+from utils.core.inference import to_model_input
+from utils.core.preprocess import INPUT_SIZE, PREPROCESSING_SPEC, load_and_preprocess
 
 CHUNK = 256
 
 # Augmentation in the spirit of the original study; no shear (it blurs the line between
 # a fracture and a shattered bone).
-AUGMENTATION = {"rotation_deg": 10.0, "shift_frac": 0.06, "zoom": (0.9, 1.1), "hflip": True,
-                "brightness": 0.10, "contrast": (0.85, 1.15), "shear": None}
+AUGMENTATION = {
+    "rotation_deg": 10.0,
+    "shift_frac": 0.06,
+    "zoom": (0.9, 1.1),
+    "hflip": True,
+    "brightness": 0.10,
+    "contrast": (0.85, 1.15),
+    "shear": None,
+}
 
 
 def spec_hash(*parts) -> str:
@@ -39,8 +47,9 @@ def _decode_one(path: str, size: int = INPUT_SIZE):
     return image[..., 0], hashlib.sha256(data).hexdigest(), warnings
 
 
-def build_image_cache(rows: list[dict], data_dir: Path, cache_dir: Path, workers: int = 2,
-                      size: int = INPUT_SIZE) -> np.ndarray:
+def build_image_cache(
+    rows: list[dict], data_dir: Path, cache_dir: Path, workers: int = 2, size: int = INPUT_SIZE
+) -> np.ndarray:
     """Decode + preprocess every row once; returns (N, S, S) uint8 in row order."""
     # The serving size keeps its original key, so existing caches stay valid.
     key = spec_hash("images", [r["sha256"] for r in rows], *([size] if size != INPUT_SIZE else []))
@@ -68,8 +77,9 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     zoom = rng.uniform(*AUGMENTATION["zoom"])
     matrix = cv2.getRotationMatrix2D((size / 2, size / 2), angle, zoom)
     matrix[:, 2] += rng.uniform(-1, 1, size=2) * AUGMENTATION["shift_frac"] * size
-    view = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(np.float32)
+    view = cv2.warpAffine(
+        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    ).astype(np.float32)
     if AUGMENTATION["hflip"] and rng.random() < 0.5:
         view = view[:, ::-1]
     mean = view.mean()
@@ -79,17 +89,16 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def trunk_features(trunk, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    from utils.inference import to_model_input
-
     out = []
     for start in range(0, len(images), batch_size):
-        x = to_model_input(images[start:start + batch_size, ..., np.newaxis])
+        x = to_model_input(images[start : start + batch_size, ..., np.newaxis])
         out.append(np.asarray(trunk(x, training=False)).astype(np.float16))
     return np.concatenate(out)
 
 
-def cached_features(trunk, images: np.ndarray, cache_dir: Path, tag: str, views: int,
-                    seed: int, log=print) -> np.ndarray:
+def cached_features(  # noqa: PLR0913  (named in pyproject.toml)
+    trunk, images: np.ndarray, cache_dir: Path, tag: str, views: int, seed: int, log=print
+) -> np.ndarray:
     """Features of `views` views per image: (N, views, h, w, c) float16; views=0 means the
     clean image only (shape (N, 1, ...)). Chunks already on disk are reused."""
     folder = cache_dir / f"features_{tag}"
@@ -101,14 +110,15 @@ def cached_features(trunk, images: np.ndarray, cache_dir: Path, tag: str, views:
         if chunk_path.exists():
             out = _place(out, np.load(chunk_path, mmap_mode="r"), start, len(images))
             continue
-        block = images[start:start + CHUNK]
+        block = images[start : start + CHUNK]
         per_view = []
         for view in range(n_views):
             if views == 0:
                 batch = block
             else:
-                batch = np.stack([augment(img, np.random.default_rng([seed, start + i, view]))
-                                  for i, img in enumerate(block)])
+                batch = np.stack(
+                    [augment(img, np.random.default_rng([seed, start + i, view])) for i, img in enumerate(block)]
+                )
             per_view.append(trunk_features(trunk, batch))
         array = np.stack(per_view, axis=1)
         np.save(chunk_path.with_suffix(".tmp.npy"), array)
@@ -123,5 +133,5 @@ def _place(out: np.ndarray | None, chunk: np.ndarray, start: int, total: int) ->
     concatenating needs twice the memory (22 GB for 4 views at 384 px: killed for OOM)."""
     if out is None:
         out = np.empty((total, *chunk.shape[1:]), dtype=chunk.dtype)
-    out[start:start + len(chunk)] = chunk
+    out[start : start + len(chunk)] = chunk
     return out

@@ -1,4 +1,4 @@
-"""The default recipe (issue 12): two-stage head with a fracture map, fine-tuned with live augmentation.
+"""The default recipe: two-stage head with a fracture map, fine-tuned with live augmentation.
 
 - Model: `training.model.build_two_stage_classifier` (P(any fracture) from the pooled mixed7
   features plus the max and mean of a per-cell fracture map; P(beyond_repair | fracture) from
@@ -31,21 +31,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import keras
 import numpy as np
+import tensorflow as tf
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from training.augment import LIVE_AUGMENTATION, box_free_view, random_view  # noqa: E402
-from training.boxes import MIN_CELL_COVERAGE, cell_targets  # noqa: E402
-from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split, run_logger  # noqa: E402
-from training.model import DEFAULT_CUT, DEFAULT_FROZEN_UNTIL  # noqa: E402
-from training.pretrained import default_cache_dir  # noqa: E402
-from utils.preprocess import INPUT_SIZE  # noqa: E402
+from training.augment import LIVE_AUGMENTATION, box_free_view, random_view
+from training.backbones import efficientnet_lite2_weights
+from training.boxes import MIN_CELL_COVERAGE, box_masks, cell_targets
+from training.calibrate import youden_threshold
+from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split, run_logger
+from training.features import build_image_cache
+from training.model import DEFAULT_CUT, DEFAULT_FROZEN_UNTIL, build_two_stage_classifier, training_view
+from training.offsource import check_images, check_rows, epoch_figures, selection_score
+from training.pretrained import (
+    default_cache_dir,
+    pretrained_weights_path,
+)
+from training.train import quick_subset
+from utils.core.inference import softmax, to_model_input
+from utils.core.preprocess import INPUT_SIZE
 
 HEALTHY, FRACTURED, BEYOND = range(3)
 # Fracture-box cells are rare (about 2 % of the map): their loss counts this many times more.
@@ -58,11 +67,19 @@ def parse_args(argv=None):
     parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     parser.add_argument("--out", type=Path, default=Path("artifacts/finetune"))
-    parser.add_argument("--init", choices=("nsfwjs", "random"), default="nsfwjs",
-                        help="nsfwjs: the backbone's pretrained weights (InceptionV3 from nsfwjs, "
-                             "EfficientNet-Lite2 from ImageNet); random: from scratch")
-    parser.add_argument("--backbone", choices=("inception_v3", "efficientnet_lite2", "small_cnn"),
-                        default="inception_v3", help="the shipped InceptionV3, or the comparison's others")
+    parser.add_argument(
+        "--init",
+        choices=("nsfwjs", "random"),
+        default="nsfwjs",
+        help="nsfwjs: the backbone's pretrained weights (InceptionV3 from nsfwjs, "
+        "EfficientNet-Lite2 from ImageNet); random: from scratch",
+    )
+    parser.add_argument(
+        "--backbone",
+        choices=("inception_v3", "efficientnet_lite2", "small_cnn"),
+        default="inception_v3",
+        help="the shipped InceptionV3, or the comparison's others",
+    )
     parser.add_argument("--cut", default=DEFAULT_CUT)
     parser.add_argument("--frozen-until", default=DEFAULT_FROZEN_UNTIL)
     parser.add_argument("--epochs", type=int, default=8)
@@ -73,21 +90,45 @@ def parse_args(argv=None):
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--dropout", type=float, default=0.3)
     parser.add_argument("--localisation-weight", type=float, default=1.0)
-    parser.add_argument("--web-fracture-weight", type=float, default=0.25,
-                        help="weight of the Bone Break fractures in P(any fracture) (0: FracAtlas only)")
-    parser.add_argument("--box-free-share", type=float, default=0.5,
-                        help="each epoch, this share of the boxed FracAtlas fractures comes back once more as a "
-                             "close-up that shows no box, taught as 'no fracture visible' (0: off)")
-    parser.add_argument("--mixstyle", type=float, default=0.5,
-                        help="probability per batch of mixing feature statistics between images at the "
-                             "frozen trunk's output (MixStyle; 0: off)")
-    parser.add_argument("--chest-negatives", type=int, default=0,
-                        help="this many chest_kermany films (split by patient) as extra 'no fracture' examples")
-    parser.add_argument("--check-knees", type=int, default=400,
-                        help="knee films of the unseen-source check scored each epoch (all wrist and hbfmid films)")
+    parser.add_argument(
+        "--web-fracture-weight",
+        type=float,
+        default=0.25,
+        help="weight of the Bone Break fractures in P(any fracture) (0: FracAtlas only)",
+    )
+    parser.add_argument(
+        "--box-free-share",
+        type=float,
+        default=0.5,
+        help="each epoch, this share of the boxed FracAtlas fractures comes back once more as a "
+        "close-up that shows no box, taught as 'no fracture visible' (0: off)",
+    )
+    parser.add_argument(
+        "--mixstyle",
+        type=float,
+        default=0.5,
+        help="probability per batch of mixing feature statistics between images at the "
+        "frozen trunk's output (MixStyle; 0: off)",
+    )
+    parser.add_argument(
+        "--chest-negatives",
+        type=int,
+        default=0,
+        help="this many chest_kermany films (split by patient) as extra 'no fracture' examples",
+    )
+    parser.add_argument(
+        "--check-knees",
+        type=int,
+        default=400,
+        help="knee films of the unseen-source check scored each epoch (all wrist and hbfmid films)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stop-after", type=int, metavar="EPOCH",
-                        help="stop after this epoch as an interruption would (rerun without it to go on)")
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="EPOCH",
+        help="stop after this epoch as an interruption would (rerun without it to go on)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny subset, 2 epochs: checks the recipe in minutes")
     args = parser.parse_args(argv)
     if args.quick:
@@ -96,10 +137,16 @@ def parse_args(argv=None):
     return args
 
 
-def epoch_order(labels: np.ndarray, from_fracatlas: np.ndarray, healthy_per_epoch: int,
-                web_fractures_per_epoch: int, rng: np.random.Generator,
-                boxed: np.ndarray | None = None, box_free_share: float = 0.0,
-                every_epoch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def epoch_order(  # noqa: PLR0913  (named in pyproject.toml)
+    labels: np.ndarray,
+    from_fracatlas: np.ndarray,
+    healthy_per_epoch: int,
+    web_fractures_per_epoch: int,
+    rng: np.random.Generator,
+    boxed: np.ndarray | None = None,
+    box_free_share: float = 0.0,
+    every_epoch: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(indices, box_free flags): every FracAtlas fracture and every beyond-repair image, fresh
     draws of the FracAtlas healthy films and of the other web fractures, the `every_epoch`
     images (extra negatives from another source), and a share of the boxed fractures once more
@@ -107,8 +154,10 @@ def epoch_order(labels: np.ndarray, from_fracatlas: np.ndarray, healthy_per_epoc
     extra = np.zeros(len(labels), bool) if every_epoch is None else every_epoch
     keep = np.flatnonzero((labels == BEYOND) | ((labels == FRACTURED) & from_fracatlas) | extra)
     drawn = [keep]
-    for pool, n in ((np.flatnonzero((labels == HEALTHY) & ~extra), healthy_per_epoch),
-                    (np.flatnonzero((labels == FRACTURED) & ~from_fracatlas), web_fractures_per_epoch)):
+    for pool, n in (
+        (np.flatnonzero((labels == HEALTHY) & ~extra), healthy_per_epoch),
+        (np.flatnonzero((labels == FRACTURED) & ~from_fracatlas), web_fractures_per_epoch),
+    ):
         drawn.append(rng.choice(pool, size=min(n, pool.size), replace=False))
     flags = [np.zeros(sum(len(d) for d in drawn), bool)]
     if boxed is not None and box_free_share > 0 and len(boxed):
@@ -119,8 +168,13 @@ def epoch_order(labels: np.ndarray, from_fracatlas: np.ndarray, healthy_per_epoc
     return np.concatenate(drawn)[order], np.concatenate(flags)[order]
 
 
-def stage_targets(labels: np.ndarray, from_fracatlas: np.ndarray, severe_weight: float,
-                  web_fracture_weight: float = 0.0, shows_fracture: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def stage_targets(
+    labels: np.ndarray,
+    from_fracatlas: np.ndarray,
+    severe_weight: float,
+    web_fracture_weight: float = 0.0,
+    shows_fracture: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """Targets and per-image weights of the two stages (see the module docstring).
 
     web_fracture_weight > 0 lets the web fractures (every one a positive) into P(any fracture)
@@ -132,14 +186,25 @@ def stage_targets(labels: np.ndarray, from_fracatlas: np.ndarray, severe_weight:
         labels = np.where(shows_fracture, labels, HEALTHY)
     fractured = labels != HEALTHY
     fracture_w = np.where(from_fracatlas, 1.0, web_fracture_weight).astype(np.float32)
-    return {"fracture": fractured.astype(np.float32), "fracture_w": fracture_w,
-            "severity": (labels == BEYOND).astype(np.float32),
-            "severity_w": np.where(labels == BEYOND, severe_weight, 1.0).astype(np.float32) * fractured}
+    return {
+        "fracture": fractured.astype(np.float32),
+        "fracture_w": fracture_w,
+        "severity": (labels == BEYOND).astype(np.float32),
+        "severity_w": np.where(labels == BEYOND, severe_weight, 1.0).astype(np.float32) * fractured,
+    }
 
 
-def make_batch(images: np.ndarray, masks: dict, indices: np.ndarray, labels: np.ndarray,
-               from_fracatlas: np.ndarray, grid: int, seeds: list, params: dict = LIVE_AUGMENTATION,
-               box_free: np.ndarray | None = None):
+def make_batch(  # noqa: PLR0913  (named in pyproject.toml)
+    images: np.ndarray,
+    masks: dict,
+    indices: np.ndarray,
+    labels: np.ndarray,
+    from_fracatlas: np.ndarray,
+    grid: int,
+    seeds: list,
+    params: dict = LIVE_AUGMENTATION,
+    box_free: np.ndarray | None = None,
+):
     """Fresh views of images[indices] with their localisation targets.
 
     Returns (x (B, S, S, 1) uint8, cell targets (B, g, g), map weight (B,), shows fracture (B,)):
@@ -167,14 +232,15 @@ def make_batch(images: np.ndarray, masks: dict, indices: np.ndarray, labels: np.
     return np.stack(views)[..., None], np.stack(targets), np.array(weights, np.float32), np.array(shows)
 
 
-def validation_scores(labels: np.ndarray, sources: np.ndarray, log_probs: np.ndarray,
-                      cell_logits: np.ndarray | None = None, val_targets: dict | None = None) -> dict:
+def validation_scores(
+    labels: np.ndarray,
+    sources: np.ndarray,
+    log_probs: np.ndarray,
+    cell_logits: np.ndarray | None = None,
+    val_targets: dict | None = None,
+) -> dict:
     """FracAtlas healthy-vs-fracture AUROC, severity AUROC among fractures, macro-AUROC,
     balanced accuracy (argmax) and, with box targets, how often the map's peak is in a box."""
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-
-    from utils.inference import softmax
-
     probs = softmax(log_probs)
     p_any = probs[:, 1] + probs[:, 2]
     scores = {}
@@ -186,13 +252,13 @@ def validation_scores(labels: np.ndarray, sources: np.ndarray, log_probs: np.nda
     p_severe = probs[fractures, 2] / np.maximum(p_any[fractures], 1e-12)
     scores["severity_auroc"] = float(roc_auc_score(severe, p_severe)) if len(set(severe)) > 1 else 0.5
     present = np.unique(labels)
-    scores["macro_auroc"] = float(np.mean([roc_auc_score(labels == c, probs[:, c]) for c in present])) \
-        if len(present) > 1 else 0.5
+    scores["macro_auroc"] = (
+        float(np.mean([roc_auc_score(labels == c, probs[:, c]) for c in present])) if len(present) > 1 else 0.5
+    )
     scores["balanced_accuracy"] = float(balanced_accuracy_score(labels, probs.argmax(1)))
     scores["score"] = (scores["fracatlas_auroc"] + scores["severity_auroc"]) / 2
     if cell_logits is not None and val_targets:
-        hits = [bool(target.ravel()[int(np.argmax(cell_logits[i].ravel()))] > 0)
-                for i, target in val_targets.items()]
+        hits = [bool(target.ravel()[int(np.argmax(cell_logits[i].ravel()))] > 0) for i, target in val_targets.items()]
         scores["map_peak_in_box"] = float(np.mean(hits))
     return scores
 
@@ -205,10 +271,7 @@ def backbone_weights(args) -> Path | None:
     if not pretrained(args):
         return None
     if args.backbone == "efficientnet_lite2":
-        from training.backbones import efficientnet_lite2_weights
-
         return efficientnet_lite2_weights(args.cache_dir)
-    from training.pretrained import pretrained_weights_path
 
     return pretrained_weights_path(args.cache_dir)
 
@@ -217,8 +280,6 @@ def mix_style(features, alpha: float = 0.1, eps: float = 1e-6):
     """MixStyle (Zhou et al., ICLR 2021): each image's per-channel feature mean and spread are
     mixed with another image's of the batch (weights from Beta(alpha, alpha)), so the tail
     cannot key on an image's style (exposure, detector, processing) rather than its content."""
-    import tensorflow as tf
-
     mean = tf.reduce_mean(features, axis=(1, 2), keepdims=True)
     spread = tf.sqrt(tf.math.reduce_variance(features, axis=(1, 2), keepdims=True) + eps)
     normed = (features - mean) / spread
@@ -235,9 +296,6 @@ class Trainer:
     """Owns the model, the optimizer and their checkpoints in one run folder."""
 
     def __init__(self, model, args, steps_per_epoch: int):
-        import keras
-
-        from training.model import training_view
 
         self.model, self.args = model, args
         self.trunk, self.tail = training_view(model, args.frozen_until)
@@ -267,25 +325,24 @@ class Trainer:
             variable.assign(saved[f"arr_{i}"])
 
     def train_step(self, x, cell_targets, map_weight, targets):
-        import tensorflow as tf
-
         if self._step is None:
             bce = tf.nn.sigmoid_cross_entropy_with_logits
             tail, trunk, optimizer, lam = self.tail, self.trunk, self.optimizer, self.args.localisation_weight
             mix_p = float(getattr(self.args, "mixstyle", 0.0))
 
             @tf.function(reduce_retracing=True)
-            def step(x, cell_targets, map_weight, fracture, fracture_w, severity, severity_w):
+            def step(x, cell_targets, map_weight, fracture, fracture_w, severity, severity_w):  # noqa: PLR0913  (named in pyproject.toml)
                 features = trunk(x, training=False)
                 if mix_p > 0:
-                    features = tf.cond(tf.random.uniform(()) < mix_p, lambda: mix_style(features),
-                                       lambda: features)
+                    features = tf.cond(tf.random.uniform(()) < mix_p, lambda: mix_style(features), lambda: features)
                 with tf.GradientTape() as tape:
                     out = tail(features, training=True)
-                    loss_fracture = tf.reduce_sum(bce(fracture, out["fracture_logit"][:, 0]) * fracture_w) \
-                        / tf.maximum(tf.reduce_sum(fracture_w), 1.0)
-                    loss_severity = tf.reduce_sum(bce(severity, out["severity_logit"][:, 0]) * severity_w) \
-                        / tf.maximum(tf.reduce_sum(severity_w), 1.0)
+                    loss_fracture = tf.reduce_sum(bce(fracture, out["fracture_logit"][:, 0]) * fracture_w) / tf.maximum(
+                        tf.reduce_sum(fracture_w), 1.0
+                    )
+                    loss_severity = tf.reduce_sum(bce(severity, out["severity_logit"][:, 0]) * severity_w) / tf.maximum(
+                        tf.reduce_sum(severity_w), 1.0
+                    )
                     cells = out["localisation_logit"][..., 0]
                     cell_w = 1.0 + (POSITIVE_CELL_WEIGHT - 1.0) * cell_targets
                     per_image = tf.reduce_mean(bce(cell_targets, cells) * cell_w, axis=(1, 2))
@@ -296,30 +353,34 @@ class Trainer:
                 return tf.stack([loss, loss_fracture, loss_severity, loss_map])
 
             self._step = step
-        from utils.inference import to_model_input
 
-        return np.asarray(self._step(to_model_input(x), cell_targets, map_weight, targets["fracture"],
-                                     targets["fracture_w"], targets["severity"], targets["severity_w"]))
+        return np.asarray(
+            self._step(
+                to_model_input(x),
+                cell_targets,
+                map_weight,
+                targets["fracture"],
+                targets["fracture_w"],
+                targets["severity"],
+                targets["severity_w"],
+            )
+        )
 
     def predict(self, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """(log-probabilities (N, 3), cell logits (N, g, g)) of clean (N, S, S) uint8 images."""
-        import tensorflow as tf
-
-        from utils.inference import to_model_input
 
         if not hasattr(self, "_predict"):
             trunk, tail = self.trunk, self.tail
-            self._predict = tf.function(lambda x: tail(trunk(x, training=False), training=False),
-                                        reduce_retracing=True)
+            self._predict = tf.function(lambda x: tail(trunk(x, training=False), training=False), reduce_retracing=True)
         logits, cells = [], []
         for i in range(0, len(images), batch_size):
-            out = self._predict(to_model_input(images[i:i + batch_size, ..., None]))
+            out = self._predict(to_model_input(images[i : i + batch_size, ..., None]))
             logits.append(np.asarray(out["logits"], np.float64))
             cells.append(np.asarray(out["localisation_logit"])[..., 0])
         return np.concatenate(logits), np.concatenate(cells)
 
 
-def fit(model, data: dict, args, log=print) -> dict:
+def fit(model, data: dict, args, log=print) -> dict:  # noqa: PLR0915  (named in pyproject.toml)
     """Train on data["train"] and select on data["val"] (plus data["checks"], the unseen-source
     films, when present: measured each epoch, never trained on); each split is a dict of images
     (N, S, S) uint8, labels (N,), sources (N,) and masks {index: (S, S) bool}. Resumes from args.out."""
@@ -350,13 +411,26 @@ def fit(model, data: dict, args, log=print) -> dict:
             order, box_free = plan(epoch)
             batches = [slice(i, i + args.batch_size) for i in range(0, len(order), args.batch_size)]
 
-            def prepare(b, part):
+            def prepare(b, part, order=order, epoch=epoch, box_free=box_free):
                 batch = order[part]
                 seeds = [[args.seed, epoch, b, j] for j in range(len(batch))]
-                x, cells, map_weight, shows = make_batch(train["images"], train["masks"], batch, train["labels"],
-                                                         plan.clinical, grid, seeds, box_free=box_free[part])
-                return (x, cells, map_weight), stage_targets(train["labels"][batch], plan.clinical[batch],
-                                                             severe_weight, getattr(args, "web_fracture_weight", 0.0), shows)
+                x, cells, map_weight, shows = make_batch(
+                    train["images"],
+                    train["masks"],
+                    batch,
+                    train["labels"],
+                    plan.clinical,
+                    grid,
+                    seeds,
+                    box_free=box_free[part],
+                )
+                return (x, cells, map_weight), stage_targets(
+                    train["labels"][batch],
+                    plan.clinical[batch],
+                    severe_weight,
+                    getattr(args, "web_fracture_weight", 0.0),
+                    shows,
+                )
 
             pending = pool.submit(prepare, 0, batches[0])
             losses = []
@@ -367,9 +441,15 @@ def fit(model, data: dict, args, log=print) -> dict:
                 losses.append(trainer.train_step(x, cells, map_weight, targets))
             entry = score_epoch(trainer, data, val_targets)
             mean_loss = np.mean(losses, axis=0)
-            entry.update(epoch=epoch, loss=float(mean_loss[0]), loss_fracture=float(mean_loss[1]),
-                         loss_severity=float(mean_loss[2]), loss_map=float(mean_loss[3]),
-                         images=int(len(order)), seconds=round(time.time() - t0, 1))
+            entry.update(
+                epoch=epoch,
+                loss=float(mean_loss[0]),
+                loss_fracture=float(mean_loss[1]),
+                loss_severity=float(mean_loss[2]),
+                loss_map=float(mean_loss[3]),
+                images=int(len(order)),
+                seconds=round(time.time() - t0, 1),
+            )
             state["history"].append(entry)
             if entry["score"] > state["best_score"]:
                 state.update(best_score=entry["score"], best_epoch=epoch)
@@ -386,8 +466,12 @@ def fit(model, data: dict, args, log=print) -> dict:
     trainer.tail.load_weights(best_path)
     model.save(out / "model.keras", include_optimizer=False)
     log_probs, _ = trainer.predict(val["images"])
-    return {"state": state, "val_log_probs": log_probs, "severe_weight": severe_weight,
-            "wall_seconds": round(earlier_seconds + time.time() - started, 1)}
+    return {
+        "state": state,
+        "val_log_probs": log_probs,
+        "severe_weight": severe_weight,
+        "wall_seconds": round(earlier_seconds + time.time() - started, 1),
+    }
 
 
 class EpochPlan:
@@ -402,18 +486,21 @@ class EpochPlan:
 
     def __call__(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         a = self.args
-        return epoch_order(self.labels, self.clinical & ~self.extra, a.healthy_per_epoch, a.web_fractures_per_epoch,
-                           np.random.default_rng([a.seed, epoch]), self.boxed, getattr(a, "box_free_share", 0.0),
-                           self.extra)
+        return epoch_order(
+            self.labels,
+            self.clinical & ~self.extra,
+            a.healthy_per_epoch,
+            a.web_fractures_per_epoch,
+            np.random.default_rng([a.seed, epoch]),
+            self.boxed,
+            getattr(a, "box_free_share", 0.0),
+            self.extra,
+        )
 
 
-def score_epoch(trainer: "Trainer", data: dict, val_targets: dict) -> dict:
+def score_epoch(trainer: Trainer, data: dict, val_targets: dict) -> dict:
     """Validation scores, the unseen-source figures (when data["checks"] is there) and the
     selection score combining them (training.offsource.selection_score)."""
-    from training.calibrate import youden_threshold
-    from training.offsource import epoch_figures, selection_score
-    from utils.inference import softmax
-
     val = data["val"]
     log_probs, cell_logits = trainer.predict(val["images"])
     scores = validation_scores(val["labels"], val["sources"], log_probs, cell_logits, val_targets)
@@ -434,24 +521,25 @@ def score_epoch(trainer: "Trainer", data: dict, val_targets: dict) -> dict:
 def chest_negative_rows(data_dir: Path, count: int, seed: int = 0) -> list[dict]:
     """`count` normal chest_kermany films as training-only "no fracture" rows, one per patient
     (patients drawn at random, so no patient appears twice)."""
-    from training.offsource import check_rows
-
     rows = [r for r in check_rows(data_dir, "chest_kermany") if r["finding"] == "normal"]
     by_patient = {}
     for row in rows:
         by_patient.setdefault(row["patient_id"], row)
     patients = sorted(by_patient)
     picked = np.random.default_rng(seed).permutation(len(patients))[:count]
-    return [{"path": f"chest_kermany/{by_patient[patients[i]]['path']}", "sha256": by_patient[patients[i]]["sha256"],
-             "source": "chest_kermany", "label": "healthy", "split": "train"} for i in sorted(picked)]
+    return [
+        {
+            "path": f"chest_kermany/{by_patient[patients[i]]['path']}",
+            "sha256": by_patient[patients[i]]["sha256"],
+            "source": "chest_kermany",
+            "label": "healthy",
+            "split": "train",
+        }
+        for i in sorted(picked)
+    ]
 
 
 def load_data(args, log=print) -> tuple[dict, list[dict]]:
-    from training.boxes import box_masks
-    from training.features import build_image_cache
-    from training.offsource import check_images
-    from training.train import quick_subset
-
     rows = read_split(args.split)
     if args.quick:
         rows = quick_subset(rows, seed=args.seed)
@@ -468,9 +556,13 @@ def load_data(args, log=print) -> tuple[dict, list[dict]]:
     for split in ("train", "val"):
         idx = np.flatnonzero(split_of == split)
         position = {int(i): j for j, i in enumerate(idx)}
-        data[split] = {"images": images[idx], "labels": labels[idx], "sources": sources[idx],
-                       "sha256": np.array([rows[i]["sha256"] for i in idx]),
-                       "masks": {position[i]: m for i, m in masks.items() if i in position}}
+        data[split] = {
+            "images": images[idx],
+            "labels": labels[idx],
+            "sources": sources[idx],
+            "sha256": np.array([rows[i]["sha256"] for i in idx]),
+            "masks": {position[i]: m for i, m in masks.items() if i in position},
+        }
     knees = 12 if args.quick else getattr(args, "check_knees", 400)
     checks = check_images(args.data_dir, args.cache_dir, limit_per_source=None)
     if "knee_oai" in checks:  # a fixed subset of the knees keeps the per-epoch check short
@@ -479,23 +571,29 @@ def load_data(args, log=print) -> tuple[dict, list[dict]]:
         checks = {name: {k: v[:12] for k, v in c.items()} for name, c in checks.items()}
     if "hbfmid_check" in checks:
         data["checks"] = checks
-    log(f"{len(rows)} images; train {len(data['train']['labels'])} ({len(data['train']['masks'])} with boxes), "
+    log(
+        f"{len(rows)} images; train {len(data['train']['labels'])} ({len(data['train']['masks'])} with boxes), "
         f"val {len(data['val']['labels'])}; unseen-source films scored each epoch: "
-        + (", ".join(f"{n} {len(c['labels'])}" for n, c in checks.items()) or "none"))
+        + (", ".join(f"{n} {len(c['labels'])}" for n, c in checks.items()) or "none")
+    )
     return data, rows
 
 
 def main(argv=None) -> dict:
-    from training.model import build_two_stage_classifier
-
     args = parse_args(argv)
     log = run_logger(args.out)
 
     data, _ = load_data(args, log)
     if args.backbone != "inception_v3" and args.frozen_until == DEFAULT_FROZEN_UNTIL:
         args.frozen_until = "input"  # the comparison's other backbones train every layer
-    model = build_two_stage_classifier(backbone_weights(args), cut=args.cut, dropout=args.dropout, seed=args.seed,
-                                       size=data["train"]["images"].shape[1], backbone=args.backbone)
+    model = build_two_stage_classifier(
+        backbone_weights(args),
+        cut=args.cut,
+        dropout=args.dropout,
+        seed=args.seed,
+        size=data["train"]["images"].shape[1],
+        backbone=args.backbone,
+    )
     result = fit(model, data, args, log)
     if result.get("stopped"):
         return {}
@@ -503,21 +601,31 @@ def main(argv=None) -> dict:
     np.savez(args.out / "val_logits.npz", logits=result["val_log_probs"], labels=val["labels"], sha256=val["sha256"])
     best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
     train_labels = data["train"]["labels"]
-    summary = {"recipe": "training.finetune (two-stage head, fracture map, live augmentation)",
-               "backbone": args.backbone,
-               "args": {**{k: str(v) for k, v in vars(args).items()}, "views": "live"},
-               "best_epoch": state["best_epoch"], "best_val_score": state["best_score"],
-               "best_val_macro_auroc": best["macro_auroc"], "history": state["history"],
-               "train_counts": np.bincount(train_labels, minlength=3).tolist(),
-               "class_weights": [1.0, 1.0, 1.0], "severe_weight": result["severe_weight"],
-               "positive_cell_weight": POSITIVE_CELL_WEIGHT, "min_cell_coverage": MIN_CELL_COVERAGE,
-               "augmentation": {k: (list(v) if isinstance(v, tuple) else v) for k, v in LIVE_AUGMENTATION.items()},
-               "input_size": int(data["train"]["images"].shape[1]), "serving_input_size": INPUT_SIZE,
-               "wall_seconds": result["wall_seconds"], "features_from_cache": False}
+    summary = {
+        "recipe": "training.finetune (two-stage head, fracture map, live augmentation)",
+        "backbone": args.backbone,
+        "args": {**{k: str(v) for k, v in vars(args).items()}, "views": "live"},
+        "best_epoch": state["best_epoch"],
+        "best_val_score": state["best_score"],
+        "best_val_macro_auroc": best["macro_auroc"],
+        "history": state["history"],
+        "train_counts": np.bincount(train_labels, minlength=3).tolist(),
+        "class_weights": [1.0, 1.0, 1.0],
+        "severe_weight": result["severe_weight"],
+        "positive_cell_weight": POSITIVE_CELL_WEIGHT,
+        "min_cell_coverage": MIN_CELL_COVERAGE,
+        "augmentation": {k: (list(v) if isinstance(v, tuple) else v) for k, v in LIVE_AUGMENTATION.items()},
+        "input_size": int(data["train"]["images"].shape[1]),
+        "serving_input_size": INPUT_SIZE,
+        "wall_seconds": result["wall_seconds"],
+        "features_from_cache": False,
+    }
     (args.out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=float))
-    log(f"done: best epoch {state['best_epoch']} val score {state['best_score']:.4f} "
+    log(
+        f"done: best epoch {state['best_epoch']} val score {state['best_score']:.4f} "
         f"(FracAtlas AUROC {best['fracatlas_auroc']:.4f}, severity AUROC {best['severity_auroc']:.4f}); "
-        f"{result['wall_seconds']:.0f} s in all")
+        f"{result['wall_seconds']:.0f} s in all"
+    )
     return summary
 
 

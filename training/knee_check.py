@@ -1,6 +1,6 @@
 """The unseen-source check: healthy knee films from another continent (../shared/data/knee_oai/).
 
-Every image there is healthy. Through the serving path (bytes -> utils.classifier, guard
+Every image there is healthy. Through the serving path (bytes -> utils.core.classifier, guard
 included) this reports, per preset: the share called healthy and not uncertain (right), the
 share flagged as not-an-X-ray or uncertain (honest), and the share given a confident fracture
 verdict (wrong). Nothing is fitted here: the check only measures a model that is already
@@ -16,14 +16,16 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 from pathlib import Path
 
+import keras
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from training.data import default_data_dir  # noqa: E402
+from training.data import default_data_dir
+from training.trust import GUARD_FILE, classifier_for
+from utils.core.bundle import load_bundle
+from utils.core.classifier import Classifier
+from utils.core.guard import FeatureGuard
 
 KNEE_FOLDER = "knee_oai"
 
@@ -53,10 +55,13 @@ def summarise(predictions, preset: dict) -> dict:
             outcome["fracture_confident"] += 1
     n = max(len(predictions), 1)
     p_healthy = [p.probabilities["healthy"] for p in predictions if p.probabilities]
-    return {"n": len(predictions), **{k: v / n for k, v in outcome.items()},
-            "called": {k: v / n for k, v in labels.items()},
-            "flagged_not_xray": sum(p.not_xray is not None for p in predictions) / n,
-            "median_p_healthy": float(np.median(p_healthy)) if p_healthy else None}
+    return {
+        "n": len(predictions),
+        **{k: v / n for k, v in outcome.items()},
+        "called": {k: v / n for k, v in labels.items()},
+        "flagged_not_xray": sum(p.not_xray is not None for p in predictions) / n,
+        "median_p_healthy": float(np.median(p_healthy)) if p_healthy else None,
+    }
 
 
 def knee_check(classifier, data_dir: Path, limit: int | None = None) -> dict:
@@ -68,25 +73,29 @@ def knee_check(classifier, data_dir: Path, limit: int | None = None) -> dict:
 
 
 def classifier_for_run(run_dir: Path, guard: bool = True):
-    import keras
-
-    from training.trust import GUARD_FILE, classifier_for
-    from utils.guard import FeatureGuard
 
     report = json.loads((run_dir / "eval" / "metrics.json").read_text())
-    metadata = {"classes": ["healthy", "fractured", "beyond_repair"], "temperature": report["temperature"],
-                "presets": report["presets"]}
+    metadata = {
+        "classes": ["healthy", "fractured", "beyond_repair"],
+        "temperature": report["temperature"],
+        "presets": report["presets"],
+    }
     guard_path = run_dir / "trust" / GUARD_FILE
     feature_guard = FeatureGuard.load(guard_path) if guard and guard_path.exists() else None
     return classifier_for(keras.saving.load_model(run_dir / "model.keras", compile=False), metadata, feature_guard)
 
 
 def markdown(result: dict) -> str:
-    lines = ["| preset | n | healthy, not uncertain | uncertain or flagged | confident fracture verdict | "
-             "flagged not-an-X-ray | median P(healthy) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| preset | n | healthy, not uncertain | uncertain or flagged | confident fracture verdict | "
+        "flagged not-an-X-ray | median P(healthy) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in result.items():
-        lines.append(f"| {name} | {r['n']} | {r['healthy_confident']:.1%} | {r['uncertain_or_flagged']:.1%} | "
-                     f"{r['fracture_confident']:.1%} | {r['flagged_not_xray']:.1%} | {r['median_p_healthy']:.3f} |")
+        lines.append(
+            f"| {name} | {r['n']} | {r['healthy_confident']:.1%} | {r['uncertain_or_flagged']:.1%} | "
+            f"{r['fracture_confident']:.1%} | {r['flagged_not_xray']:.1%} | {r['median_p_healthy']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -97,15 +106,13 @@ def main(argv=None) -> dict:
     where.add_argument("--bundle-dir", type=Path)
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--limit", type=int, help="only the first N images (a quick look)")
-    parser.add_argument("--no-guard", action="store_true",
-                        help="without the feature guard (the model alone; the comparison's figures)")
+    parser.add_argument(
+        "--no-guard", action="store_true", help="without the feature guard (the model alone; the comparison's figures)"
+    )
     args = parser.parse_args(argv)
     if args.run:
         classifier = classifier_for_run(args.run, guard=not args.no_guard)
     else:
-        from utils.bundle import load_bundle
-        from utils.classifier import Classifier
-
         classifier = Classifier(load_bundle(args.bundle_dir))
     result = knee_check(classifier, args.data_dir, args.limit)
     if args.run:

@@ -1,6 +1,6 @@
 """Convert the bundled .keras model to the LiteRT flatbuffer that serving runs, and check it.
 
-The flatbuffer holds utils.runtime.build_serving_model(model): logits, pooled features and
+The flatbuffer holds utils.core.engines.build_serving_model(model): logits, pooled features and
 class maps from one input. float32 weights: the conversion changes kernels, not precision.
 
 Usage: python -m training.litert --run artifacts/run_nsfwjs [--quick]
@@ -10,25 +10,24 @@ Writes <run>/litert/: serving.tflite and litert.json (the differences from Keras
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
+import keras
 import numpy as np
+import tensorflow as tf
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from training.data import read_split, run_step_parser
+from training.features import build_image_cache
+from training.train import quick_subset
+from utils.core.engines import KerasEngine, LiteRTEngine, build_serving_model
+from utils.core.inference import calibrated_probabilities, to_model_input
 
 
-def convert(keras_path: Path, out_path: Path, int8: bool = False,
-            representative: np.ndarray | None = None) -> Path:
+def convert(keras_path: Path, out_path: Path, int8: bool = False, representative: np.ndarray | None = None) -> Path:
     """float32 by default. int8=True quantizes (benchmarks.precision): weights only with
     activations quantized on the fly, or full integer when (N, S, S) uint8 representative
     images calibrate the activations."""
-    import keras
-    import tensorflow as tf
-
-    from utils.inference import to_model_input
-    from utils.runtime import build_serving_model
 
     serving = build_serving_model(keras.saving.load_model(keras_path, compile=False))
     with tempfile.TemporaryDirectory() as tmp:
@@ -38,46 +37,44 @@ def convert(keras_path: Path, out_path: Path, int8: bool = False,
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if int8 and representative is not None:
             converter.representative_dataset = lambda: (
-                [to_model_input(image[None, ..., None])] for image in representative)
+                [to_model_input(image[None, ..., None])] for image in representative
+            )
         out_path.write_bytes(converter.convert())
     return out_path
 
 
-def max_probability_difference(keras_path: Path, litert_path: Path, images: np.ndarray,
-                               temperature: float, batch_size: int = 16) -> dict:
+def max_probability_difference(
+    keras_path: Path, litert_path: Path, images: np.ndarray, temperature: float, batch_size: int = 16
+) -> dict:
     """Largest |p_litert - p_keras| over (N, S, S) uint8 model inputs, with the other outputs'."""
-    import keras
-
-    from utils.inference import calibrated_probabilities, to_model_input
-    from utils.runtime import KerasEngine, LiteRTEngine
 
     reference = KerasEngine(keras.saving.load_model(keras_path, compile=False))
     fast = LiteRTEngine(litert_path)
     heatmap_key = reference.outputs[-1]  # "localisation" or "class_maps"
     worst = {"probabilities": 0.0, "features": 0.0, heatmap_key: 0.0}
     for i in range(0, len(images), batch_size):
-        x = to_model_input(images[i:i + batch_size, ..., None])
+        x = to_model_input(images[i : i + batch_size, ..., None])
         a, b = reference(x), fast(x)
         pa, pb = (calibrated_probabilities(o["logits"], temperature) for o in (a, b))
         worst["probabilities"] = max(worst["probabilities"], float(np.abs(pa - pb).max()))
         for key in ("features", heatmap_key):
             scale = float(np.abs(a[key]).max()) or 1.0
             worst[key] = max(worst[key], float(np.abs(a[key] - b[key]).max()) / scale)
-    return {"n": int(len(images)), "max_abs_probability_difference": worst["probabilities"],
-            "max_relative_feature_difference": worst["features"],
-            "heatmap_output": heatmap_key, "max_relative_class_map_difference": worst[heatmap_key]}
+    return {
+        "n": int(len(images)),
+        "max_abs_probability_difference": worst["probabilities"],
+        "max_relative_feature_difference": worst["features"],
+        "heatmap_output": heatmap_key,
+        "max_relative_class_map_difference": worst[heatmap_key],
+    }
 
 
 LITERT_FILE = "serving.tflite"
-# Issue 6: lower-precision or converted inference must stay within this of Keras's probabilities.
+# Lower-precision or converted inference must stay within this of Keras's probabilities.
 MAX_PROBABILITY_DIFFERENCE = 0.01
 
 
 def main(argv=None) -> dict:
-    from training.data import read_split, run_step_parser
-    from training.features import build_image_cache
-    from training.train import quick_subset
-
     args = run_step_parser(__doc__.splitlines()[0], out=False).parse_args(argv)
     out_dir = args.run / "litert"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -85,14 +82,17 @@ def main(argv=None) -> dict:
     rows = read_split(args.split)
     rows = [r for r in (quick_subset(rows) if args.quick else rows) if r["split"] == "test"]
     temperature = json.loads((args.run / "eval" / "metrics.json").read_text())["temperature"]
-    report = max_probability_difference(args.run / "model.keras", litert_path,
-                                        build_image_cache(rows, args.data_dir, args.cache_dir), temperature)
+    report = max_probability_difference(
+        args.run / "model.keras", litert_path, build_image_cache(rows, args.data_dir, args.cache_dir), temperature
+    )
     report["within_limit"] = report["max_abs_probability_difference"] <= MAX_PROBABILITY_DIFFERENCE
     (out_dir / "litert.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report))
     if not report["within_limit"]:
-        raise SystemExit(f"LiteRT probabilities differ from Keras by {report['max_abs_probability_difference']:.4f} "
-                         f"(limit {MAX_PROBABILITY_DIFFERENCE}); not exporting it")
+        raise SystemExit(
+            f"LiteRT probabilities differ from Keras by {report['max_abs_probability_difference']:.4f} "
+            f"(limit {MAX_PROBABILITY_DIFFERENCE}); not exporting it"
+        )
     return report
 
 

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import numpy as np
+from keras import layers
 
-from utils.preprocess import INPUT_SIZE
+from training.backbones import BACKBONES
+from utils.core.preprocess import INPUT_SIZE
 
 DEFAULT_CUT = "mixed7"
 # Blocks below FROZEN_UNTIL keep their pretrained weights; the features there are cached.
 DEFAULT_FROZEN_UNTIL = "mixed5"
 
 
-def build_classifier(pretrained_weights: Path | None, cut: str = DEFAULT_CUT,
-                     n_classes: int = 3, dropout: float = 0.3, seed: int = 0, size: int = INPUT_SIZE):
+def build_classifier(
+    pretrained_weights: Path | None,
+    cut: str = DEFAULT_CUT,
+    n_classes: int = 3,
+    dropout: float = 0.3,
+    seed: int = 0,
+    size: int = INPUT_SIZE,
+):
     """Flat functional model: float input (S, S, 3) in [0, 1] -> n_classes logits."""
-    import keras
-
     keras.utils.set_random_seed(seed)
-    base = keras.applications.InceptionV3(weights=None, include_top=False,
-                                          input_shape=(size, size, 3))
+    base = keras.applications.InceptionV3(weights=None, include_top=False, input_shape=(size, size, 3))
     if pretrained_weights is not None:
         base.load_weights(pretrained_weights)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(base.get_layer(cut).output)
@@ -34,8 +40,6 @@ def split_at(model, frozen_until: str = DEFAULT_FROZEN_UNTIL):
 
     Both share layers with `model`, so training the tail trains the full model.
     """
-    import keras
-
     # frozen_until "input" (the model's input layer): nothing is frozen (a model from scratch).
     boundary = model.input if frozen_until == "input" else model.get_layer(frozen_until).output
     trunk = keras.Model(model.input, boundary, name="frozen_trunk")
@@ -44,22 +48,30 @@ def split_at(model, frozen_until: str = DEFAULT_FROZEN_UNTIL):
     return trunk, tail
 
 
-# Two-stage head with a fracture map (issue 12): P(any fracture) from the last block's pooled
+# Two-stage head with a fracture map: P(any fracture) from the last block's pooled
 # features plus the max and mean of a per-cell fracture map (one small fracture can carry the
 # image), and P(beyond_repair | fracture) from the pooled features alone. The three class
 # log-probabilities are a fixed linear map of the two stages' log-probabilities:
 #   log P(healthy)       = log(1 - pf)
 #   log P(fractured)     = log pf + log(1 - ps)
 #   log P(beyond_repair) = log pf + log ps
-COMPOSE_KERNEL = ((1.0, 0.0, 0.0),   # log(1 - pf)
-                  (0.0, 1.0, 1.0),   # log pf
-                  (0.0, 1.0, 0.0),   # log(1 - ps)
-                  (0.0, 0.0, 1.0))   # log ps
+COMPOSE_KERNEL = (
+    (1.0, 0.0, 0.0),  # log(1 - pf)
+    (0.0, 1.0, 1.0),  # log pf
+    (0.0, 1.0, 0.0),  # log(1 - ps)
+    (0.0, 0.0, 1.0),
+)  # log ps
 STAGE_OUTPUTS = ("fracture_logit", "severity_logit", "localisation_logit")
 
 
-def build_two_stage_classifier(pretrained_weights: Path | None, cut: str = DEFAULT_CUT, dropout: float = 0.3,
-                               seed: int = 0, size: int = INPUT_SIZE, backbone: str = "inception_v3"):
+def build_two_stage_classifier(
+    pretrained_weights: Path | None,
+    cut: str = DEFAULT_CUT,
+    dropout: float = 0.3,
+    seed: int = 0,
+    size: int = INPUT_SIZE,
+    backbone: str = "inception_v3",
+):
     """Flat functional model: float input (S, S, 3) in [0, 1] -> the 3 classes' log-probabilities
     (named `logits`: softmax of them gives the probabilities back). Built from stock Keras
     layers only, so the .keras file loads and converts to LiteRT without custom code.
@@ -72,8 +84,6 @@ def build_two_stage_classifier(pretrained_weights: Path | None, cut: str = DEFAU
     sigmoid is the per-cell fracture probability), `fracture_logit`, `severity_logit`, `pool`
     (the guard's features).
     """
-    import keras
-
     keras.utils.set_random_seed(seed)
     if backbone == "inception_v3":
         base = keras.applications.InceptionV3(weights=None, include_top=False, input_shape=(size, size, 3))
@@ -81,33 +91,35 @@ def build_two_stage_classifier(pretrained_weights: Path | None, cut: str = DEFAU
             base.load_weights(pretrained_weights)
         inputs, conv = base.input, base.get_layer(cut).output
     else:
-        from training.backbones import BACKBONES
-
         inputs, conv = BACKBONES[backbone](size, pretrained_weights)
     return two_stage_head(inputs, conv, dropout, name=f"bone_xray_{backbone}_two_stage")
 
 
 def two_stage_head(inputs, conv, dropout: float, name: str):
     """The fracture map, the two stages and their composition on a backbone's last feature map."""
-    import keras
-    from keras import layers
-
-    cell_logits = layers.Conv2D(1, 1, name="localisation_logit",
-                                bias_initializer=keras.initializers.Constant(-4.0))(conv)
+    cell_logits = layers.Conv2D(1, 1, name="localisation_logit", bias_initializer=keras.initializers.Constant(-4.0))(
+        conv
+    )
     pooled = layers.Dropout(dropout, name="dropout")(layers.GlobalAveragePooling2D(name="pool")(conv))
-    evidence = layers.Concatenate(name="evidence")([
-        pooled, layers.GlobalMaxPooling2D(name="cell_max")(cell_logits),
-        layers.GlobalAveragePooling2D(name="cell_mean")(cell_logits)])
+    evidence = layers.Concatenate(name="evidence")(
+        [
+            pooled,
+            layers.GlobalMaxPooling2D(name="cell_max")(cell_logits),
+            layers.GlobalAveragePooling2D(name="cell_mean")(cell_logits),
+        ]
+    )
     fracture = layers.Dense(1, name="fracture_logit")(evidence)
     severity = layers.Dense(1, name="severity_logit")(pooled)
 
     def stage_log_probabilities(logit, stage):
         zero = layers.Rescaling(0.0, name=f"{stage}_zero")(logit)
         return layers.Activation("log_softmax", name=f"{stage}_log_p")(
-            layers.Concatenate(name=f"{stage}_pair")([zero, logit]))
+            layers.Concatenate(name=f"{stage}_pair")([zero, logit])
+        )
 
-    stages = layers.Concatenate(name="stages")([stage_log_probabilities(fracture, "fracture"),
-                                                stage_log_probabilities(severity, "severity")])
+    stages = layers.Concatenate(name="stages")(
+        [stage_log_probabilities(fracture, "fracture"), stage_log_probabilities(severity, "severity")]
+    )
     compose = layers.Dense(3, use_bias=False, trainable=False, name="logits")
     log_probs = compose(stages)
     compose.set_weights([np.array(COMPOSE_KERNEL, dtype=np.float32)])
@@ -128,12 +140,11 @@ def two_stage_probabilities(p_fracture: np.ndarray, p_severe: np.ndarray) -> np.
 
 def training_view(model, frozen_until: str = DEFAULT_FROZEN_UNTIL):
     """(frozen trunk up to frozen_until, trainable tail: boundary -> the stage logits and the map)."""
-    import keras
-
     # frozen_until "input" (the model's input layer): nothing is frozen (a model from scratch).
     boundary = model.input if frozen_until == "input" else model.get_layer(frozen_until).output
     trunk = keras.Model(model.input, boundary, name="frozen_trunk")
-    tail = keras.Model(boundary, {name: model.get_layer(name).output for name in STAGE_OUTPUTS + ("logits",)},
-                       name="trainable_tail")
+    tail = keras.Model(
+        boundary, {name: model.get_layer(name).output for name in STAGE_OUTPUTS + ("logits",)}, name="trainable_tail"
+    )
     trunk.trainable = False
     return trunk, tail

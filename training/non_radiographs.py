@@ -12,15 +12,40 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
+import skimage.data
 from PIL import Image, ImageDraw, ImageFont
+from skimage.data import binary_blobs
 
-SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
-                  "retina", "immunohistochemistry", "colorwheel", "logo", "camera", "moon", "coins",
-                  "page", "text", "brick", "grass", "gravel", "horse", "clock", "cell", "checkerboard")
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "hubble_deep_field",
+    "retina",
+    "immunohistochemistry",
+    "colorwheel",
+    "logo",
+    "camera",
+    "moon",
+    "coins",
+    "page",
+    "text",
+    "brick",
+    "grass",
+    "gravel",
+    "horse",
+    "clock",
+    "cell",
+    "checkerboard",
+)
 KINDS = ("photo", "texture", "document", "flat")
-WORDS = ("invoice total amount date name address phone order item quantity price tax receipt "
-         "meeting agenda notes project report summary figure table results method page").split()
+WORDS = (
+    "invoice total amount date name address phone order item quantity price tax receipt "
+    "meeting agenda notes project report summary figure table results method page"
+).split()
 
 
 def encode(array: np.ndarray, rng: np.random.Generator) -> bytes:
@@ -28,7 +53,8 @@ def encode(array: np.ndarray, rng: np.random.Generator) -> bytes:
     buffer = io.BytesIO()
     if rng.random() < 0.5:
         image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode).save(
-            buffer, format="JPEG", quality=int(rng.integers(70, 96)))
+            buffer, format="JPEG", quality=int(rng.integers(70, 96))
+        )
     else:
         image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -46,14 +72,12 @@ def _to_uint8_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def photo(rng: np.random.Generator) -> np.ndarray:
-    import skimage.data
-
     source = _to_uint8_rgb(getattr(skimage.data, SKIMAGE_PHOTOS[rng.integers(len(SKIMAGE_PHOTOS))])())
     height, width = source.shape[:2]
     crop_h = int(height * rng.uniform(0.5, 1.0))
     crop_w = int(width * rng.uniform(0.5, 1.0))
     top, left = rng.integers(0, height - crop_h + 1), rng.integers(0, width - crop_w + 1)
-    crop = source[top:top + crop_h, left:left + crop_w].astype(np.float32)
+    crop = source[top : top + crop_h, left : left + crop_w].astype(np.float32)
     if crop.ndim == 3:  # colour jitter: per-channel gain and a brightness shift
         crop = crop * rng.uniform(0.8, 1.2, size=3) + rng.uniform(-20, 20)
     else:
@@ -68,7 +92,6 @@ def texture(rng: np.random.Generator) -> np.ndarray:
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     kind = rng.integers(5)
     if kind == 0:  # smoothed noise
-        import cv2
         field = cv2.GaussianBlur(rng.random((height, width)).astype(np.float32), (0, 0), rng.uniform(1, 8))
     elif kind == 1:  # linear gradient
         angle = rng.uniform(0, np.pi)
@@ -79,10 +102,10 @@ def texture(rng: np.random.Generator) -> np.ndarray:
         cell = int(rng.integers(8, 60))
         field = ((x // cell + y // cell) % 2).astype(np.float32)
     else:  # blobs
-        from skimage.data import binary_blobs
         side = max(height, width)
-        field = binary_blobs(length=side, blob_size_fraction=rng.uniform(0.05, 0.2),
-                             rng=int(rng.integers(1 << 30)))[:height, :width].astype(np.float32)
+        field = binary_blobs(length=side, blob_size_fraction=rng.uniform(0.05, 0.2), rng=int(rng.integers(1 << 30)))[
+            :height, :width
+        ].astype(np.float32)
     field = (field - field.min()) / max(float(np.ptp(field)), 1e-6)
     if rng.random() < 0.5:
         low, high = rng.integers(0, 256, size=3), rng.integers(0, 256, size=3)
@@ -134,8 +157,11 @@ def drawing(rng: np.random.Generator) -> np.ndarray:
         elif choice == 1:
             draw.rectangle(shape, outline=ink, width=line)
         else:
-            draw.line([tuple(p) for p in rng.integers(0, min(width, height), (int(rng.integers(2, 8)), 2))],
-                      fill=ink, width=line)
+            draw.line(
+                [tuple(p) for p in rng.integers(0, min(width, height), (int(rng.integers(2, 8)), 2))],
+                fill=ink,
+                width=line,
+            )
     return np.asarray(image)
 
 
@@ -143,18 +169,24 @@ def screenshot(rng: np.random.Generator) -> np.ndarray:
     """A desktop or web page: title bar, panels, buttons and text, in grey or colour."""
     width, height = int(rng.integers(640, 1280)), int(rng.integers(400, 900))
     colour = rng.random() < 0.6
-    mode, background = ("RGB", tuple(int(v) for v in rng.integers(200, 256, 3))) if colour else ("L", int(rng.integers(200, 256)))
+    mode, background = (
+        ("RGB", tuple(int(v) for v in rng.integers(200, 256, 3))) if colour else ("L", int(rng.integers(200, 256)))
+    )
     image = Image.new(mode, (width, height), background)
     draw = ImageDraw.Draw(image)
 
     def paint(low, high):
         return tuple(int(v) for v in rng.integers(low, high, 3)) if colour else int(rng.integers(low, high))
+
     draw.rectangle([0, 0, width, int(rng.integers(24, 60))], fill=paint(20, 120))
     font = ImageFont.load_default(size=int(rng.integers(11, 18)))
     for _ in range(int(rng.integers(4, 12))):
         x0, y0 = int(rng.integers(0, width - 120)), int(rng.integers(60, height - 40))
-        draw.rectangle([x0, y0, x0 + int(rng.integers(60, 300)), y0 + int(rng.integers(20, 120))],
-                       fill=paint(150, 256), outline=paint(0, 120))
+        draw.rectangle(
+            [x0, y0, x0 + int(rng.integers(60, 300)), y0 + int(rng.integers(20, 120))],
+            fill=paint(150, 256),
+            outline=paint(0, 120),
+        )
         draw.text((x0 + 6, y0 + 4), " ".join(rng.choice(WORDS, size=3)), fill=paint(0, 80), font=font)
     return np.asarray(image)
 
@@ -169,13 +201,20 @@ def ct_like(rng: np.random.Generator) -> np.ndarray:
     image = np.where(body < 1, 0.35, 0.0) + np.where((body < 1) & (body > 0.85), 0.5, 0.0)
     for _ in range(int(rng.integers(3, 9))):
         cx, cy, r = rng.uniform(-0.25, 0.25), rng.uniform(-0.2, 0.2), rng.uniform(0.03, 0.12)
-        image += np.where((x - cx) ** 2 + (y - cy) ** 2 < r ** 2, rng.uniform(-0.2, 0.5), 0.0)
+        image += np.where((x - cx) ** 2 + (y - cy) ** 2 < r**2, rng.uniform(-0.2, 0.5), 0.0)
     image += rng.normal(0, rng.uniform(0.01, 0.05), image.shape)
     return np.uint8(np.clip(image, 0, 1) * 255)
 
 
-MAKERS = {"photo": photo, "texture": texture, "document": document, "flat": flat,
-          "drawing": drawing, "screenshot": screenshot, "ct_like": ct_like}
+MAKERS = {
+    "photo": photo,
+    "texture": texture,
+    "document": document,
+    "flat": flat,
+    "drawing": drawing,
+    "screenshot": screenshot,
+    "ct_like": ct_like,
+}
 # Kinds the radiograph guard also learns from (the four KINDS are the measured set of old).
 EXTRA_KINDS = ("drawing", "screenshot", "ct_like")
 

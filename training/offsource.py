@@ -13,8 +13,10 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
-from utils.preprocess import INPUT_SIZE, load_and_preprocess
+from training.features import spec_hash
+from utils.core.preprocess import INPUT_SIZE, load_and_preprocess
 
 HEALTHY_SOURCES = ("knee_oai", "wrist_check")
 FRACTURE_SOURCE = "hbfmid_check"
@@ -38,12 +40,11 @@ def _preprocess_file(path: str, size: int = INPUT_SIZE) -> np.ndarray:
     return image[..., 0]
 
 
-def check_images(data_dir: Path, cache_dir: Path, limit_per_source: int | None = None,
-                 size: int = INPUT_SIZE) -> dict[str, dict]:
+def check_images(
+    data_dir: Path, cache_dir: Path, limit_per_source: int | None = None, size: int = INPUT_SIZE
+) -> dict[str, dict]:
     """{folder: {"images": (N, S, S) uint8, "labels": [...], "paths": [...]}} for the checks
     that exist; cached by the files' sha256 and the preprocessing."""
-    from training.features import spec_hash
-
     out = {}
     for folder in CHECK_FOLDERS:
         rows = check_rows(data_dir, folder)[:limit_per_source]
@@ -65,8 +66,6 @@ def check_images(data_dir: Path, cache_dir: Path, limit_per_source: int | None =
 def offsource_aurocs(p_fracture: dict[str, np.ndarray], labels: dict[str, list[str]]) -> dict[str, float]:
     """AUROC of P(any fracture): hbfmid_check's fractured films against each healthy source, and
     the worst of them (`offsource_auroc`)."""
-    from sklearn.metrics import roc_auc_score
-
     fractured = p_fracture[FRACTURE_SOURCE][np.array(labels[FRACTURE_SOURCE]) != "healthy"]
     result = {}
     for source in HEALTHY_SOURCES:

@@ -2,7 +2,7 @@
 
 For a shipped bundle or a trained run, every film of knee_oai/ (1,000 healthy knees),
 wrist_check/ (42 healthy wrists) and hbfmid_check/ (82 fractures, 5 healthy) goes through
-bytes -> utils.classifier (guard included), and this reports per preset:
+bytes -> utils.core.classifier (guard included), and this reports per preset:
 - healthy sources: the share called healthy and not uncertain, given a confident fracture
   verdict, labelled beyond repair, flagged (not a radiograph / unlike the training films);
 - hbfmid_check: fracture recall (label not healthy), confident recall, flagged, and the
@@ -21,27 +21,44 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 from pathlib import Path
 
+import keras
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from training.data import default_data_dir  # noqa: E402
-from training.offsource import FRACTURE_SOURCE, HEALTHY_SOURCES, check_rows, offsource_aurocs  # noqa: E402
-from utils.guard import is_confident_not_radiograph  # noqa: E402
+from training.data import default_data_dir
+from training.offsource import FRACTURE_SOURCE, HEALTHY_SOURCES, check_rows, offsource_aurocs
+from training.trust import classifier_for
+from utils.core.bundle import load_bundle
+from utils.core.classifier import Classifier
+from utils.core.decode import decode_image_bytes
+from utils.core.guard import (
+    is_confident_not_radiograph,
+    load_guard,
+)
+from utils.core.heatmap import upsample_heatmap
+from utils.core.preprocess import preprocess_with_geometry
 
 
 def classify_check(classifier, rows: list[dict], preset: str = "balanced"):
-    return classifier.predict_many([(r["path"], Path(r["file"]).read_bytes()) for r in rows],
-                                   preset=preset, batch_size=16)
+    return classifier.predict_many(
+        [(r["path"], Path(r["file"]).read_bytes()) for r in rows], preset=preset, batch_size=16
+    )
 
 
 def outcome_shares(predictions, preset: dict) -> dict:
     """Shares of the films by outcome under one preset."""
-    counts = {"healthy_confident": 0, "fracture_confident": 0, "uncertain": 0, "beyond_repair": 0,
-              "not_healthy": 0, "not_radiograph": 0, "unfamiliar": 0, "error": 0, "argmax_healthy": 0}
+    counts = {
+        "healthy_confident": 0,
+        "fracture_confident": 0,
+        "uncertain": 0,
+        "beyond_repair": 0,
+        "not_healthy": 0,
+        "not_radiograph": 0,
+        "unfamiliar": 0,
+        "error": 0,
+        "argmax_healthy": 0,
+    }
     for p in predictions:
         if p.error:
             counts["error"] += 1
@@ -71,11 +88,7 @@ def hbfmid_boxes(data_dir: Path) -> dict[str, list[tuple[float, float, float, fl
 
 def pointing_game(predictions, rows: list[dict], boxes: dict) -> dict:
     """Share of fractured films with boxes whose heatmap maximum falls inside a box, the boxes
-    mapped through the preprocessing geometry (utils.preprocess)."""
-    from utils.decode import decode_image_bytes
-    from utils.heatmap import upsample_heatmap
-    from utils.preprocess import preprocess_with_geometry
-
+    mapped through the preprocessing geometry (utils.core.preprocess)."""
     hits = []
     for prediction, row in zip(predictions, rows):
         if row["label"] == "healthy" or row["path"] not in boxes or prediction.heatmaps is None:
@@ -106,11 +119,14 @@ def report(classifier, data_dir: Path, limit: int | None = None) -> dict:
         if not rows:
             continue
         rows_of[source], predictions[source] = rows, classify_check(classifier, rows)
-        p_any[source] = np.array([1.0 - p.probabilities["healthy"] if p.probabilities else np.nan
-                                  for p in predictions[source]])
+        p_any[source] = np.array(
+            [1.0 - p.probabilities["healthy"] if p.probabilities else np.nan for p in predictions[source]]
+        )
         labels[source] = [r["label"] for r in rows]
         result["sources"][source] = len(rows)
-    fractured_only = {s: [p for p, r in zip(predictions[s], rows_of[s]) if r["label"] != "healthy"] for s in predictions}
+    fractured_only = {
+        s: [p for p, r in zip(predictions[s], rows_of[s]) if r["label"] != "healthy"] for s in predictions
+    }
     for name, preset in presets.items():
         block = {s: outcome_shares(predictions[s], preset) for s in HEALTHY_SOURCES if s in predictions}
         if FRACTURE_SOURCE in predictions:
@@ -118,46 +134,56 @@ def report(classifier, data_dir: Path, limit: int | None = None) -> dict:
         result["presets"][name] = block
     if FRACTURE_SOURCE in predictions:
         valid = {s: ~np.isnan(v) for s, v in p_any.items()}
-        result["aurocs"] = offsource_aurocs({s: v[valid[s]] for s, v in p_any.items()},
-                                            {s: list(np.array(labels[s])[valid[s]]) for s in labels})
-        result["pointing_game"] = pointing_game(predictions[FRACTURE_SOURCE], rows_of[FRACTURE_SOURCE],
-                                                hbfmid_boxes(data_dir))
-        result["median_p_any_fracture"] = {s: float(np.nanmedian(v[np.array(labels[s]) != "healthy"]
-                                                                 if s == FRACTURE_SOURCE else v))
-                                           for s, v in p_any.items()}
+        result["aurocs"] = offsource_aurocs(
+            {s: v[valid[s]] for s, v in p_any.items()}, {s: list(np.array(labels[s])[valid[s]]) for s in labels}
+        )
+        result["pointing_game"] = pointing_game(
+            predictions[FRACTURE_SOURCE], rows_of[FRACTURE_SOURCE], hbfmid_boxes(data_dir)
+        )
+        result["median_p_any_fracture"] = {
+            s: float(np.nanmedian(v[np.array(labels[s]) != "healthy"] if s == FRACTURE_SOURCE else v))
+            for s, v in p_any.items()
+        }
     return result
 
 
 def markdown(result: dict) -> str:
     a = result.get("aurocs", {})
-    lines = [f"Off-source AUROC (worst): {a.get('offsource_auroc', float('nan')):.3f} "
-             f"(vs knee_oai {a.get('auroc_vs_knee_oai', float('nan')):.3f}, "
-             f"vs wrist_check {a.get('auroc_vs_wrist_check', float('nan')):.3f}); "
-             f"hbfmid pointing game {result.get('pointing_game', {}).get('hit_rate')}; "
-             f"median P(any fracture) {json.dumps({k: round(v, 3) for k, v in result.get('median_p_any_fracture', {}).items()})}",
-             "", "| preset | check | n | healthy, not uncertain | confident fracture | not healthy (recall for fractures) | "
-             "beyond repair | uncertain | not a radiograph | unlike training films | argmax healthy |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    medians = {k: round(v, 3) for k, v in result.get("median_p_any_fracture", {}).items()}
+    lines = [
+        f"Off-source AUROC (worst): {a.get('offsource_auroc', float('nan')):.3f} "
+        f"(vs knee_oai {a.get('auroc_vs_knee_oai', float('nan')):.3f}, "
+        f"vs wrist_check {a.get('auroc_vs_wrist_check', float('nan')):.3f}); "
+        f"hbfmid pointing game {result.get('pointing_game', {}).get('hit_rate')}; "
+        f"median P(any fracture) {json.dumps(medians)}",
+        "",
+        "| preset | check | n | healthy, not uncertain | confident fracture | not healthy (recall for fractures) | "
+        "beyond repair | uncertain | not a radiograph | unlike training films | argmax healthy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, block in result["presets"].items():
         for check, r in block.items():
-            lines.append(f"| {name} | {check} | {r['n']} | {r['healthy_confident']:.1%} | {r['fracture_confident']:.1%} | "
-                         f"{r['not_healthy']:.1%} | {r['beyond_repair']:.1%} | {r['uncertain']:.1%} | "
-                         f"{r['not_radiograph']:.1%} | {r['unfamiliar']:.1%} | {r['argmax_healthy']:.1%} |")
+            lines.append(
+                f"| {name} | {check} | {r['n']} | {r['healthy_confident']:.1%} | {r['fracture_confident']:.1%} | "
+                f"{r['not_healthy']:.1%} | {r['beyond_repair']:.1%} | {r['uncertain']:.1%} | "
+                f"{r['not_radiograph']:.1%} | {r['unfamiliar']:.1%} | {r['argmax_healthy']:.1%} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def classifier_for_run(run_dir: Path, precision: str = "float32"):
     """The run's model with its validation-fitted presets and temperature, and its guard."""
-    import keras
-
-    from training.trust import classifier_for
-    from utils.guard import load_guard
 
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
-    metadata = {"classes": ["healthy", "fractured", "beyond_repair"], "temperature": metrics["temperature"],
-                "presets": metrics["presets"]}
-    guard_path = next((p for p in (run_dir / "guard" / "radiograph_guard.npz", run_dir / "trust" / "ood_guard.npz")
-                       if p.exists()), None)
+    metadata = {
+        "classes": ["healthy", "fractured", "beyond_repair"],
+        "temperature": metrics["temperature"],
+        "presets": metrics["presets"],
+    }
+    guard_path = next(
+        (p for p in (run_dir / "guard" / "radiograph_guard.npz", run_dir / "trust" / "ood_guard.npz") if p.exists()),
+        None,
+    )
     guard = load_guard(guard_path) if guard_path else None
     return classifier_for(keras.saving.load_model(run_dir / "model.keras", compile=False), metadata, guard)
 
@@ -167,8 +193,12 @@ def main(argv=None) -> dict:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--run", type=Path)
     where.add_argument("--bundle-dir", type=Path)
-    parser.add_argument("--presets-from", type=Path, help="a run folder whose eval/metrics.json presets replace "
-                                                          "the bundle's (the two-stage verdict on an older bundle)")
+    parser.add_argument(
+        "--presets-from",
+        type=Path,
+        help="a run folder whose eval/metrics.json presets replace "
+        "the bundle's (the two-stage verdict on an older bundle)",
+    )
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--limit", type=int, help="only the first N films of each check (a quick look)")
     parser.add_argument("--out", type=Path)
@@ -176,9 +206,6 @@ def main(argv=None) -> dict:
     if args.run:
         classifier = classifier_for_run(args.run)
     else:
-        from utils.bundle import load_bundle
-        from utils.classifier import Classifier
-
         classifier = Classifier(load_bundle(args.bundle_dir))
     if args.presets_from:
         metrics = json.loads((args.presets_from / "eval" / "metrics.json").read_text())

@@ -23,9 +23,10 @@ import sys
 import time
 from pathlib import Path
 
+from training import evaluate, export, finetune, knee_check, litert, offsource_report, radiograph_guard, train, trust
 from training.data import DEFAULT_SPLIT_FILE, default_data_dir, make_split, read_split, write_split
 from training.pretrained import default_cache_dir
-from utils.bundle import DEFAULT_BUNDLE_DIR
+from utils.core.bundle import DEFAULT_BUNDLE_DIR
 
 
 def check_split(data_dir: Path, split_file: Path) -> None:
@@ -37,14 +38,13 @@ def check_split(data_dir: Path, split_file: Path) -> None:
     expected = {(r["sha256"], r["split"]) for r in rows}
     committed = {(r["sha256"], r["split"]) for r in read_split(split_file)}
     if expected != committed:
-        raise SystemExit(f"{split_file} does not match the split derived from {data_dir}/manifest.csv; "
-                         "regenerate it with python -m training.data")
+        raise SystemExit(
+            f"{split_file} does not match the split derived from {data_dir}/manifest.csv; "
+            "regenerate it with python -m training.data"
+        )
 
 
 def main(argv=None) -> None:
-    from training import (evaluate, export, finetune, knee_check, litert, offsource_report, radiograph_guard, train,
-                          trust)
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
@@ -52,10 +52,14 @@ def main(argv=None) -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("artifacts"))
     parser.add_argument("--bundle-dir", type=Path, default=DEFAULT_BUNDLE_DIR)
     parser.add_argument("--init", choices=("nsfwjs", "random"), default="nsfwjs")
-    parser.add_argument("--recipe", choices=("finetune", "cached"), default="finetune",
-                        help="finetune: two-stage head, fracture map, live augmentation (training.finetune, "
-                             "the default, hours on 2 cores); cached: the fast recipe over cached trunk "
-                             "features (training.train, for quick studies)")
+    parser.add_argument(
+        "--recipe",
+        choices=("finetune", "cached"),
+        default="finetune",
+        help="finetune: two-stage head, fracture map, live augmentation (training.finetune, "
+        "the default, hours on 2 cores); cached: the fast recipe over cached trunk "
+        "features (training.train, for quick studies)",
+    )
     parser.add_argument("--control", action="store_true", help="also train the random-init control")
     parser.add_argument("--quick", action="store_true", help="tiny subset end to end, for tests")
     args, train_options = parser.parse_known_args(argv)
@@ -64,8 +68,9 @@ def main(argv=None) -> None:
         raise SystemExit(f"No manifest at {args.data_dir}/manifest.csv; pass --data-dir.")
     check_split(args.data_dir, args.split)
 
-    common = ["--data-dir", str(args.data_dir), "--split", str(args.split),
-              "--cache-dir", str(args.cache_dir)] + (["--quick"] if args.quick else [])
+    common = ["--data-dir", str(args.data_dir), "--split", str(args.split), "--cache-dir", str(args.cache_dir)] + (
+        ["--quick"] if args.quick else []
+    )
     suffix = ("_quick" if args.quick else "") + "".join(train_options).replace("--", "_")
     trainer = finetune if args.recipe == "finetune" else train
     prefix = "finetune" if args.recipe == "finetune" else "run"
@@ -79,18 +84,29 @@ def main(argv=None) -> None:
     main_run = runs[0][1]
     trust.main(["--run", str(main_run)] + common)
     if not args.quick:  # the guard learns from chest_kermany films; the quick run has none to spare
-        radiograph_guard.main(["--run", str(main_run), "--data-dir", str(args.data_dir), "--split", str(args.split),
-                               "--cache-dir", str(args.cache_dir)])
+        radiograph_guard.main(
+            [
+                "--run",
+                str(main_run),
+                "--data-dir",
+                str(args.data_dir),
+                "--split",
+                str(args.split),
+                "--cache-dir",
+                str(args.cache_dir),
+            ]
+        )
     if (args.data_dir / knee_check.KNEE_FOLDER / "manifest.csv").exists():  # measured only, as the next step
-        knee_check.main(["--run", str(main_run), "--data-dir", str(args.data_dir)]
-                        + (["--limit", "24"] if args.quick else []))
+        knee_check.main(
+            ["--run", str(main_run), "--data-dir", str(args.data_dir)] + (["--limit", "24"] if args.quick else [])
+        )
     if (args.data_dir / "hbfmid_check" / "manifest.csv").exists():  # measured only: nothing is fitted on them
-        offsource_report.main(["--run", str(main_run), "--data-dir", str(args.data_dir)]
-                              + (["--limit", "12"] if args.quick else []))
+        offsource_report.main(
+            ["--run", str(main_run), "--data-dir", str(args.data_dir)] + (["--limit", "12"] if args.quick else [])
+        )
     litert.main(["--run", str(main_run)] + common)
     command = "python -m training.pipeline " + " ".join(a for a in (argv or sys.argv[1:]))
-    export.export(main_run, args.bundle_dir, command.strip(),
-                  runs[1][1] if len(runs) > 1 else None)
+    export.export(main_run, args.bundle_dir, command.strip(), runs[1][1] if len(runs) > 1 else None)
     print(f"bundle written to {args.bundle_dir} in {time.time() - started:.0f} s")
 
 

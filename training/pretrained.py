@@ -24,9 +24,10 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+import keras
 import numpy as np
 
-from utils.bundle import sha256_of as sha256_file
+from utils.core.bundle import sha256_of as sha256_file
 
 NSFWJS_SPEC = "nsfwjs@4.3.0"
 NSFWJS_TGZ_NAME = "nsfwjs-4.3.0.tgz"
@@ -49,7 +50,8 @@ process.stdout.write(JSON.stringify({model: model, shards: shards}));
 
 def default_cache_dir() -> Path:
     root = os.environ.get("BONE_XRAY_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "bone-xray")
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "bone-xray"
+    )
     return Path(root)
 
 
@@ -58,8 +60,9 @@ def fetch_nsfwjs(cache_dir: Path) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     tgz = cache_dir / NSFWJS_TGZ_NAME
     if not tgz.exists():
-        subprocess.run(["npm", "pack", NSFWJS_SPEC, "--pack-destination", str(cache_dir)],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["npm", "pack", NSFWJS_SPEC, "--pack-destination", str(cache_dir)], check=True, stdout=subprocess.DEVNULL
+        )
     actual = sha256_file(tgz)
     if actual != NSFWJS_TGZ_SHA256:
         raise RuntimeError(f"{tgz} has sha256 {actual}, expected {NSFWJS_TGZ_SHA256}")
@@ -73,8 +76,7 @@ def fetch_nsfwjs(cache_dir: Path) -> Path:
 
 def read_minjs_bundle(model_dir: Path) -> tuple[dict, bytes]:
     """Evaluate the browserify wrappers with node; return (model.json dict, weight bytes)."""
-    result = subprocess.run(["node", "-e", _NODE_DUMP, str(model_dir)], check=True,
-                            capture_output=True)
+    result = subprocess.run(["node", "-e", _NODE_DUMP, str(model_dir)], check=True, capture_output=True)
     dumped = json.loads(result.stdout)
     weights = b"".join(base64.b64decode(shard) for shard in dumped["shards"])
     return dumped["model"], weights
@@ -125,12 +127,10 @@ def assign_tfjs_weights(model_json: dict, tensors: dict[str, np.ndarray], keras_
     """
     topology = model_json["modelTopology"]
     config = topology.get("model_config", topology)["config"]
-    source_layers = [l for l in config["layers"] if l["class_name"] in WEIGHTED_LAYER_CLASSES]
-    target_layers = [l for l in keras_model.layers
-                     if type(l).__name__ in WEIGHTED_LAYER_CLASSES]
+    source_layers = [layer for layer in config["layers"] if layer["class_name"] in WEIGHTED_LAYER_CLASSES]
+    target_layers = [layer for layer in keras_model.layers if type(layer).__name__ in WEIGHTED_LAYER_CLASSES]
     if len(source_layers) != len(target_layers):
-        raise ValueError(f"TF.js model has {len(source_layers)} conv/BN layers, "
-                         f"Keras model has {len(target_layers)}")
+        raise ValueError(f"TF.js model has {len(source_layers)} conv/BN layers, Keras model has {len(target_layers)}")
     used = set()
     for source, target in zip(source_layers, target_layers):
         if source["class_name"] != type(target).__name__:
@@ -142,8 +142,9 @@ def assign_tfjs_weights(model_json: dict, tensors: dict[str, np.ndarray], keras_
         arrays = [tensors[n] for n in names]
         expected = [tuple(w.shape) for w in target.get_weights()]
         if [a.shape for a in arrays] != expected:
-            raise ValueError(f"shape mismatch for {source['name']} -> {target.name}: "
-                             f"{[a.shape for a in arrays]} vs {expected}")
+            raise ValueError(
+                f"shape mismatch for {source['name']} -> {target.name}: {[a.shape for a in arrays]} vs {expected}"
+            )
         target.set_weights(arrays)
         used.update(names)
     unused = sorted(set(tensors) - used)
@@ -154,7 +155,6 @@ def assign_tfjs_weights(model_json: dict, tensors: dict[str, np.ndarray], keras_
 
 
 def build_notop_inception(input_shape=(299, 299, 3)):
-    import keras
     return keras.applications.InceptionV3(weights=None, include_top=False, input_shape=input_shape)
 
 
@@ -168,10 +168,15 @@ def convert(model_dir: Path, out_path: Path) -> dict:
         tmp_path = Path(tmp) / out_path.name
         model.save_weights(tmp_path)
         os.replace(tmp_path, out_path)
-    info = {"source": NSFWJS_SPEC, "source_sha256": NSFWJS_TGZ_SHA256,
-            "tensors_total": len(tensors), "tensors_used": len(tensors) - len(unused),
-            "tensors_unused_head": unused, "weights_file": out_path.name,
-            "weights_sha256": sha256_file(out_path)}
+    info = {
+        "source": NSFWJS_SPEC,
+        "source_sha256": NSFWJS_TGZ_SHA256,
+        "tensors_total": len(tensors),
+        "tensors_used": len(tensors) - len(unused),
+        "tensors_unused_head": unused,
+        "weights_file": out_path.name,
+        "weights_sha256": sha256_file(out_path),
+    }
     out_path.with_suffix(".json").write_text(json.dumps(info, indent=2))
     return info
 

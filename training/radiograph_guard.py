@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from training.data import read_split, run_step_parser  # noqa: E402
-from training.features import build_image_cache  # noqa: E402
-from training.non_radiographs import EXTRA_KINDS, KINDS, make_non_radiographs  # noqa: E402
-from training.offsource import check_rows  # noqa: E402
-from utils.guard import RadiographGuard  # noqa: E402
+from training.augment import random_view
+from training.data import read_split, run_step_parser
+from training.features import build_image_cache
+from training.non_radiographs import EXTRA_KINDS, KINDS, make_non_radiographs
+from training.offsource import check_rows
+from training.offsource_report import classifier_for_run
+from utils.core.classifier import prepare_input
+from utils.core.guard import RadiographGuard
 
 FIT_SEED = 20261201  # the non-radiographs the guard learns from; measured on another seed
 MEASURE_SEED = 20261126  # the model card's non-radiograph set (training.trust)
@@ -46,14 +47,12 @@ def chest_halves(data_dir: Path) -> tuple[list[dict], list[dict]]:
 
 
 def features_of(classifier, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    out = [classifier.logits_and_features(images[i:i + batch, ..., None])[1] for i in range(0, len(images), batch)]
+    out = [classifier.logits_and_features(images[i : i + batch, ..., None])[1] for i in range(0, len(images), batch)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def inputs_of(items: list[tuple[str, bytes]], size: int) -> np.ndarray:
     """Model inputs of encoded images through the serving decode + preprocess (unreadable ones dropped)."""
-    from utils.classifier import prepare_input
-
     prepared = [prepare_input(name, data, size) for name, data in items]
     return np.stack([p.model_input for p in prepared if p.model_input is not None])
 
@@ -64,63 +63,91 @@ def chest_items(rows: list[dict]) -> list[tuple[str, bytes]]:
 
 def fit_guard(radiographs: np.ndarray, others: np.ndarray, val_radiographs: np.ndarray) -> RadiographGuard:
     """A balanced logistic regression on standardised features; threshold from validation."""
-    from sklearn.linear_model import LogisticRegression
-
     x = np.concatenate([radiographs, others]).astype(np.float64)
     y = np.r_[np.zeros(len(radiographs)), np.ones(len(others))]
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
     model = LogisticRegression(C=0.05, class_weight="balanced", max_iter=5000).fit((x - mean) / scale, y)
-    guard = RadiographGuard(mean.astype(np.float32), scale.astype(np.float32), model.coef_[0].astype(np.float32),
-                            float(model.intercept_[0]), 0.5)
+    guard = RadiographGuard(
+        mean.astype(np.float32),
+        scale.astype(np.float32),
+        model.coef_[0].astype(np.float32),
+        float(model.intercept_[0]),
+        0.5,
+    )
     val_scores = guard.distance(val_radiographs)
     threshold = max(0.5, float(np.quantile(val_scores, 1 - MAX_VAL_FLAGGED)))
     return RadiographGuard(guard.mean, guard.scale, guard.weights, guard.bias, threshold)
 
 
 def fit_and_measure(classifier, data_dir: Path, split_file: Path, cache_dir: Path, seed: int = 0) -> tuple:
-    from training.augment import random_view
-
     size = classifier.bundle.input_size
     rows = read_split(split_file)
     rng = np.random.default_rng(seed)
-    train = [rows[i] for i in sorted(rng.permutation([i for i, r in enumerate(rows) if r["split"] == "train"])[:TRAIN_FILMS])]
+    train = [
+        rows[i] for i in sorted(rng.permutation([i for i, r in enumerate(rows) if r["split"] == "train"])[:TRAIN_FILMS])
+    ]
     val = [r for r in rows if r["split"] == "val"]
     test = [r for r in rows if r["split"] == "test"]
     train_images = build_image_cache(train, data_dir, cache_dir)
-    views = np.stack([random_view(train_images[i % len(train_images)], None, np.random.default_rng([seed, i]))[0]
-                      for i in range(VIEWS)])
+    views = np.stack(
+        [
+            random_view(train_images[i % len(train_images)], None, np.random.default_rng([seed, i]))[0]
+            for i in range(VIEWS)
+        ]
+    )
     chest_fit, chest_measure = chest_halves(data_dir)
     chest_fit = chest_fit[:CHEST_FILMS]
-    radiographs = np.concatenate([features_of(classifier, train_images), features_of(classifier, views),
-                                  features_of(classifier, inputs_of(chest_items(chest_fit), size))])
-    others = features_of(classifier, inputs_of([(n, b) for n, _, b in make_non_radiographs(
-        NON_RADIOGRAPHS, FIT_SEED, KINDS + EXTRA_KINDS)], size))
+    radiographs = np.concatenate(
+        [
+            features_of(classifier, train_images),
+            features_of(classifier, views),
+            features_of(classifier, inputs_of(chest_items(chest_fit), size)),
+        ]
+    )
+    others = features_of(
+        classifier,
+        inputs_of([(n, b) for n, _, b in make_non_radiographs(NON_RADIOGRAPHS, FIT_SEED, KINDS + EXTRA_KINDS)], size),
+    )
     val_features = features_of(classifier, build_image_cache(val, data_dir, cache_dir))
     guard = fit_guard(radiographs, others, val_features)
 
     measured_others = make_non_radiographs(80, MEASURE_SEED)
     extra = make_non_radiographs(60, MEASURE_SEED, EXTRA_KINDS)
-    report = {"method": "logistic regression on standardised pooled features: radiographs (training films, "
-                        "augmented views, chest films of another hospital) against non-radiographs",
-              "fitted_on": {"training_films": len(train), "augmented_views": VIEWS, "chest_films": len(chest_fit),
-                            "non_radiographs": NON_RADIOGRAPHS, "non_radiograph_kinds": list(KINDS + EXTRA_KINDS),
-                            "non_radiograph_seed": FIT_SEED},
-              "threshold": guard.threshold, "max_val_flagged": MAX_VAL_FLAGGED,
-              "flagged": {
-                  "validation_films": float(guard.is_outlier(val_features).mean()),
-                  "test_films": float(guard.is_outlier(features_of(classifier, build_image_cache(test, data_dir, cache_dir))).mean()),
-                  "chest_films_held_out": float(guard.is_outlier(features_of(classifier, inputs_of(
-                      chest_items(chest_measure[:600]), size))).mean()),
-                  "non_radiographs_model_card_set": float(guard.is_outlier(features_of(classifier, inputs_of(
-                      [(n, b) for n, _, b in measured_others], size))).mean()),
-                  "drawings_screenshots_ct_like": float(guard.is_outlier(features_of(classifier, inputs_of(
-                      [(n, b) for n, _, b in extra], size))).mean())}}
+    report = {
+        "method": "logistic regression on standardised pooled features: radiographs (training films, "
+        "augmented views, chest films of another hospital) against non-radiographs",
+        "fitted_on": {
+            "training_films": len(train),
+            "augmented_views": VIEWS,
+            "chest_films": len(chest_fit),
+            "non_radiographs": NON_RADIOGRAPHS,
+            "non_radiograph_kinds": list(KINDS + EXTRA_KINDS),
+            "non_radiograph_seed": FIT_SEED,
+        },
+        "threshold": guard.threshold,
+        "max_val_flagged": MAX_VAL_FLAGGED,
+        "flagged": {
+            "validation_films": float(guard.is_outlier(val_features).mean()),
+            "test_films": float(
+                guard.is_outlier(features_of(classifier, build_image_cache(test, data_dir, cache_dir))).mean()
+            ),
+            "chest_films_held_out": float(
+                guard.is_outlier(features_of(classifier, inputs_of(chest_items(chest_measure[:600]), size))).mean()
+            ),
+            "non_radiographs_model_card_set": float(
+                guard.is_outlier(
+                    features_of(classifier, inputs_of([(n, b) for n, _, b in measured_others], size))
+                ).mean()
+            ),
+            "drawings_screenshots_ct_like": float(
+                guard.is_outlier(features_of(classifier, inputs_of([(n, b) for n, _, b in extra], size))).mean()
+            ),
+        },
+    }
     return guard, report
 
 
 def main(argv=None) -> dict:
-    from training.offsource_report import classifier_for_run
-
     args = run_step_parser(__doc__.splitlines()[0], out=False).parse_args(argv)
     classifier = classifier_for_run(args.run)
     guard, report = fit_and_measure(classifier, args.data_dir, args.split, args.cache_dir)

@@ -26,22 +26,33 @@ def figures_table(metadata: dict) -> str:
     the engines' speed, all read from the bundle's metadata."""
     test = metadata["metrics"]["test"]
     overall, fracatlas = test["overall"]["point"], test["by_source"]["fracatlas"]["point"]
-    rows = [("model", f"{metadata['name']} v{metadata['version']}"),
-            ("test balanced accuracy (3 classes)", f"{overall['balanced_accuracy']:.3f}"),
-            ("test macro AUROC", f"{overall['macro_auroc']:.3f}"),
-            ("test fracture AUROC on clinical films (FracAtlas)", f"{fracatlas['binary_auroc']:.3f}"),
-            ("test FracAtlas sensitivity at specificity 0.85", f"{fracatlas['binary_sensitivity_at_specificity_0.85']:.3f}"),
-            ("test calibration error (ECE, after temperature scaling)", f"{test['ece_after']:.3f}"),
-            ("majority-class baseline accuracy", f"{test['majority_class_baseline']['accuracy']:.3f}")]
+    rows = [
+        ("model", f"{metadata['name']} v{metadata['version']}"),
+        ("test balanced accuracy (3 classes)", f"{overall['balanced_accuracy']:.3f}"),
+        ("test macro AUROC", f"{overall['macro_auroc']:.3f}"),
+        ("test fracture AUROC on clinical films (FracAtlas)", f"{fracatlas['binary_auroc']:.3f}"),
+        (
+            "test FracAtlas sensitivity at specificity 0.85",
+            f"{fracatlas['binary_sensitivity_at_specificity_0.85']:.3f}",
+        ),
+        ("test calibration error (ECE, after temperature scaling)", f"{test['ece_after']:.3f}"),
+        ("majority-class baseline accuracy", f"{test['majority_class_baseline']['accuracy']:.3f}"),
+    ]
     offsource = metadata["metrics"].get("offsource")
     if offsource:
         aurocs = offsource["aurocs"]
-        rows.append(("off-source AUROC (hbfmid_check fractures vs the worse of knee_oai, wrist_check)",
-                     f"{aurocs['offsource_auroc']:.3f}"))
+        rows.append(
+            (
+                "off-source AUROC (hbfmid_check fractures vs the worse of knee_oai, wrist_check)",
+                f"{aurocs['offsource_auroc']:.3f}",
+            )
+        )
     equivalence = (metadata.get("runtime_int8") or {}).get("equivalence", {})
     if equivalence:
         rows.append(("float32 LiteRT engine, one image, 2 cores", _ms(equivalence["float32 (shipped)"])))
-        rows.append(("int8 LiteRT engine (served everywhere), one image, 2 cores", _ms(equivalence["int8 dynamic range"])))
+        rows.append(
+            ("int8 LiteRT engine (served everywhere), one image, 2 cores", _ms(equivalence["int8 dynamic range"]))
+        )
     lines = ["| figure | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows]
     return "\n".join(lines)
 

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
+import tensorflow as tf
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split, run_logger  # noqa: E402
-from training.features import (AUGMENTATION, CHUNK, build_image_cache, cached_features,  # noqa: E402
-                               spec_hash)
-from training.model import DEFAULT_CUT, DEFAULT_FROZEN_UNTIL, build_classifier, split_at  # noqa: E402
-from training.pretrained import default_cache_dir, pretrained_weights_path  # noqa: E402
-from utils.preprocess import INPUT_SIZE  # noqa: E402
+from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split, run_logger
+from training.features import AUGMENTATION, CHUNK, build_image_cache, cached_features, spec_hash
+from training.model import DEFAULT_CUT, DEFAULT_FROZEN_UNTIL, build_classifier, split_at
+from training.pretrained import default_cache_dir, pretrained_weights_path
+from utils.core.inference import softmax
+from utils.core.preprocess import INPUT_SIZE
 
 
 def class_weights(labels: np.ndarray, n_classes: int = len(CLASSES)) -> np.ndarray:
@@ -34,20 +34,20 @@ def class_weights(labels: np.ndarray, n_classes: int = len(CLASSES)) -> np.ndarr
 
 
 def validation_scores(labels: np.ndarray, logits: np.ndarray) -> dict:
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-
-    from utils.inference import softmax
-
     probs = softmax(logits)
     present = np.unique(labels)
     aucs = [roc_auc_score(labels == c, probs[:, c]) for c in present] if len(present) > 1 else [0.5]
-    return {"macro_auroc": float(np.mean(aucs)),
-            "balanced_accuracy": float(balanced_accuracy_score(labels, probs.argmax(1)))}
+    return {
+        "macro_auroc": float(np.mean(aucs)),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, probs.argmax(1))),
+    }
 
 
 def predict_tail(tail, features: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    out = [np.asarray(tail(features[i:i + batch_size].astype(np.float32), training=False))
-           for i in range(0, len(features), batch_size)]
+    out = [
+        np.asarray(tail(features[i : i + batch_size].astype(np.float32), training=False))
+        for i in range(0, len(features), batch_size)
+    ]
     return np.concatenate(out).astype(np.float64)
 
 
@@ -61,8 +61,12 @@ def parse_args(argv=None):
     parser.add_argument("--cut", default=DEFAULT_CUT)
     parser.add_argument("--frozen-until", default=DEFAULT_FROZEN_UNTIL)
     parser.add_argument("--views", type=int, default=4, help="augmented views per training image")
-    parser.add_argument("--size", type=int, default=INPUT_SIZE,
-                        help="input side in pixels (a resolution study; serving uses utils.preprocess.INPUT_SIZE)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=INPUT_SIZE,
+        help="input side in pixels (a resolution study; serving uses utils.core.preprocess.INPUT_SIZE)",
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--patience", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -70,8 +74,9 @@ def parse_args(argv=None):
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--dropout", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny subset, 2 views, 2 epochs: checks the whole pipeline in minutes")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny subset, 2 views, 2 epochs: checks the whole pipeline in minutes"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.views, args.epochs = min(args.views, 2), min(args.epochs, 2)
@@ -89,10 +94,7 @@ def quick_subset(rows: list[dict], per_class_split: int = 6, seed: int = 0) -> l
     return picked
 
 
-def train(args) -> dict:
-    import keras
-    import tensorflow as tf
-
+def train(args) -> dict:  # noqa: PLR0915  (named in pyproject.toml)
     started = time.time()
     log = run_logger(args.out)
 
@@ -107,22 +109,31 @@ def train(args) -> dict:
     weights_path = pretrained_weights_path(args.cache_dir) if args.init == "nsfwjs" else None
     model = build_classifier(weights_path, cut=args.cut, dropout=args.dropout, seed=args.seed, size=args.size)
     trunk, tail = split_at(model, args.frozen_until)
-    tag = spec_hash(args.init, args.frozen_until, AUGMENTATION, args.seed, [r["sha256"] for r in rows],
-                    *([args.size] if args.size != INPUT_SIZE else []))
+    tag = spec_hash(
+        args.init,
+        args.frozen_until,
+        AUGMENTATION,
+        args.seed,
+        [r["sha256"] for r in rows],
+        *([args.size] if args.size != INPUT_SIZE else []),
+    )
     train_idx, val_idx = np.flatnonzero(split_of == "train"), np.flatnonzero(split_of == "val")
     features_from_cache = all(
         len(list((args.cache_dir / f"features_{tag}{suffix}").glob("[0-9]*[0-9].npy"))) == -(-n // CHUNK)
-        for suffix, n in ((f"_train_v{args.views}", len(train_idx)), ("_val", len(val_idx))))
-    feats_train = cached_features(trunk, images[train_idx], args.cache_dir, f"{tag}_train_v{args.views}",
-                                  args.views, args.seed, log)
+        for suffix, n in ((f"_train_v{args.views}", len(train_idx)), ("_val", len(val_idx)))
+    )
+    feats_train = cached_features(
+        trunk, images[train_idx], args.cache_dir, f"{tag}_train_v{args.views}", args.views, args.seed, log
+    )
     feats_val = cached_features(trunk, images[val_idx], args.cache_dir, f"{tag}_val", 0, args.seed, log)[:, 0]
     y_train, y_val = labels[train_idx], labels[val_idx]
     log(f"features ready after {time.time() - started:.0f} s: train {feats_train.shape}, val {feats_val.shape}")
 
     weights = tf.constant(class_weights(y_train), dtype=tf.float32)
     steps_per_epoch = int(np.ceil(len(train_idx) / args.batch_size))
-    schedule = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=max(1, steps_per_epoch * args.epochs),
-                                                     warmup_target=None)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        args.lr, decay_steps=max(1, steps_per_epoch * args.epochs), warmup_target=None
+    )
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=args.weight_decay)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
 
@@ -135,7 +146,11 @@ def train(args) -> dict:
         optimizer.apply_gradients(zip(grads, tail.trainable_variables))
         return loss
 
-    state_path, last_ckpt, best_ckpt = args.out / "state.json", args.out / "last.weights.h5", args.out / "best.weights.h5"
+    state_path, last_ckpt, best_ckpt = (
+        args.out / "state.json",
+        args.out / "last.weights.h5",
+        args.out / "best.weights.h5",
+    )
     state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "history": [], "wall_seconds": 0.0}
     if state_path.exists() and last_ckpt.exists():
         state = json.loads(state_path.read_text())
@@ -155,8 +170,8 @@ def train(args) -> dict:
         views = rng.integers(0, feats_train.shape[1], size=len(order))
         losses = []
         for start in range(0, len(order), args.batch_size):
-            batch = order[start:start + args.batch_size]
-            x = feats_train[batch, views[start:start + args.batch_size]].astype(np.float32)
+            batch = order[start : start + args.batch_size]
+            x = feats_train[batch, views[start : start + args.batch_size]].astype(np.float32)
             losses.append(float(train_step(tf.constant(x), tf.constant(y_train[batch]))))
         scores = validation_scores(y_val, predict_tail(tail, feats_val))
         score = scores["macro_auroc"]
@@ -175,17 +190,28 @@ def train(args) -> dict:
     tail.load_weights(best_ckpt)
     model.save(args.out / "model.keras", include_optimizer=False)
     val_logits = predict_tail(tail, feats_val)
-    np.savez(args.out / "val_logits.npz", logits=val_logits, labels=y_val,
-             sha256=np.array([rows[i]["sha256"] for i in val_idx]))
-    summary = {"args": {k: str(v) for k, v in vars(args).items()}, "best_epoch": state["best_epoch"],
-               "best_val_macro_auroc": state["best_score"], "history": state["history"],
-               "train_counts": np.bincount(y_train, minlength=3).tolist(),
-               "class_weights": class_weights(y_train).tolist(), "augmentation": AUGMENTATION,
-               "wall_seconds": round(earlier_seconds + time.time() - started, 1),
-               "features_from_cache": features_from_cache}
+    np.savez(
+        args.out / "val_logits.npz",
+        logits=val_logits,
+        labels=y_val,
+        sha256=np.array([rows[i]["sha256"] for i in val_idx]),
+    )
+    summary = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "best_epoch": state["best_epoch"],
+        "best_val_macro_auroc": state["best_score"],
+        "history": state["history"],
+        "train_counts": np.bincount(y_train, minlength=3).tolist(),
+        "class_weights": class_weights(y_train).tolist(),
+        "augmentation": AUGMENTATION,
+        "wall_seconds": round(earlier_seconds + time.time() - started, 1),
+        "features_from_cache": features_from_cache,
+    }
     (args.out / "train_summary.json").write_text(json.dumps(summary, indent=1))
-    log(f"done: best epoch {state['best_epoch']} val macro-AUROC {state['best_score']:.4f}; "
-        f"{time.time() - started:.0f} s")
+    log(
+        f"done: best epoch {state['best_epoch']} val macro-AUROC {state['best_score']:.4f}; "
+        f"{time.time() - started:.0f} s"
+    )
     return summary
 
 

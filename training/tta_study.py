@@ -13,25 +13,24 @@ Writes <run>/tta.json and prints a markdown table.
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 
+import cv2
+import keras
 import numpy as np
+import tensorflow as tf
+from sklearn.metrics import roc_auc_score
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from training.data import CLASSES, read_split, run_step_parser  # noqa: E402
-from training.features import build_image_cache  # noqa: E402
-from training.offsource import check_images, offsource_aurocs  # noqa: E402
+from training.data import CLASSES, read_split, run_step_parser
+from training.features import build_image_cache
+from training.offsource import check_images, offsource_aurocs
+from utils.core.inference import softmax, to_model_input
 
 ZOOM_OUT = 0.85
 
 
 def views(images: np.ndarray, variant: str) -> list[np.ndarray]:
     """The (N, S, S) uint8 views a variant averages over."""
-    import cv2
-
     out = [images]
     if variant in ("flip", "flip_zoom"):
         out.append(images[:, :, ::-1])
@@ -44,54 +43,57 @@ def views(images: np.ndarray, variant: str) -> list[np.ndarray]:
 
 def p_any_fracture(model, images: np.ndarray, variant: str, batch: int = 32) -> tuple[np.ndarray, float]:
     """(mean P(any fracture) over the variant's views, ms per image)."""
-    import tensorflow as tf
-
-    from utils.inference import softmax, to_model_input
 
     forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     started = time.perf_counter()
     per_view = []
     for view in views(images, variant):
-        logits = [np.asarray(forward(to_model_input(np.ascontiguousarray(view[i:i + batch])[..., None])), np.float64)
-                  for i in range(0, len(view), batch)]
+        logits = [
+            np.asarray(forward(to_model_input(np.ascontiguousarray(view[i : i + batch])[..., None])), np.float64)
+            for i in range(0, len(view), batch)
+        ]
         per_view.append(1.0 - softmax(np.concatenate(logits))[:, 0])
     return np.mean(per_view, axis=0), (time.perf_counter() - started) * 1000 / max(len(images), 1)
 
 
 def study(model, val: dict, checks: dict) -> dict:
-    from sklearn.metrics import roc_auc_score
-
     result = {}
     for variant in ("clean", "flip", "flip_zoom"):
         p_val, ms = p_any_fracture(model, val["images"], variant)
         p_check = {name: p_any_fracture(model, c["images"], variant)[0] for name, c in checks.items()}
-        result[variant] = {"val_fracatlas_auroc": float(roc_auc_score(val["fractured"], p_val)),
-                           **offsource_aurocs(p_check, {n: c["labels"] for n, c in checks.items()}),
-                           "ms_per_image": ms}
+        result[variant] = {
+            "val_fracatlas_auroc": float(roc_auc_score(val["fractured"], p_val)),
+            **offsource_aurocs(p_check, {n: c["labels"] for n, c in checks.items()}),
+            "ms_per_image": ms,
+        }
     return result
 
 
 def markdown(result: dict) -> str:
-    lines = ["| variant | views | val FracAtlas AUROC | off-source AUROC | vs knee_oai | vs wrist_check | ms per image |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | views | val FracAtlas AUROC | off-source AUROC | vs knee_oai | vs wrist_check | ms per image |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in result.items():
-        lines.append(f"| {name} | {len(views(np.zeros((1, 4, 4), np.uint8), name))} | {r['val_fracatlas_auroc']:.3f} | "
-                     f"{r['offsource_auroc']:.3f} | {r['auroc_vs_knee_oai']:.3f} | {r['auroc_vs_wrist_check']:.3f} | "
-                     f"{r['ms_per_image']:.0f} |")
+        lines.append(
+            f"| {name} | {len(views(np.zeros((1, 4, 4), np.uint8), name))} | {r['val_fracatlas_auroc']:.3f} | "
+            f"{r['offsource_auroc']:.3f} | {r['auroc_vs_knee_oai']:.3f} | {r['auroc_vs_wrist_check']:.3f} | "
+            f"{r['ms_per_image']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> dict:
-    import keras
-
     parser = run_step_parser(__doc__.splitlines()[0], out=False)
     parser.add_argument("--knees", type=int, default=400, help="knee films used (a fixed first subset)")
     args = parser.parse_args(argv)
     rows = [r for r in read_split(args.split) if r["split"] == "val" and r["source"] == "fracatlas"]
-    val = {"images": build_image_cache(rows, args.data_dir, args.cache_dir),
-           "fractured": np.array([CLASSES.index(r["label"]) > 0 for r in rows])}
+    val = {
+        "images": build_image_cache(rows, args.data_dir, args.cache_dir),
+        "fractured": np.array([CLASSES.index(r["label"]) > 0 for r in rows]),
+    }
     checks = check_images(args.data_dir, args.cache_dir)
-    checks["knee_oai"] = {k: v[:args.knees] for k, v in checks["knee_oai"].items()}
+    checks["knee_oai"] = {k: v[: args.knees] for k, v in checks["knee_oai"].items()}
     model = keras.saving.load_model(args.run / "model.keras", compile=False)
     result = study(model, val, checks)
     (args.run / "tta.json").write_text(json.dumps(result, indent=1))

@@ -1,1 +1,2 @@
-"""Bone X-ray Classifier: decoding, preprocessing, model loading, inference and CLI."""
+"""Bone X-ray Classifier: the core (utils.core), the adapters (utils.adapters) and the edges
+(utils.cli, utils.report). See docs/architecture.md."""

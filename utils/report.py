@@ -7,25 +7,19 @@ import datetime as dt
 import io
 
 import numpy as np
+from fpdf import FPDF
+from PIL import Image
 
-from utils.guard import record_flag
-from utils.heatmap import heatmap_caption
-from utils.inference import CLASSES
-from utils.verdict import verdict_style
+from utils.core.guard import record_flag
+from utils.core.heatmap import heatmap_caption
+from utils.core.inference import CLASSES
+from utils.core.record import CSV_COLUMNS, csv_row
+from utils.core.verdict import verdict_style
 
-CSV_COLUMNS = ["path", "label"] + [f"p_{c}" for c in CLASSES] + ["uncertain", "not_xray", "warnings", "error"]
-DISCLAIMER = ("Educational and triage aid only. Not a medical device and not for diagnosis: "
-              "a qualified clinician must read every image.")
-
-
-def csv_row(record: dict) -> dict:
-    """A prediction record (utils.classifier.Prediction.as_record) as one CSV row."""
-    probs = record.get("probabilities") or {}
-    return {"path": record["path"], "label": record["label"] or "",
-            **{f"p_{c}": f"{probs[c]:.6f}" if c in probs else "" for c in CLASSES},
-            "uncertain": str(bool(record["uncertain"])).lower(),
-            "not_xray": str(bool(record.get("not_xray"))).lower(),
-            "warnings": " | ".join(record["warnings"]), "error": record["error"] or ""}
+DISCLAIMER = (
+    "Educational and triage aid only. Not a medical device and not for diagnosis: "
+    "a qualified clinician must read every image."
+)
 
 
 def records_to_csv(records: list[dict]) -> bytes:
@@ -42,18 +36,15 @@ def _latin1(text: str) -> str:
 
 
 def _png_image(array: np.ndarray):
-    from PIL import Image
-
     return Image.fromarray(array)
 
 
-def build_pdf(entries: list[dict], metadata: dict, preset_name: str, reference: str = "",
-              created: dt.datetime | None = None) -> bytes:
+def build_pdf(
+    entries: list[dict], metadata: dict, preset_name: str, reference: str = "", created: dt.datetime | None = None
+) -> bytes:
     """One page per entry. An entry: name, label, probabilities, uncertain, warnings, error,
     model_input ((S, S) uint8 or None) and overlay ((S, S, 3) uint8 heatmap overlay or None)."""
-    from fpdf import FPDF
-
-    created = created or dt.datetime.now(dt.timezone.utc)
+    created = created or dt.datetime.now(dt.UTC)
     stamp = created.strftime("%Y-%m-%d %H:%M:%S UTC")
     pdf = FPDF(format="A4")
     pdf.set_auto_page_break(auto=False)
@@ -63,10 +54,13 @@ def build_pdf(entries: list[dict], metadata: dict, preset_name: str, reference: 
         pdf.set_font("Helvetica", "B", 16)
         pdf.cell(0, 10, "Bone X-ray Classifier report", new_x="LMARGIN", new_y="NEXT")
         pdf.set_font("Helvetica", "", 10)
-        lines = [f"File: {entry['name']}", f"Created: {stamp}",
-                 f"Model: {metadata.get('name', '?')} v{metadata.get('version', '?')}",
-                 f"Model sha256: {metadata.get('sha256', '?')}",
-                 f"Decision preset: {preset_name.replace('_', ' ')}"]
+        lines = [
+            f"File: {entry['name']}",
+            f"Created: {stamp}",
+            f"Model: {metadata.get('name', '?')} v{metadata.get('version', '?')}",
+            f"Model sha256: {metadata.get('sha256', '?')}",
+            f"Decision preset: {preset_name.replace('_', ' ')}",
+        ]
         if reference.strip():
             lines.insert(1, f"Study / patient reference: {reference.strip()}")
         for line in lines:

@@ -29,6 +29,9 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
+import certifi
+import urllib3
+
 MAX_DOWNLOAD_BYTES = 100 * 1024 * 1024  # .streamlit/config.toml server.maxUploadSize (MB)
 MAX_REDIRECTS = 3
 CONNECT_TIMEOUT_S = 5.0
@@ -135,7 +138,7 @@ def resolve(host: str, port: int) -> list[str]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
         raise UrlRefused(f"refused: the host name {host!r} does not resolve") from None
-    return list(dict.fromkeys(info[4][0] for info in infos))
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 def check_url(url: str, allow: list, resolver=resolve) -> Target:
@@ -168,14 +171,18 @@ def check_url(url: str, allow: list, resolver=resolve) -> Target:
 
 def connection_pool(target: Target, limits: Limits):
     """A urllib3 pool bound to the checked address; TLS verifies the URL's host name."""
-    import certifi
-    import urllib3
-
     timeout = urllib3.Timeout(connect=limits.connect_timeout, read=limits.read_timeout)
     if target.scheme == "https":
-        return urllib3.HTTPSConnectionPool(target.address, target.port, timeout=timeout, retries=False,
-                                           cert_reqs="CERT_REQUIRED", ca_certs=certifi.where(),
-                                           server_hostname=target.host, assert_hostname=target.host)
+        return urllib3.HTTPSConnectionPool(
+            target.address,
+            target.port,
+            timeout=timeout,
+            retries=False,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=certifi.where(),
+            server_hostname=target.host,
+            assert_hostname=target.host,
+        )
     return urllib3.HTTPConnectionPool(target.address, target.port, timeout=timeout, retries=False)
 
 
@@ -203,17 +210,25 @@ def read_body(response, limits: Limits, deadline: float) -> bytes:
 
 def fetch_image_bytes(url: str, limits: Limits = Limits(), allow: list | None = None, resolver=resolve) -> bytes:
     """The body of url after the checks above; raises UrlRefused with the reason."""
-    import urllib3
-
     allow = allowed_networks() if allow is None else allow
     deadline = time.monotonic() + limits.total_timeout
-    for hop in range(MAX_REDIRECTS + 1):
+    for _hop in range(MAX_REDIRECTS + 1):
         target = check_url(url, allow, resolver)
         pool = connection_pool(target, limits)
         try:
-            response = pool.urlopen("GET", target.path, headers={"Host": host_header(target), "User-Agent": USER_AGENT,
-                                                                 "Accept": "image/*, application/dicom, */*"},
-                                    redirect=False, retries=False, preload_content=False, assert_same_host=False)
+            response = pool.urlopen(
+                "GET",
+                target.path,
+                headers={
+                    "Host": host_header(target),
+                    "User-Agent": USER_AGENT,
+                    "Accept": "image/*, application/dicom, */*",
+                },
+                redirect=False,
+                retries=False,
+                preload_content=False,
+                assert_same_host=False,
+            )
             try:
                 if response.status in REDIRECT_STATUSES:
                     location = response.headers.get("Location")
@@ -229,10 +244,13 @@ def fetch_image_bytes(url: str, limits: Limits = Limits(), allow: list | None = 
         except urllib3.exceptions.NewConnectionError:  # a subclass of ConnectTimeoutError, so first
             raise UrlRefused(f"refused: {target.host} could not be reached (the connection was refused)") from None
         except urllib3.exceptions.ConnectTimeoutError:
-            raise UrlRefused(f"refused: {target.host} did not accept a connection within "
-                             f"{limits.connect_timeout:g} s") from None
+            raise UrlRefused(
+                f"refused: {target.host} did not accept a connection within {limits.connect_timeout:g} s"
+            ) from None
         except urllib3.exceptions.ReadTimeoutError:
-            raise UrlRefused(f"refused: {target.host} stopped sending for more than {limits.read_timeout:g} s") from None
+            raise UrlRefused(
+                f"refused: {target.host} stopped sending for more than {limits.read_timeout:g} s"
+            ) from None
         except urllib3.exceptions.SSLError:
             raise UrlRefused(f"refused: the TLS certificate of {target.host} could not be verified") from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:

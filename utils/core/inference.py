@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 CLASSES = ("healthy", "fractured", "beyond_repair")
@@ -23,7 +25,7 @@ def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarr
     return softmax(np.asarray(logits, dtype=np.float64) / float(temperature))
 
 
-def decide(probs: np.ndarray, preset: dict) -> tuple[str, bool]:
+def decide(probs: np.ndarray, preset: dict[str, Any]) -> tuple[str, bool]:
     """(label, uncertain) for one image's calibrated probabilities under a decision preset.
 
     A preset with rule "two_stage" follows the model's two stages (decide_two_stage). Older
@@ -52,7 +54,7 @@ def logit(p: float, eps: float = 1e-6) -> float:
     return float(np.log(p / (1 - p)))
 
 
-def decide_two_stage(probs: np.ndarray, preset: dict) -> tuple[str, bool]:
+def decide_two_stage(probs: np.ndarray, preset: dict[str, Any]) -> tuple[str, bool]:
     """First fracture or not: P(any fracture) against preset["fracture_threshold"] (at or
     above: a fracture). Then, for a fracture only, its severity: P(beyond_repair | fracture)
     against preset["severity_threshold"]. Uncertain: P(any fracture) within
@@ -78,6 +80,8 @@ def verdict_margin(probs: np.ndarray, index: int) -> float:
     return float(probs[index] - np.max(np.delete(probs, index)))
 
 
-def is_uncertain(probs: np.ndarray, index: int, preset: dict) -> bool:
-    return bool(probs[index] < preset.get("min_confidence", 0.0)
-                or verdict_margin(probs, index) < preset.get("min_margin", float("-inf")))
+def is_uncertain(probs: np.ndarray, index: int, preset: dict[str, Any]) -> bool:
+    return bool(
+        probs[index] < preset.get("min_confidence", 0.0)
+        or verdict_margin(probs, index) < preset.get("min_margin", float("-inf"))
+    )

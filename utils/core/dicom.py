@@ -11,23 +11,46 @@ import io
 import warnings as pywarnings
 
 import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from utils.decode import (DecodedImage, InputError, check_dimensions, colour_fraction, replace_non_finite,
-                          scale_to_unit)
+from utils.core.pixels import (
+    DecodedImage,
+    InputError,
+    check_dimensions,
+    colour_fraction,
+    replace_non_finite,
+    scale_to_unit,
+)
 
 
 def decode_dicom(data: bytes) -> DecodedImage:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    warnings: list[str] = []
+    """DICOM Part 10 bytes -> the decoded film."""
     try:
         with pywarnings.catch_warnings():
             pywarnings.simplefilter("ignore")
             ds = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, TypeError,
-            AttributeError, NotImplementedError, OverflowError, IndexError) as exc:
+    except (
+        InvalidDicomError,
+        EOFError,
+        ValueError,
+        KeyError,
+        OSError,
+        TypeError,
+        AttributeError,
+        NotImplementedError,
+        OverflowError,
+        IndexError,
+    ) as exc:
         raise InputError(f"The DICOM file is damaged and cannot be read ({type(exc).__name__}).") from None
+    return decode_dataset(ds)
+
+
+def decode_dataset(ds: Dataset) -> DecodedImage:
+    """A parsed DICOM dataset (a file read, or an instance a PACS sent) -> the decoded film."""
+    warnings: list[str] = []
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputError("The DICOM file has no image (no pixel data); upload the image series file.")
     check_dimensions(int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0))
@@ -41,8 +64,9 @@ def decode_dicom(data: bytes) -> DecodedImage:
     if samples > 1 or array.ndim == 3:
         pixels = rgb_dicom_to_gray(ds, array)
         warnings.append(f"The DICOM is colour ({photometric}); it was converted to grayscale.")
-        return DecodedImage(pixels=pixels, source_format="DICOM", warnings=warnings,
-                            colour_fraction=colour_fraction(array))
+        return DecodedImage(
+            pixels=pixels, source_format="DICOM", warnings=warnings, colour_fraction=colour_fraction(array)
+        )
     pixels = monochrome_to_unit(ds, array, warnings)
     if photometric == "MONOCHROME1":
         np.subtract(1.0, pixels, out=pixels)  # MONOCHROME1 shows low values bright; flip to bone = bright
@@ -51,7 +75,7 @@ def decode_dicom(data: bytes) -> DecodedImage:
     return DecodedImage(pixels=pixels, source_format="DICOM", warnings=warnings)
 
 
-def read_pixel_array(ds) -> np.ndarray:
+def read_pixel_array(ds: Dataset) -> np.ndarray:
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     syntax_name = getattr(syntax, "name", None) or str(syntax or "unknown")
     try:
@@ -60,17 +84,17 @@ def read_pixel_array(ds) -> np.ndarray:
             return np.asarray(ds.pixel_array)
     except (NotImplementedError, RuntimeError) as exc:
         if "decod" in str(exc).lower() or "plugin" in str(exc).lower() or "handler" in str(exc).lower():
-            raise InputError(f"This DICOM is compressed as '{syntax_name}', which this app cannot "
-                             "decode; export it uncompressed or as JPEG 2000 / RLE.") from None
+            raise InputError(
+                f"This DICOM is compressed as '{syntax_name}', which this app cannot "
+                "decode; export it uncompressed or as JPEG 2000 / RLE."
+            ) from None
         raise InputError(f"The DICOM pixel data cannot be decoded ({syntax_name}).") from None
     except (ValueError, AttributeError, KeyError, TypeError, EOFError, OSError, IndexError) as exc:
         raise InputError(f"The DICOM pixel data is damaged or incomplete ({type(exc).__name__}).") from None
 
 
-def monochrome_to_unit(ds, array: np.ndarray, warnings: list[str]) -> np.ndarray:
+def monochrome_to_unit(ds: Dataset, array: np.ndarray, warnings: list[str]) -> np.ndarray:
     """Modality LUT (rescale slope/intercept) first, then VOI LUT or window, then [0, 1]."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
     # Stays integer without a rescale; float pixel data may hold NaN or infinity.
     values = replace_non_finite(np.asarray(apply_modality_lut(array, ds)), warnings)
     has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
@@ -84,14 +108,12 @@ def monochrome_to_unit(ds, array: np.ndarray, warnings: list[str]) -> np.ndarray
     return stretch_data_range(values, warnings)
 
 
-def voi_output_range(ds, values: np.ndarray) -> tuple[float, float]:
+def voi_output_range(ds: Dataset, values: np.ndarray) -> tuple[float, float]:
     """The range the VOI transform can output: a LUT's declared bit depth, or for a window
     the transform applied to values far below and above it."""
-    from pydicom.pixels import apply_voi_lut
-
     if "VOILUTSequence" in ds:
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        return 0.0, float(2 ** bits - 1)
+        return 0.0, float(2**bits - 1)
     probe = np.array([float(values.min()) - 1e9, float(values.max()) + 1e9])
     ends = np.asarray(apply_voi_lut(probe, ds, index=0), dtype=np.float64)
     if ends.max() <= ends.min():
@@ -112,9 +134,9 @@ def stretch_data_range(values: np.ndarray, warnings: list[str]) -> np.ndarray:
     return scale_to_unit(values, low, high)
 
 
-def rgb_dicom_to_gray(ds, array: np.ndarray) -> np.ndarray:
+def rgb_dicom_to_gray(ds: Dataset, array: np.ndarray) -> np.ndarray:
     """pydicom already returns YBR data as RGB; take luminance and scale by BitsStored."""
     rgb = array.astype(np.float64)
     gray = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
     bits = int(ds.get("BitsStored", 8) or 8)
-    return np.clip(gray / float(2 ** bits - 1), 0.0, 1.0).astype(np.float32)
+    return np.clip(gray / float(2**bits - 1), 0.0, 1.0).astype(np.float32)

@@ -1,38 +1,12 @@
-"""Heatmaps as pure functions: Grad-CAM (after the keras-io example), the reference for any model,
-and the drawing helpers shared by the app, the CLI and the reports. A two-stage model's own
-fracture map comes straight from its forward pass (utils.runtime)."""
+"""Heatmaps as pure functions: class activation maps from the forward pass, and the drawing
+helpers shared by the app, the CLI and the reports. A two-stage model's own fracture map comes
+straight from its forward pass (utils.core.engines); Grad-CAM by gradients, the reference, is
+training.gradcam."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
-
-DEFAULT_LAST_CONV_LAYER = "mixed7"
-
-
-def build_gradcam_model(model, last_conv_layer_name: str = DEFAULT_LAST_CONV_LAYER):
-    """A model mapping the input to (last conv block activations, logits)."""
-    import keras
-
-    return keras.Model(model.input, [model.get_layer(last_conv_layer_name).output, model.output])
-
-
-def make_gradcam_heatmap(img_array: np.ndarray, grad_model, class_index: int | None = None) -> np.ndarray:
-    """Grad-CAM for one image: (1, S, S, 3) float model input -> (h, w) heatmap in [0, 1].
-
-    class_index None means the predicted class.
-    """
-    import tensorflow as tf
-
-    with tf.GradientTape() as tape:
-        conv_output, logits = grad_model(tf.convert_to_tensor(img_array, tf.float32), training=False)
-        index = int(tf.argmax(logits[0])) if class_index is None else int(class_index)
-        score = logits[:, index]
-    grads = tape.gradient(score, conv_output)
-    weights = tf.reduce_mean(grads, axis=(0, 1, 2))
-    cam = tf.nn.relu(tf.reduce_sum(conv_output[0] * weights, axis=-1)).numpy()
-    peak = cam.max()
-    return (cam / peak if peak > 0 else cam).astype(np.float32)
 
 
 def class_activation_maps(activations: np.ndarray, dense_kernel: np.ndarray) -> np.ndarray:
@@ -49,7 +23,7 @@ def class_activation_maps(activations: np.ndarray, dense_kernel: np.ndarray) -> 
 
 def normalise_class_maps(class_maps: np.ndarray) -> np.ndarray:
     """(h, w, C) class-weighted activations -> (C, h, w) maps: ReLU, then each map's max is 1.
-    utils.runtime's serving model computes the class-weighted activations in its forward pass."""
+    utils.core.engines's serving model computes the class-weighted activations in its forward pass."""
     cams = np.maximum(np.moveaxis(np.asarray(class_maps, np.float32), -1, 0), 0.0)
     peaks = cams.reshape(len(cams), -1).max(axis=1)
     return (cams / np.where(peaks > 0, peaks, 1.0)[:, None, None]).astype(np.float32)
@@ -62,7 +36,7 @@ def upsample_heatmap(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def colorize_heatmap(heatmap: np.ndarray) -> np.ndarray:
     """(h, w) in [0, 1] -> (h, w, 3) uint8 RGB with the 'jet' colour map."""
-    bgr = cv2.applyColorMap(np.uint8(np.round(heatmap * 255)), cv2.COLORMAP_JET)
+    bgr = cv2.applyColorMap(np.round(heatmap * 255).astype(np.uint8), cv2.COLORMAP_JET)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

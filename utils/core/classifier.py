@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from utils.bundle import Bundle
-from utils.decode import InputError, decode_image_bytes
-from utils.guard import screen_decoded
-from utils.heatmap import normalise_class_maps
-from utils.inference import CLASSES, calibrated_probabilities, decide, to_model_input
-from utils.preprocess import preprocess
+from utils.core.bundle import Bundle
+from utils.core.decode import decode_image_bytes
+from utils.core.engines import Engine, KerasEngine, LiteRTEngine, litert_available
+from utils.core.guard import screen_decoded
+from utils.core.heatmap import normalise_class_maps
+from utils.core.inference import CLASSES, calibrated_probabilities, decide, to_model_input
+from utils.core.pixels import DecodedImage, InputError
+from utils.core.preprocess import preprocess
 
 DEFAULT_PRESET = "balanced"
 
 
-def make_engine(bundle: Bundle, precision: str = "float32", threads: int | None = None):
+def make_engine(bundle: Bundle, precision: str = "float32", threads: int | None = None) -> Engine:
     """LiteRT when the bundle ships its file and ai-edge-litert is installed, else Keras.
     precision "int8": the bundle's int8 LiteRT file (see the model card's equivalence check)."""
-    from utils.runtime import KerasEngine, LiteRTEngine, litert_available
-
     if precision != "float32":
         path = bundle.litert_paths.get(precision)
         if path is None or not litert_available():
@@ -31,12 +33,18 @@ def make_engine(bundle: Bundle, precision: str = "float32", threads: int | None 
     return KerasEngine(bundle.model)
 
 
-def prepare_input(name: str, data: bytes, input_size: int) -> "Prediction":
+def prepare_input(name: str, data: bytes, input_size: int) -> Prediction:
     """Decode, preprocess and screen one input (no model needed): a Prediction with its
     model input, or with `error` when the bytes cannot be read."""
+    return prepare_decoded(name, lambda: decode_image_bytes(data), input_size)
+
+
+def prepare_decoded(name: str, decode: Callable[[], DecodedImage], input_size: int) -> Prediction:
+    """prepare_input for any decoder (bytes, or a DICOM dataset already parsed): its
+    InputError becomes the prediction's error."""
     prediction = Prediction(name=name)
     try:
-        decoded = decode_image_bytes(data)
+        decoded = decode()
         prediction.model_input = preprocess(decoded.pixels, input_size)[..., 0]
         prediction.warnings = decoded.warnings
         prediction.incomplete = decoded.incomplete
@@ -61,9 +69,11 @@ class Prediction:
     incomplete: str | None = None  # why part of the image is missing (then never a confident verdict)
 
     def heatmap(self, class_name: str) -> np.ndarray:
+        if self.heatmaps is None:
+            raise ValueError(f"{self.name} has no heatmaps: it was not classified")
         return self.heatmaps[CLASSES.index(class_name)]
 
-    def verdict(self, preset: dict) -> tuple[str | None, bool]:
+    def verdict(self, preset: dict[str, Any]) -> tuple[str | None, bool]:
         """(label, uncertain) under a decision preset; an input the guard flagged, or one with
         missing image data, is always uncertain (no confident verdict outside what the model
         knows, or on a part of the film)."""
@@ -77,17 +87,30 @@ class Prediction:
         """The input could not be read properly: an error, or image data missing."""
         return self.error is not None or self.incomplete is not None
 
-    def as_record(self) -> dict:
-        return {"path": self.name, "label": self.label, "probabilities": self.probabilities,
-                "uncertain": self.uncertain, "not_xray": self.not_xray is not None,
-                "warnings": list(self.warnings), "error": self.error}
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "path": self.name,
+            "label": self.label,
+            "probabilities": self.probabilities,
+            "uncertain": self.uncertain,
+            "not_xray": self.not_xray is not None,
+            "warnings": list(self.warnings),
+            "error": self.error,
+        }
+
+
+def model_input_of(prediction: Prediction) -> np.ndarray:
+    """The model input of a prepared prediction (prepare_input without an error)."""
+    if prediction.model_input is None:
+        raise ValueError(f"{prediction.name} has no model input: {prediction.error or 'not prepared'}")
+    return prediction.model_input
 
 
 class Classifier:
     """Wraps a loaded bundle with one forward engine (LiteRT when the bundle has it, else a
     compiled Keras tf.function; never a per-call `model.predict`)."""
 
-    def __init__(self, bundle: Bundle, engine=None, precision: str = "float32"):
+    def __init__(self, bundle: Bundle, engine: Engine | None = None, precision: str = "float32") -> None:
         self.bundle = bundle
         self.precision = precision
         self.engine = engine or make_engine(bundle, precision)
@@ -137,22 +160,28 @@ class Classifier:
         if not prepared:
             return
         thresholds = self.bundle.preset(preset)
-        out = self.forward(np.stack([p.model_input[..., None] for p in prepared]))
+        out = self.forward(np.stack([model_input_of(p)[..., None] for p in prepared]))
         probs = calibrated_probabilities(np.asarray(out["logits"], np.float64), self.temperature)
-        distances = self.bundle.guard.distance(out["features"]) if self.bundle.guard is not None else None
+        guard = self.bundle.guard
+        distances = guard.distance(out["features"]) if guard is not None else None
         for i, (prediction, row) in enumerate(zip(prepared, probs)):
             prediction.probabilities = {c: float(v) for c, v in zip(self.bundle.classes, row)}
             prediction.heatmaps = out["heatmaps"][i]
-            if distances is not None:
+            if guard is not None and distances is not None:
                 prediction.ood_distance = float(distances[i])
-                if prediction.not_xray is None and distances[i] > self.bundle.guard.threshold:
-                    prediction.not_xray = self.bundle.guard.message
+                if prediction.not_xray is None and distances[i] > guard.threshold:
+                    prediction.not_xray = guard.message
             if prediction.not_xray is not None:
                 prediction.warnings.append(prediction.not_xray)
             prediction.label, prediction.uncertain = prediction.verdict(thresholds)
 
-    def predict_many(self, items: list[tuple[str, bytes]], preset: str = DEFAULT_PRESET,
-                     batch_size: int = 8, progress=None) -> list[Prediction]:
+    def predict_many(
+        self,
+        items: list[tuple[str, bytes]],
+        preset: str = DEFAULT_PRESET,
+        batch_size: int = 8,
+        progress: Callable[[int, int], object] | None = None,
+    ) -> list[Prediction]:
         """Classify (name, bytes) pairs; unreadable inputs get `error` and do not stop the rest."""
         results: list[Prediction] = []
         pending: list[Prediction] = []

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from utils.core.guard import is_confident_not_radiograph
+
 
 @dataclass(frozen=True)
 class VerdictStyle:
@@ -24,11 +26,16 @@ class VerdictStyle:
 STYLES = {
     "healthy": VerdictStyle("healthy", "HEALTHY", ":material/check_circle:", "green", (0, 110, 40), "[ok]"),
     "fractured": VerdictStyle("fractured", "FRACTURED", ":material/warning:", "orange", (150, 75, 0), "[!]"),
-    "beyond_repair": VerdictStyle("beyond_repair", "BEYOND REPAIR", ":material/dangerous:", "red", (175, 20, 20), "[!!]"),
+    "beyond_repair": VerdictStyle(
+        "beyond_repair", "BEYOND REPAIR", ":material/dangerous:", "red", (175, 20, 20), "[!!]"
+    ),
     "uncertain": VerdictStyle("uncertain", "UNCERTAIN: NEEDS REVIEW", ":material/help:", "gray", (85, 85, 85), "[?]"),
-    "not_xray": VerdictStyle("not_xray", "NOT A RADIOGRAPH? NEEDS REVIEW", ":material/help:", "gray", (85, 85, 85), "[?]"),
-    "unfamiliar": VerdictStyle("unfamiliar", "UNLIKE THE TRAINING FILMS: NEEDS REVIEW", ":material/help:", "gray",
-                               (85, 85, 85), "[?]"),
+    "not_xray": VerdictStyle(
+        "not_xray", "NOT A RADIOGRAPH? NEEDS REVIEW", ":material/help:", "gray", (85, 85, 85), "[?]"
+    ),
+    "unfamiliar": VerdictStyle(
+        "unfamiliar", "UNLIKE THE TRAINING FILMS: NEEDS REVIEW", ":material/help:", "gray", (85, 85, 85), "[?]"
+    ),
 }
 
 
@@ -38,8 +45,6 @@ def verdict_style(label: str | None, uncertain: bool, not_xray: bool | str | Non
     not_xray: the guard's flag, as its message or as a bool. "Not a radiograph" is kept for
     the flags that are sure of it (photos, documents, blank images); a film the guard finds
     merely unlike the training films says so."""
-    from utils.guard import is_confident_not_radiograph
-
     if isinstance(not_xray, str):
         return STYLES["not_xray" if is_confident_not_radiograph(not_xray) else "unfamiliar"]
     if not_xray:
@@ -51,9 +56,11 @@ def verdict_style(label: str | None, uncertain: bool, not_xray: bool | str | Non
 
 def relative_luminance(rgb: tuple[int, int, int]) -> float:
     """WCAG 2.x relative luminance of an sRGB colour."""
+
     def channel(value: int) -> float:
         c = value / 255
         return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
     r, g, b = (channel(v) for v in rgb)
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
@@ -65,4 +72,5 @@ def contrast_ratio(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
 
 def hex_to_rgb(text: str) -> tuple[int, int, int]:
     text = text.lstrip("#")
-    return tuple(int(text[i:i + 2], 16) for i in (0, 2, 4))
+    red, green, blue = (int(text[i : i + 2], 16) for i in (0, 2, 4))
+    return red, green, blue

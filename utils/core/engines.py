@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,20 +28,20 @@ DENSE_LAYER = "logits"
 LOCALISATION_LAYER = "localisation_logit"
 
 
-def has_localisation(model) -> bool:
+def has_localisation(model: Any) -> bool:
     return any(layer.name == LOCALISATION_LAYER for layer in model.layers)
 
 
-def build_serving_model(model):
+def build_serving_model(model: Any) -> Any:
     """The classifier with two more outputs: the pooled features and a heatmap source.
 
     - Two-stage model (training.model.build_two_stage_classifier): `localisation`, the sigmoid
       of its per-cell fracture logits, (N, h, w): the map the fracture score is built from.
     - Pooling + dense head: `class_maps`, per class the last block's activations weighted by
       that class's dense weights (the Grad-CAM map before ReLU; see
-      utils.heatmap.class_activation_maps for why that equals Grad-CAM here).
+      utils.core.heatmap.class_activation_maps for why that equals Grad-CAM here).
     """
-    import keras
+    import keras  # noqa: PLC0415  (TensorFlow takes seconds and ~500 MB to import; only the float32 Keras engine needs it)
 
     outputs = {"logits": model.output, "features": model.get_layer(FEATURE_LAYER).output}
     if has_localisation(model):
@@ -53,7 +56,7 @@ def build_serving_model(model):
     return keras.Model(model.input, outputs, name="serving")
 
 
-def output_names(available) -> tuple[str, ...]:
+def output_names(available: Iterable[str]) -> tuple[str, ...]:
     """The outputs serving reads from an engine: logits, features and one heatmap source."""
     maps = [k for k in MAP_OUTPUTS if k in available]
     if not set(REQUIRED_OUTPUTS) <= set(available) or not maps:
@@ -65,16 +68,28 @@ def default_threads() -> int:
     return max(1, int(os.environ.get("BONE_XRAY_THREADS", os.cpu_count() or 1)))
 
 
+class Engine(Protocol):
+    """What the classifier runs: model inputs in, named outputs (logits, features, a map) out."""
+
+    name: str
+    outputs: tuple[str, ...]
+
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
 class KerasEngine:
     name = "keras"
 
-    def __init__(self, model):
-        import tensorflow as tf
+    def __init__(self, model: Any) -> None:
+        import tensorflow as tf  # noqa: PLC0415  (TensorFlow takes seconds and ~500 MB to import; only the float32 Keras engine needs it)
 
         serving = build_serving_model(model)
         shape = serving.inputs[0].shape
-        self._forward = tf.function(lambda x: serving(x, training=False), reduce_retracing=True,
-                                    input_signature=[tf.TensorSpec([None, *shape[1:]], tf.float32)])
+        self._forward = tf.function(
+            lambda x: serving(x, training=False),
+            reduce_retracing=True,
+            input_signature=[tf.TensorSpec([None, *shape[1:]], tf.float32)],
+        )
         self.outputs = output_names(serving.output.keys())
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -85,8 +100,8 @@ class KerasEngine:
 class LiteRTEngine:
     name = "litert"
 
-    def __init__(self, path, threads: int | None = None):
-        from ai_edge_litert.interpreter import Interpreter
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415  (LiteRT may be absent: the float32 Keras engine then serves)
 
         self._interpreter = Interpreter(model_path=str(path), num_threads=threads or default_threads())
         self._runner = self._interpreter.get_signature_runner()
@@ -110,7 +125,7 @@ class LiteRTEngine:
 
 def litert_available() -> bool:
     try:
-        import ai_edge_litert.interpreter  # noqa: F401
+        import ai_edge_litert.interpreter  # noqa: F401, PLC0415  (LiteRT may be absent: the float32 Keras engine then serves)
     except ImportError:
         return False
     return True

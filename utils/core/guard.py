@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,13 +28,18 @@ MAX_COLOUR_FRACTION = 0.40
 MIN_DYNAMIC_RANGE = 0.05
 RANGE_PERCENTILES = (1.0, 99.0)
 
-COLOUR_MESSAGE = ("This looks like a colour photo ({share:.0%} of pixels are clearly coloured), not a "
-                  "radiograph; the verdict is not reliable.")
+COLOUR_MESSAGE = (
+    "This looks like a colour photo ({share:.0%} of pixels are clearly coloured), not a "
+    "radiograph; the verdict is not reliable."
+)
 FLAT_MESSAGE = "The image is almost uniform (no visible structure); the verdict is not reliable."
-FEATURE_MESSAGE = ("This image is unlike the films the model was trained on (another framing, exposure or "
-                   "hospital, or not a radiograph at all); a reader should decide.")
-NOT_RADIOGRAPH_MESSAGE = ("This does not look like a radiograph (a photo, document, drawing or screenshot); "
-                          "the verdict is not reliable.")
+FEATURE_MESSAGE = (
+    "This image is unlike the films the model was trained on (another framing, exposure or "
+    "hospital, or not a radiograph at all); a reader should decide."
+)
+NOT_RADIOGRAPH_MESSAGE = (
+    "This does not look like a radiograph (a photo, document, drawing or screenshot); the verdict is not reliable."
+)
 
 
 def dynamic_range(pixels: np.ndarray) -> float:
@@ -58,7 +64,7 @@ def is_confident_not_radiograph(message: str | None) -> bool:
     return message is not None and message != FEATURE_MESSAGE
 
 
-def record_flag(record: dict) -> bool | str:
+def record_flag(record: dict[str, Any]) -> bool | str:
     """A record's guard flag for verdict_style: the message when its warnings name one, else
     the record's not_xray bool (records keep the flag as a bool and its message in warnings)."""
     if not record.get("not_xray"):
@@ -71,6 +77,7 @@ def record_flag(record: dict) -> bool | str:
 class RadiographGuard:
     """P(not a radiograph) from standardised features through a logistic layer; above
     `threshold` means not a radiograph."""
+
     mean: np.ndarray  # (D,) float32
     scale: np.ndarray  # (D,) float32
     weights: np.ndarray  # (D,) float32
@@ -87,17 +94,24 @@ class RadiographGuard:
         return self.distance(features) > self.threshold
 
     def save(self, path: Path) -> None:
-        np.savez(path, kind="radiograph", mean=self.mean.astype(np.float32), scale=self.scale.astype(np.float32),
-                 weights=self.weights.astype(np.float32), bias=np.float64(self.bias),
-                 threshold=np.float64(self.threshold))
+        np.savez(
+            path,
+            kind="radiograph",
+            mean=self.mean.astype(np.float32),
+            scale=self.scale.astype(np.float32),
+            weights=self.weights.astype(np.float32),
+            bias=np.float64(self.bias),
+            threshold=np.float64(self.threshold),
+        )
 
 
-def load_guard(path: Path):
+def load_guard(path: Path) -> RadiographGuard | FeatureGuard:
     """The guard saved at path: a RadiographGuard or (older bundles) a FeatureGuard."""
     with np.load(path) as data:
         if "kind" in data.files and str(data["kind"]) == "radiograph":
-            return RadiographGuard(data["mean"], data["scale"], data["weights"], float(data["bias"]),
-                                   float(data["threshold"]))
+            return RadiographGuard(
+                data["mean"], data["scale"], data["weights"], float(data["bias"]), float(data["threshold"])
+            )
     return FeatureGuard.load(path)
 
 
@@ -115,11 +129,15 @@ class FeatureGuard:
         return self.distance(features) > self.threshold
 
     def save(self, path: Path) -> None:
-        np.savez(path, class_means=self.class_means.astype(np.float32),
-                 precision=self.precision.astype(np.float32), threshold=np.float64(self.threshold))
+        np.savez(
+            path,
+            class_means=self.class_means.astype(np.float32),
+            precision=self.precision.astype(np.float32),
+            threshold=np.float64(self.threshold),
+        )
 
     @classmethod
-    def load(cls, path: Path) -> "FeatureGuard":
+    def load(cls, path: Path) -> FeatureGuard:
         with np.load(path) as data:
             return cls(data["class_means"], data["precision"], float(data["threshold"]))
 
@@ -127,25 +145,9 @@ class FeatureGuard:
 def mahalanobis_distance(features: np.ndarray, class_means: np.ndarray, precision: np.ndarray) -> np.ndarray:
     """(N, D) features -> (N,) distance to the nearest class mean under a shared precision."""
     features = np.asarray(features, dtype=np.float64)
-    best = None
+    best = np.full(len(features), np.inf)
     for mean in np.asarray(class_means, dtype=np.float64):
         diff = features - mean
         squared = np.einsum("nd,de,ne->n", diff, precision.astype(np.float64), diff)
-        best = squared if best is None else np.minimum(best, squared)
+        best = np.minimum(best, squared)
     return np.sqrt(np.maximum(best, 0.0))
-
-
-def fit_feature_guard(features: np.ndarray, labels: np.ndarray, val_features: np.ndarray,
-                      val_quantile: float) -> FeatureGuard:
-    """Class means and a Ledoit-Wolf shared covariance from training features; the threshold
-    is the `val_quantile` quantile of the validation radiographs' distances."""
-    from sklearn.covariance import LedoitWolf
-
-    features = np.asarray(features, dtype=np.float64)
-    classes = np.unique(labels)
-    means = np.stack([features[labels == c].mean(axis=0) for c in classes])
-    centred = features - means[np.searchsorted(classes, labels)]
-    covariance = LedoitWolf(assume_centered=True).fit(centred).covariance_
-    precision = np.linalg.inv(covariance)
-    threshold = float(np.quantile(mahalanobis_distance(val_features, means, precision), val_quantile))
-    return FeatureGuard(means.astype(np.float32), precision.astype(np.float32), threshold)

@@ -5,7 +5,7 @@
 - Inputs: local files and folders (expanded as the local CLI does: recursive, sorted, hidden
   entries skipped) or any URI pyarrow's filesystems read (s3://, gs://, hdfs://, file://).
 - The bytes are read by `ray.data.read_binary_files`; decoding and preprocessing run in
-  `map_batches` tasks (`utils.classifier.prepare_input`, the same code as the local path);
+  `map_batches` tasks (`utils.core.classifier.prepare_input`, the same code as the local path);
   classification runs in an actor pool whose actors load the bundle once each; Ray's writers
   write JSON lines, CSV or Parquet with the local CLI's record schema.
 - Resumable: records already in the output folder are read first and their inputs skipped.
@@ -16,10 +16,26 @@ Ray is optional (requirements-scale.txt): the app and the local CLI never import
 
 from __future__ import annotations
 
+import csv
 import glob
 import json
+import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from utils.adapters.inputs import MAX_FILE_BYTES, expand_paths
+from utils.core.bundle import load_bundle
+from utils.core.classifier import Classifier, Prediction, make_engine, prepare_input
+from utils.core.decode import is_incomplete_warning
+from utils.core.record import csv_row
 
 FORMATS = ("jsonl", "csv", "parquet")
 DECODE_CPUS = 0.5  # the CPU reservation of a read or decode task
@@ -33,8 +49,6 @@ def is_uri(text: str) -> bool:
 
 def list_uri(uri: str) -> list[str]:
     """Files under a pyarrow filesystem URI (a file or a folder, recursively), sorted."""
-    import pyarrow.fs as pafs
-
     filesystem, root = pafs.FileSystem.from_uri(uri)
     scheme = uri.split("://", 1)[0]
     info = filesystem.get_file_info(root)
@@ -43,16 +57,18 @@ def list_uri(uri: str) -> list[str]:
     if info.type == pafs.FileType.NotFound:
         return [uri]  # reported as that input's error record
     found = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
-    names = sorted(f.path for f in found if f.type == pafs.FileType.File
-                   and not any(part.startswith(".") for part in Path(f.path).relative_to(root).parts))
+    names = sorted(
+        f.path
+        for f in found
+        if f.type == pafs.FileType.File
+        and not any(part.startswith(".") for part in Path(f.path).relative_to(root).parts)
+    )
     return [f"{scheme}://{name}" for name in names]
 
 
 def input_paths(sources: list[str]) -> list[str]:
     """Every input as the record's `path` will name it: local paths as the local CLI names
     them (relative stays relative), URIs as URIs."""
-    from utils.cli import expand_paths
-
     paths: list[str] = []
     for source in sources:
         paths += list_uri(source) if is_uri(source) else [str(p) for p in expand_paths([source])]
@@ -65,15 +81,11 @@ def read_records(output: Path, fmt: str) -> list[dict]:
     records: list[dict] = []
     for name in sorted(glob.glob(str(output / f"*.{FILE_SUFFIX[fmt]}"))):
         if fmt == "parquet":
-            import pyarrow.parquet as pq
-
             try:
                 records += pq.read_table(name).to_pylist()
             except Exception:
                 continue
         elif fmt == "csv":
-            import csv
-
             with open(name, newline="") as handle:
                 records += [row for row in csv.DictReader(handle) if row.get("path")]
         else:
@@ -95,9 +107,10 @@ def recorded_paths(output: Path, fmt: str) -> set[str]:
 
 def failed_records(output: Path, fmt: str) -> int:
     """Records of inputs that could not be read properly: an error, or missing image data."""
-    from utils.decode import is_incomplete_warning
-
-    return sum(bool(r.get("error")) or any(is_incomplete_warning(w) for w in warning_list(r)) for r in read_records(output, fmt))
+    return sum(
+        bool(r.get("error")) or any(is_incomplete_warning(w) for w in warning_list(r))
+        for r in read_records(output, fmt)
+    )
 
 
 def warning_list(record: dict) -> list[str]:
@@ -123,17 +136,15 @@ def source_roots(sources: list[str]) -> list[tuple[str, str]]:
 def display_path(read_as: str, roots: list[tuple[str, str]]) -> str:
     for absolute, shown in roots:
         if read_as == absolute or read_as.startswith(absolute.rstrip(os.sep) + os.sep):
-            return shown + read_as[len(absolute):]
+            return shown + read_as[len(absolute) :]
     return read_as
 
 
-def decode_batch(batch: dict, roots: list, input_size: int, max_bytes: int) -> dict:
+def decode_batch(
+    batch: dict[str, np.ndarray], roots: list[tuple[str, str]], input_size: int, max_bytes: int
+) -> dict[str, np.ndarray]:
     """map_batches task: bytes -> model inputs (the local path's prepare_input)."""
-    import numpy as np
-
-    from utils.classifier import prepare_input
-
-    out = {"path": [], "model_input": [], "warnings": [], "not_xray": [], "error": [], "incomplete": []}
+    out: dict[str, list[Any]] = {k: [] for k in ("path", "model_input", "warnings", "not_xray", "error", "incomplete")}
     for read_as, data in zip(batch["path"], batch["bytes"]):
         path = display_path(str(read_as), roots)
         if len(data) > max_bytes:
@@ -142,38 +153,43 @@ def decode_batch(batch: dict, roots: list, input_size: int, max_bytes: int) -> d
         else:
             prediction = prepare_input(path, bytes(data), input_size)
         out["path"].append(path)
-        out["model_input"].append(prediction.model_input if prediction.model_input is not None
-                                  else np.zeros((input_size, input_size), np.uint8))
+        out["model_input"].append(
+            prediction.model_input
+            if prediction.model_input is not None
+            else np.zeros((input_size, input_size), np.uint8)
+        )
         out["warnings"].append(json.dumps(prediction.warnings))
         out["not_xray"].append(prediction.not_xray or "")
         out["error"].append(prediction.error or "")
         out["incomplete"].append(prediction.incomplete or "")
-    return {"path": np.array(out["path"], dtype=object), "model_input": np.stack(out["model_input"]),
-            "warnings": np.array(out["warnings"], dtype=object), "not_xray": np.array(out["not_xray"], dtype=object),
-            "error": np.array(out["error"], dtype=object), "incomplete": np.array(out["incomplete"], dtype=object)}
+    return {
+        "path": np.array(out["path"], dtype=object),
+        "model_input": np.stack(out["model_input"]),
+        "warnings": np.array(out["warnings"], dtype=object),
+        "not_xray": np.array(out["not_xray"], dtype=object),
+        "error": np.array(out["error"], dtype=object),
+        "incomplete": np.array(out["incomplete"], dtype=object),
+    }
 
 
 class ClassifyBatch:
     """map_batches actor: loads the bundle once, then classifies the decoded batches."""
 
     def __init__(self, model_dir: str | None, preset: str, precision: str, threads: int):
-        from utils.bundle import load_bundle
-        from utils.classifier import Classifier, make_engine
-
-        bundle = load_bundle(model_dir, load_keras=False)
+        bundle = load_bundle(Path(model_dir) if model_dir else None, load_keras=False)
         self.classifier = Classifier(bundle, make_engine(bundle, precision=precision, threads=threads), precision)
         self.preset = preset
 
     def __call__(self, batch: dict) -> dict:
-        import pandas as pd
-
-        from utils.classifier import Prediction
-
         predictions = []
         for i, path in enumerate(batch["path"]):
-            prediction = Prediction(name=str(path), warnings=json.loads(batch["warnings"][i]),
-                                    not_xray=batch["not_xray"][i] or None, error=batch["error"][i] or None,
-                                    incomplete=batch["incomplete"][i] or None)
+            prediction = Prediction(
+                name=str(path),
+                warnings=json.loads(batch["warnings"][i]),
+                not_xray=batch["not_xray"][i] or None,
+                error=batch["error"][i] or None,
+                incomplete=batch["incomplete"][i] or None,
+            )
             if prediction.error is None:
                 prediction.model_input = batch["model_input"][i]
             predictions.append(prediction)
@@ -183,19 +199,13 @@ class ClassifyBatch:
 
 def flat_rows(frame):
     """The CSV writer's rows: the local CLI's CSV columns."""
-    import pandas as pd
-
-    from utils.report import csv_row
-
     return pd.DataFrame([csv_row(r) for r in frame.to_dict("records")])
 
 
 def quiet_ray() -> None:
     """Ray Data settings for a batch job: a memory budget, and no per-operator progress
     lines (they would drown the CLI's own messages)."""
-    import logging
-
-    import ray
+    import ray  # noqa: PLC0415  (Ray is optional (requirements-scale.txt))
 
     context = ray.data.DataContext.get_current()
     # Decoding outruns the classifier; without a cap the decoded batches pile up in the object
@@ -208,54 +218,89 @@ def quiet_ray() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def run(sources: list[str], output: Path, fmt: str = "jsonl", address: str | None = None, workers: int = 1,
-        preset: str = "balanced", batch_size: int = 8, model_dir: Path | None = None, precision: str = "float32",
-        log=print) -> dict:
+@dataclass(frozen=True)
+class RayOptions:
+    """How a Ray batch runs: the output format, the cluster (None: start a local one), the
+    classifier actors, and what each classifies with."""
+
+    fmt: str = "jsonl"
+    address: str | None = None
+    workers: int = 1
+    preset: str = "balanced"
+    batch_size: int = 8
+    model_dir: Path | None = None
+    precision: str = "float32"
+
+
+def run(
+    sources: list[str], output: Path, options: RayOptions | None = None, log: Callable[[str], object] = print
+) -> dict[str, int]:
     """Classify every input not yet in `output` on a Ray cluster; returns counts."""
-    import ray
+    import ray  # noqa: PLC0415  (Ray is optional (requirements-scale.txt))
 
-    from utils.bundle import load_bundle
-    from utils.cli import MAX_FILE_BYTES
-
+    options = options or RayOptions()
     paths = input_paths(sources)
     output.mkdir(parents=True, exist_ok=True)
-    done = recorded_paths(output, fmt)
+    done = recorded_paths(output, options.fmt)
     todo = [p for p in paths if p not in done]
     summary = {"inputs": len(paths), "already_recorded": len(paths) - len(todo), "classified": 0}
     if not todo:
         log(f"all {len(paths)} inputs already have records in {output}")
         return summary
-    bundle = load_bundle(model_dir, load_keras=False)  # checks the bundle before a cluster starts
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=max(os.cpu_count() or 1, workers), include_dashboard=False, log_to_driver=False)
+    bundle = load_bundle(options.model_dir, load_keras=False)  # checks the bundle before a cluster starts
+    join_or_start_cluster(ray, options)
     missing = [p for p in todo if not is_uri(p) and not os.path.isfile(read_path(p))]
     readable = [read_path(p) for p in todo if p not in set(missing)]
     quiet_ray()
     cpus = float(ray.cluster_resources().get("CPU", 1))
     # Each actor's interpreter uses its share of the cores; the actors reserve less than all
     # of them so that the decode tasks always find a slot (else a 2-core node would starve).
-    threads = max(1, int(cpus) // max(workers, 1))
-    actor_cpus = min(1.0, max(0.25, (cpus - DECODE_CPUS) / workers))
+    threads = max(1, int(cpus) // max(options.workers, 1))
+    actor_cpus = min(1.0, max(0.25, (cpus - DECODE_CPUS) / options.workers))
     datasets = []
     if readable:
         data = ray.data.read_binary_files(readable, include_paths=True, num_cpus=DECODE_CPUS)
-        data = data.map_batches(decode_batch, fn_kwargs={"roots": source_roots(sources),
-                                                         "input_size": bundle.input_size,
-                                                         "max_bytes": MAX_FILE_BYTES},
-                                batch_size=batch_size, batch_format="numpy", num_cpus=DECODE_CPUS)
-        datasets.append(data.map_batches(ClassifyBatch, fn_constructor_kwargs={
-            "model_dir": str(model_dir) if model_dir else None, "preset": preset, "precision": precision,
-            "threads": threads}, compute=ray.data.ActorPoolStrategy(size=workers), batch_size=batch_size,
+        data = data.map_batches(
+            decode_batch,  # type: ignore[arg-type]  # Ray types a UDF without the fn_kwargs it is given
+            fn_kwargs={"roots": source_roots(sources), "input_size": bundle.input_size, "max_bytes": MAX_FILE_BYTES},
+            batch_size=options.batch_size,
             batch_format="numpy",
-            num_cpus=actor_cpus))
+            num_cpus=DECODE_CPUS,
+        )
+        datasets.append(
+            data.map_batches(
+                ClassifyBatch,
+                fn_constructor_kwargs={
+                    "model_dir": str(options.model_dir) if options.model_dir else None,
+                    "preset": options.preset,
+                    "precision": options.precision,
+                    "threads": threads,
+                },
+                compute=ray.data.ActorPoolStrategy(size=options.workers),
+                batch_size=options.batch_size,
+                batch_format="numpy",
+                num_cpus=actor_cpus,
+            )
+        )
     if missing:
-        from utils.classifier import Prediction
-
         datasets.append(ray.data.from_items([Prediction(name=p, error="No such file.").as_record() for p in missing]))
-    records = datasets[0] if len(datasets) == 1 else datasets[0].union(*datasets[1:])
+    write_records(datasets[0] if len(datasets) == 1 else datasets[0].union(*datasets[1:]), output, options.fmt)
+    summary["classified"] = len(todo)
+    return summary
+
+
+def join_or_start_cluster(ray: Any, options: RayOptions) -> None:
+    """The cluster at options.address, else a local one sized to this machine."""
+    if ray.is_initialized():
+        return
+    if options.address:
+        ray.init(address=options.address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=max(os.cpu_count() or 1, options.workers), include_dashboard=False, log_to_driver=False)
+
+
+def write_records(records: Any, output: Path, fmt: str) -> None:
+    """Ray's writers, with the local CLI's record schema (CSV: its columns)."""
     if fmt == "csv":
         records.map_batches(flat_rows, batch_format="pandas").write_csv(str(output))
     elif fmt == "parquet":
@@ -263,5 +308,3 @@ def run(sources: list[str], output: Path, fmt: str = "jsonl", address: str | Non
     else:
         # pandas writes 10 decimals by default; 15 keeps the probabilities as the local CLI's.
         records.write_json(str(output), double_precision=15)
-    summary["classified"] = len(todo)
-    return summary

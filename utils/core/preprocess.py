@@ -9,10 +9,13 @@ training cache and the app feed the network identical values.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from utils.core.decode import decode_image_bytes
 
 INPUT_SIZE = 384
 # Training images are at most 1024 px on their longer side (FracAtlas' larger films were
@@ -69,7 +72,7 @@ def _order_statistics(flat: np.ndarray, ranks: list[int]) -> np.ndarray | None:
     """flat's sorted values at `ranks`, found among the few pixels beyond a bound estimated
     from a sample; None when the sample's bound does not hold them all."""
     n = flat.size
-    sample = flat[::max(1, n // TAIL_SAMPLE_SIZE)]
+    sample = flat[:: max(1, n // TAIL_SAMPLE_SIZE)]
     values = []
     for rank in ranks:
         q = 100.0 * rank / (n - 1)
@@ -85,7 +88,7 @@ def _order_statistics(flat: np.ndarray, ranks: list[int]) -> np.ndarray | None:
     return np.array(values, dtype=flat.dtype)
 
 
-def percentile_range(pixels: np.ndarray, percentiles=CONTRAST_PERCENTILES) -> np.ndarray:
+def percentile_range(pixels: np.ndarray, percentiles: Sequence[float] = CONTRAST_PERCENTILES) -> np.ndarray:
     """np.percentile(pixels, percentiles) (linear method), bit for bit, without partitioning
     the whole image: only the pixels in the two tails are ordered (10 ms -> 2 ms at 1024 px)."""
     flat = np.ravel(pixels)
@@ -108,7 +111,7 @@ def percentile_range(pixels: np.ndarray, percentiles=CONTRAST_PERCENTILES) -> np
     return np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
 
 
-def stretch_contrast(pixels: np.ndarray, percentiles=CONTRAST_PERCENTILES) -> np.ndarray:
+def stretch_contrast(pixels: np.ndarray, percentiles: Sequence[float] = CONTRAST_PERCENTILES) -> np.ndarray:
     low, high = percentile_range(pixels, percentiles)
     if high - low < 1e-6:
         return np.zeros_like(pixels, dtype=np.float32)
@@ -125,7 +128,7 @@ def letterbox_resize(pixels: np.ndarray, size: int) -> np.ndarray:
     height, width = pixels.shape
     side, top, left = letterbox_offsets(height, width)
     square = np.zeros((side, side), dtype=np.float32)
-    square[top:top + height, left:left + width] = pixels
+    square[top : top + height, left : left + width] = pixels
     interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
     return cv2.resize(square, (size, size), interpolation=interpolation)
 
@@ -133,6 +136,7 @@ def letterbox_resize(pixels: np.ndarray, size: int) -> np.ndarray:
 @dataclass(frozen=True)
 class Geometry:
     """Where the decoded image lands in the model input (for boxes and heatmap overlays)."""
+
     scale_x: float  # limit_size factors
     scale_y: float
     crop_top: int
@@ -147,14 +151,20 @@ class Geometry:
     def to_model(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Decoded-image pixel coordinates -> model-input pixel coordinates."""
         factor = self.size / self.side
-        return ((np.asarray(x) * self.scale_x - self.crop_left + self.pad_left) * factor,
-                (np.asarray(y) * self.scale_y - self.crop_top + self.pad_top) * factor)
+        return (
+            (np.asarray(x) * self.scale_x - self.crop_left + self.pad_left) * factor,
+            (np.asarray(y) * self.scale_y - self.crop_top + self.pad_top) * factor,
+        )
 
     def content_box(self) -> tuple[float, float, float, float]:
         """(x0, y0, x1, y1) of the image content (not the black padding) in the model input."""
         factor = self.size / self.side
-        return (self.pad_left * factor, self.pad_top * factor,
-                (self.pad_left + self.crop_width) * factor, (self.pad_top + self.crop_height) * factor)
+        return (
+            self.pad_left * factor,
+            self.pad_top * factor,
+            (self.pad_left + self.crop_width) * factor,
+            (self.pad_top + self.crop_height) * factor,
+        )
 
 
 def preprocess_with_geometry(pixels: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, Geometry]:
@@ -168,8 +178,9 @@ def preprocess_with_geometry(pixels: np.ndarray, size: int = INPUT_SIZE) -> tupl
     rows, cols = uniform_border(pixels)
     pixels = stretch_contrast(pixels[rows, cols])
     side, pad_top, pad_left = letterbox_offsets(*pixels.shape)
-    geometry = Geometry(scale_x, scale_y, rows.start, cols.start, pixels.shape[0], pixels.shape[1],
-                        side, pad_top, pad_left, size)
+    geometry = Geometry(
+        scale_x, scale_y, rows.start, cols.start, pixels.shape[0], pixels.shape[1], side, pad_top, pad_left, size
+    )
     pixels = letterbox_resize(pixels, size)
     return np.round(pixels * 255.0).astype(np.uint8)[..., np.newaxis], geometry
 
@@ -179,9 +190,7 @@ def preprocess(pixels: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     return preprocess_with_geometry(pixels, size)[0]
 
 
-def load_and_preprocess(data: bytes, size: int = INPUT_SIZE):
+def load_and_preprocess(data: bytes, size: int = INPUT_SIZE) -> tuple[np.ndarray, list[str]]:
     """bytes -> (model input uint8 (size, size, 1), warnings). Raises InputError."""
-    from utils.decode import decode_image_bytes
-
     decoded = decode_image_bytes(data)
     return preprocess(decoded.pixels, size), decoded.warnings

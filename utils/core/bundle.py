@@ -11,8 +11,13 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
-DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parents[1] / "model"
+from utils.core.engines import litert_available
+from utils.core.guard import FeatureGuard, RadiographGuard, load_guard
+from utils.core.preprocess import INPUT_SIZE
+
+DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parents[2] / "model"
 METADATA_FILE = "metadata.json"
 
 
@@ -30,26 +35,39 @@ class Bundle:
     """metadata.json with what it names: the .keras model (loaded on first use, since serving
     can run the LiteRT file without TensorFlow), the LiteRT file, the guard statistics."""
 
-    def __init__(self, model=None, metadata: dict | None = None, directory: Path = Path("."),
-                 guard=None, litert_path: Path | None = None, model_path: Path | None = None,
-                 litert_paths: dict[str, Path] | None = None):
+    def __init__(
+        self,
+        model: Any = None,
+        metadata: dict[str, Any] | None = None,
+        directory: Path = Path("."),
+        guard: RadiographGuard | FeatureGuard | None = None,
+        model_path: Path | None = None,
+        litert_paths: dict[str, Path] | None = None,
+    ) -> None:
         self._model = model
         self.metadata = metadata or {}
         self.directory = Path(directory)
-        self.guard = guard  # utils.guard.FeatureGuard, or None when the bundle has none
-        self.litert_path = litert_path
-        # Faster engines that passed the equivalence check ({"int8": path}), by precision.
+        self.guard = guard  # utils.core.guard.FeatureGuard, or None when the bundle has none
+        # The LiteRT files by precision: "float32", and the faster engines that passed the
+        # equivalence check ("int8").
         self.litert_paths = dict(litert_paths or {})
         self.model_path = model_path
         self._lock = threading.Lock()
 
     @property
-    def model(self):
+    def model(self) -> Any:
         """The keras.Model, loaded (once) when first asked for."""
         with self._lock:
             if self._model is None:
+                if self.model_path is None:
+                    raise ModelBundleError("The bundle names no .keras model file.")
                 self._model = load_keras_model(self.model_path)
             return self._model
+
+    @property
+    def litert_path(self) -> Path | None:
+        """The float32 LiteRT file, when the bundle ships one."""
+        return self.litert_paths.get("float32")
 
     @property
     def temperature(self) -> float:
@@ -64,15 +82,13 @@ class Bundle:
     @property
     def input_size(self) -> int:
         """The side of the square model input (metadata["input"]["shape"] is [N, S, S, 3])."""
-        from utils.preprocess import INPUT_SIZE
-
         return int(self.metadata.get("input", {}).get("shape", [None, INPUT_SIZE])[1])
 
     @property
     def classes(self) -> tuple[str, ...]:
         return tuple(self.metadata["classes"])
 
-    def preset(self, name: str) -> dict:
+    def preset(self, name: str) -> dict[str, Any]:
         presets = self.metadata["presets"]
         if name not in presets:
             raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
@@ -91,13 +107,14 @@ def bundle_dir() -> Path:
     return Path(os.environ.get("BONE_XRAY_MODEL_DIR", DEFAULT_BUNDLE_DIR))
 
 
-def read_metadata(directory: Path) -> dict:
+def read_metadata(directory: Path) -> dict[str, Any]:
     path = directory / METADATA_FILE
     try:
         metadata = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ModelBundleError(f"No model metadata at {path}. Reinstall the app or run the "
-                               "training pipeline to create the model bundle.") from None
+        raise ModelBundleError(
+            f"No model metadata at {path}. Reinstall the app or run the training pipeline to create the model bundle."
+        ) from None
     except json.JSONDecodeError as exc:
         raise ModelBundleError(f"{path} is not valid JSON ({exc.msg}); restore it from the repository.") from None
     missing = [k for k in ("model_file", "sha256", "classes", "temperature", "presets") if k not in metadata]
@@ -106,7 +123,7 @@ def read_metadata(directory: Path) -> dict:
     return metadata
 
 
-def serving_precision(metadata: dict) -> str:
+def serving_precision(metadata: dict[str, Any]) -> str:
     """The engine every serving path runs: $BONE_XRAY_PRECISION when set, else int8 when the
     bundle ships it (it passed the equivalence check in the model card), else float32."""
     chosen = os.environ.get(PRECISION_VARIABLE, "").strip().lower()
@@ -114,28 +131,29 @@ def serving_precision(metadata: dict) -> str:
         if chosen not in ("float32", *FASTER_PRECISIONS):
             raise ModelBundleError(f"{PRECISION_VARIABLE}={chosen!r} is not an engine; use float32 or int8.")
         return chosen
-    from utils.runtime import litert_available
 
     return "int8" if metadata.get("runtime_int8") and litert_available() else "float32"
 
 
-def verify_model_file(directory: Path, metadata: dict) -> Path:
+def verify_model_file(directory: Path, metadata: dict[str, Any]) -> Path:
     path = directory / metadata["model_file"]
     if not path.exists():
-        raise ModelBundleError(f"The model file {path} is missing. If you cloned the repository, "
-                               "check that the file was fetched completely.")
+        raise ModelBundleError(
+            f"The model file {path} is missing. If you cloned the repository, "
+            "check that the file was fetched completely."
+        )
     actual = sha256_of(path)
     if actual != metadata["sha256"]:
-        raise ModelBundleError(f"The model file {path.name} does not match its metadata "
-                               f"(sha256 {actual[:12]}... instead of {metadata['sha256'][:12]}...): it is "
-                               "damaged or was replaced. Restore it from the repository.")
+        raise ModelBundleError(
+            f"The model file {path.name} does not match its metadata "
+            f"(sha256 {actual[:12]}... instead of {metadata['sha256'][:12]}...): it is "
+            "damaged or was replaced. Restore it from the repository."
+        )
     return path
 
 
-def load_feature_guard(directory: Path, metadata: dict):
+def load_feature_guard(directory: Path, metadata: dict[str, Any]) -> RadiographGuard | FeatureGuard | None:
     """The not-an-X-ray guard's statistics named in metadata["guard"], checked by sha256."""
-    from utils.guard import load_guard
-
     path = verify_derived_file(directory, metadata, "guard", "guard file")
     if path is None:
         return None
@@ -145,21 +163,22 @@ def load_feature_guard(directory: Path, metadata: dict):
         raise ModelBundleError(f"The guard file {path.name} cannot be read: {type(exc).__name__}.") from None
 
 
-def verify_derived_file(directory: Path, metadata: dict, key: str, what: str) -> Path | None:
+def verify_derived_file(directory: Path, metadata: dict[str, Any], key: str, what: str) -> Path | None:
     """The file metadata[key] names ({"file", "sha256"}), checked; None when there is no entry."""
     spec = metadata.get(key)
     if not spec:
         return None
     path = directory / spec["file"]
     if not path.exists() or sha256_of(path) != spec["sha256"]:
-        raise ModelBundleError(f"The {what} {path.name} is missing or does not match its metadata; "
-                               "restore it from the repository.")
+        raise ModelBundleError(
+            f"The {what} {path.name} is missing or does not match its metadata; restore it from the repository."
+        )
     return path
 
 
-def load_keras_model(path: Path):
+def load_keras_model(path: Path) -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+    import keras  # noqa: PLC0415  (TensorFlow takes seconds and ~500 MB to import; only the float32 Keras engine needs it)
 
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
@@ -170,17 +189,22 @@ def load_keras_model(path: Path):
 def load_bundle(directory: Path | None = None, load_keras: bool | None = None) -> Bundle:
     """Check every file against metadata.json and load the bundle. load_keras None: load the
     .keras model now only when serving will need it (no LiteRT file, or ai-edge-litert absent)."""
-    from utils.runtime import litert_available
-
     directory = Path(directory or bundle_dir())
     metadata = read_metadata(directory)
     model_path = verify_model_file(directory, metadata)
     litert_path = verify_derived_file(directory, metadata, "runtime", "LiteRT file")
-    faster = {precision: verify_derived_file(directory, metadata, f"runtime_{precision}", f"{precision} LiteRT file")
-              for precision in FASTER_PRECISIONS}
+    faster = {
+        precision: verify_derived_file(directory, metadata, f"runtime_{precision}", f"{precision} LiteRT file")
+        for precision in FASTER_PRECISIONS
+    }
     if load_keras is None:
         load_keras = litert_path is None or not litert_available()
     model = load_keras_model(model_path) if load_keras else None
-    return Bundle(model=model, metadata=metadata, directory=directory,
-                  guard=load_feature_guard(directory, metadata), litert_path=litert_path,
-                  model_path=model_path, litert_paths={k: v for k, v in faster.items() if v is not None})
+    return Bundle(
+        model=model,
+        metadata=metadata,
+        directory=directory,
+        guard=load_feature_guard(directory, metadata),
+        model_path=model_path,
+        litert_paths={k: v for k, v in {"float32": litert_path, **faster}.items() if v is not None},
+    )

@@ -2,7 +2,7 @@
 (WADO-RS) through the Classifier, and store new result objects in the same study (STOW-RS).
 
 The server is configured by the operator (`.streamlit/secrets.toml` or the environment), so
-the URL rules of `utils.url_input` do not apply. TLS is verified (optionally against a CA
+the URL rules of `utils.adapters.url_input` do not apply. TLS is verified (optionally against a CA
 bundle); credentials come from the configuration, never from the command line. Messages and
 logs name studies and instances by UID only: patient identifiers and other PHI never appear
 in them, and the HTTP library's error text (it holds the query URL) is not passed on.
@@ -11,20 +11,46 @@ Nothing on the server is modified or deleted: results are new objects with new U
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping
+from typing import Any
+
+import requests
+from dicomweb_client.api import DICOMwebClient
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, generate_uid
+
+from utils.adapters.dicom_results import build_results_sr, build_secondary_capture
+from utils.core.classifier import Classifier, Prediction, model_input_of, prepare_decoded
+from utils.core.dicom import decode_dataset
+from utils.core.heatmap import overlay_heatmap
 
 IMAGE_MODALITIES = ("CR", "DX", "RF")
-STUDY_FIELDS = ("StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyDescription",
-                "ModalitiesInStudy", "PatientID", "NumberOfStudyRelatedInstances")
+STUDY_FIELDS = (
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyDescription",
+    "ModalitiesInStudy",
+    "PatientID",
+    "NumberOfStudyRelatedInstances",
+)
 # SOP classes in radiograph series that hold no image to classify (checked by name, so every
 # SR flavour, PDF/CDA encapsulations, key-object notes and presentation states are caught).
-NOT_IMAGE_WORDS = ("SR Storage", "Structured", "Encapsulated", "Presentation State", "Key Object",
-                   "Waveform", "Raw Data")
+NOT_IMAGE_WORDS = (
+    "SR Storage",
+    "Structured",
+    "Encapsulated",
+    "Presentation State",
+    "Key Object",
+    "Waveform",
+    "Raw Data",
+)
 TIMEOUT_S = (5, 60)  # connect, read
 LOG = logging.getLogger("bone_xray.pacs")
 # dicomweb-client logs request URLs (QIDO queries hold patient IDs) at info/debug.
@@ -49,7 +75,7 @@ class PacsConfig:
         return f"PacsConfig(url={self.url!r}, auth={'token' if self.token else 'basic' if self.username else 'none'})"
 
     @classmethod
-    def from_mapping(cls, values: Mapping) -> "PacsConfig":
+    def from_mapping(cls, values: Mapping) -> PacsConfig:
         """From `[pacs]` in .streamlit/secrets.toml: url, and optional username/password,
         token and ca_bundle."""
         url = str(values.get("url") or "").strip()
@@ -61,10 +87,12 @@ class PacsConfig:
         return cls(url=url.rstrip("/"), **text)
 
     @classmethod
-    def from_environment(cls, url: str | None = None, environ: Mapping = os.environ) -> "PacsConfig":
+    def from_environment(cls, url: str | None = None, environ: Mapping = os.environ) -> PacsConfig:
         """BONE_XRAY_PACS_URL (or url), _USERNAME, _PASSWORD, _TOKEN, _CA_BUNDLE."""
-        values = {key: environ.get(f"BONE_XRAY_PACS_{key.upper()}")
-                  for key in ("url", "username", "password", "token", "ca_bundle")}
+        values = {
+            key: environ.get(f"BONE_XRAY_PACS_{key.upper()}")
+            for key in ("url", "username", "password", "token", "ca_bundle")
+        }
         if url:
             values["url"] = url
         if not values["url"]:
@@ -87,15 +115,13 @@ class InstanceRef:
 @dataclass
 class StudyImages:
     """What a study holds for the classifier: the radiograph instances and the skipped ones."""
+
     study_uid: str
     images: list[InstanceRef] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # one note per skipped instance
 
 
 def connect(config: PacsConfig):
-    import requests
-    from dicomweb_client.api import DICOMwebClient
-
     session = requests.Session()
     session.verify = config.ca_bundle or True
     if config.token:
@@ -111,12 +137,12 @@ def connect(config: PacsConfig):
 
 def explain(exc: Exception, action: str) -> PacsError:
     """One PHI-free sentence for a failed request (never the library's text: it holds the URL)."""
-    import requests
-
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if status == 401:
-        return PacsError(f"The PACS refused the credentials while {action} (401): check the configured "
-                         "username and password or token.")
+        return PacsError(
+            f"The PACS refused the credentials while {action} (401): check the configured "
+            "username and password or token."
+        )
     if status == 403:
         return PacsError(f"The PACS does not allow this account to go on {action} (403 Forbidden).")
     if status == 404:
@@ -124,8 +150,10 @@ def explain(exc: Exception, action: str) -> PacsError:
     if status is not None:
         return PacsError(f"The PACS answered {status} while {action}.")
     if isinstance(exc, requests.exceptions.SSLError):
-        return PacsError(f"The PACS's TLS certificate could not be verified while {action}; configure its "
-                         "CA bundle (ca_bundle / BONE_XRAY_PACS_CA_BUNDLE).")
+        return PacsError(
+            f"The PACS's TLS certificate could not be verified while {action}; configure its "
+            "CA bundle (ca_bundle / BONE_XRAY_PACS_CA_BUNDLE)."
+        )
     if isinstance(exc, requests.exceptions.Timeout):
         return PacsError(f"The PACS did not answer in time while {action}.")
     if isinstance(exc, requests.exceptions.ConnectionError):
@@ -134,8 +162,6 @@ def explain(exc: Exception, action: str) -> PacsError:
 
 
 def call(action: str, function: Callable, *args, **kwargs):
-    import requests
-
     try:
         return function(*args, **kwargs)
     except (requests.exceptions.RequestException, OSError) as exc:
@@ -144,8 +170,6 @@ def call(action: str, function: Callable, *args, **kwargs):
 
 def first_value(item: Mapping, keyword: str, default=None):
     """A value from a DICOM JSON object (QIDO-RS result) by keyword."""
-    from pydicom.datadict import tag_for_keyword
-
     element = item.get(f"{tag_for_keyword(keyword):08X}", {})
     values = element.get("Value") or []
     if not values:
@@ -154,8 +178,9 @@ def first_value(item: Mapping, keyword: str, default=None):
     return value.get("Alphabetic", default) if isinstance(value, dict) else value
 
 
-def study_filters(study_uid: str | None = None, patient_id: str | None = None, accession: str | None = None,
-                  since: str | None = None) -> dict:
+def study_filters(
+    study_uid: str | None = None, patient_id: str | None = None, accession: str | None = None, since: str | None = None
+) -> dict:
     filters = {}
     if study_uid:
         filters["StudyInstanceUID"] = study_uid
@@ -174,16 +199,19 @@ def study_filters(study_uid: str | None = None, patient_id: str | None = None, a
 
 def find_studies(client, limit: int = 200, **selector) -> list[dict]:
     """Studies matching the selector (see study_filters), newest first, as plain dicts."""
-    found = call("searching for studies", client.search_for_studies, search_filters=study_filters(**selector),
-                 fields=list(STUDY_FIELDS), limit=limit)
+    found = call(
+        "searching for studies",
+        client.search_for_studies,
+        search_filters=study_filters(**selector),
+        fields=list(STUDY_FIELDS),
+        limit=limit,
+    )
     studies = [{keyword: first_value(item, keyword, "") for keyword in STUDY_FIELDS} for item in found]
     return sorted(studies, key=lambda s: (s["StudyDate"] or "", s["StudyTime"] or ""), reverse=True)
 
 
 def not_an_image(sop_class_uid: str) -> str | None:
     """The SOP class's name when instances of it hold no radiograph (an SR, a PDF, a state)."""
-    from pydicom.uid import UID
-
     name = UID(sop_class_uid).name
     return name if any(word in name for word in NOT_IMAGE_WORDS) else None
 
@@ -191,20 +219,35 @@ def not_an_image(sop_class_uid: str) -> str | None:
 def study_images(client, study_uid: str) -> StudyImages:
     """The CR, DX and RF instances of a study that can hold pixel data; the others are noted."""
     result = StudyImages(study_uid)
-    series = call("listing the study's series", client.search_for_series, study_instance_uid=study_uid,
-                  fields=["Modality", "SeriesInstanceUID"], get_remaining=True)
+    series = call(
+        "listing the study's series",
+        client.search_for_series,
+        study_instance_uid=study_uid,
+        fields=["Modality", "SeriesInstanceUID"],
+        get_remaining=True,
+    )
     if not series:
         raise PacsError(f"The PACS has no series in study {study_uid} (no such study, or it is empty).")
     for item in series:
         if first_value(item, "Modality", "") not in IMAGE_MODALITIES:
             continue
         series_uid = first_value(item, "SeriesInstanceUID")
-        instances = call("listing a series' instances", client.search_for_instances, study_instance_uid=study_uid,
-                         series_instance_uid=series_uid, fields=["SOPClassUID", "InstanceNumber"], get_remaining=True)
+        instances = call(
+            "listing a series' instances",
+            client.search_for_instances,
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            fields=["SOPClassUID", "InstanceNumber"],
+            get_remaining=True,
+        )
         instances.sort(key=lambda i: (int(first_value(i, "InstanceNumber", 0) or 0), first_value(i, "SOPInstanceUID")))
         for instance in instances:
-            ref = InstanceRef(study_uid, series_uid, first_value(instance, "SOPInstanceUID"),
-                              str(first_value(instance, "SOPClassUID", "")))
+            ref = InstanceRef(
+                study_uid,
+                series_uid,
+                first_value(instance, "SOPInstanceUID"),
+                str(first_value(instance, "SOPClassUID", "")),
+            )
             kind = not_an_image(ref.sop_class_uid)
             if kind:
                 result.skipped.append(f"Skipped instance {ref.sop_uid} ({kind}): not an image.")
@@ -215,14 +258,14 @@ def study_images(client, study_uid: str) -> StudyImages:
 
 def retrieve(client, ref: InstanceRef):
     """The instance as stored (any transfer syntax: the decoder handles JPEG, JPEG 2000, RLE)."""
-    return call("retrieving an instance", client.retrieve_instance, ref.study_uid, ref.series_uid, ref.sop_uid,
-                media_types=(("application/dicom", "*"),))
-
-
-def dataset_bytes(dataset) -> bytes:
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return call(
+        "retrieving an instance",
+        client.retrieve_instance,
+        ref.study_uid,
+        ref.series_uid,
+        ref.sop_uid,
+        media_types=(("application/dicom", "*"),),
+    )
 
 
 def header_only(dataset):
@@ -236,43 +279,52 @@ def header_only(dataset):
 @dataclass
 class Classified:
     ref: InstanceRef
-    prediction: object  # utils.classifier.Prediction
-    header: object  # pydicom Dataset without pixel data
+    prediction: Prediction
+    header: Dataset | None  # the source without its pixel data
 
     def record(self) -> dict:
         record = self.prediction.as_record()
-        record.update(study_instance_uid=self.ref.study_uid, series_instance_uid=self.ref.series_uid,
-                      sop_instance_uid=self.ref.sop_uid)
+        record.update(
+            study_instance_uid=self.ref.study_uid,
+            series_instance_uid=self.ref.series_uid,
+            sop_instance_uid=self.ref.sop_uid,
+        )
         return record
 
 
-def classify_instances(client, classifier, refs: list[InstanceRef], preset: str, batch_size: int = 8,
-                       progress: Callable[[int], None] | None = None) -> Iterator[Classified]:
-    """Retrieve and classify batch_size instances at a time, yielding each as it is done, so a
-    long series streams in flat memory. A failed retrieval or decode is that image's error."""
-    from utils.classifier import Prediction
-
-    for start in range(0, len(refs), batch_size):
-        chunk = refs[start:start + batch_size]
-        items, headers, errors = [], {}, {}
+def classify_instances(
+    client: DICOMwebClient, classifier: Classifier, refs: list[InstanceRef], options: StudyOptions
+) -> Iterator[Classified]:
+    """Retrieve and classify options.batch_size instances at a time, yielding each as it is
+    done, so a long series streams in flat memory. Each retrieved dataset is decoded as it
+    came (no write-back to bytes); a failed retrieval or decode is that image's error."""
+    for start in range(0, len(refs), options.batch_size):
+        chunk = refs[start : start + options.batch_size]
+        predictions: list[Prediction] = []
+        headers: dict[str, Dataset] = {}
         for ref in chunk:
-            try:
-                dataset = retrieve(client, ref)
-                items.append((ref.path, dataset_bytes(dataset)))
-                headers[ref.path] = header_only(dataset)
-            except PacsError as exc:
-                errors[ref.path] = str(exc)
-            except Exception as exc:  # a body the DICOM parser rejects
-                errors[ref.path] = f"The instance could not be read ({type(exc).__name__})."
-        predictions = {p.name: p for p in classifier.predict_many(items, preset=preset, batch_size=batch_size)}
-        del items
-        for ref in chunk:
-            prediction = predictions.get(ref.path) or Prediction(name=ref.path, error=errors[ref.path])
+            predictions.append(retrieve_and_prepare(client, ref, classifier.bundle.input_size, headers))
+        classifier.complete([p for p in predictions if p.error is None], options.preset)
+        for ref, prediction in zip(chunk, predictions):
             if prediction.error:
                 LOG.warning("instance %s not classified: %s", ref.sop_uid, prediction.error)
             yield Classified(ref, prediction, headers.get(ref.path))
-        if progress is not None:
-            progress(len(chunk))
+
+
+def retrieve_and_prepare(
+    client: DICOMwebClient, ref: InstanceRef, input_size: int, headers: dict[str, Dataset]
+) -> Prediction:
+    """One instance retrieved and prepared for the model; its header (without pixels) goes
+    into headers, for the result objects."""
+    try:
+        dataset = retrieve(client, ref)
+    except PacsError as exc:
+        return Prediction(name=ref.path, error=str(exc))
+    except Exception as exc:  # a body the DICOM parser rejects
+        return Prediction(name=ref.path, error=f"The instance could not be read ({type(exc).__name__}).")
+    prediction = prepare_decoded(ref.path, lambda: decode_dataset(dataset), input_size)
+    headers[ref.path] = header_only(dataset)
+    return prediction
 
 
 @dataclass
@@ -321,6 +373,7 @@ SC_BATCH = 16  # secondary captures stored per STOW request while a study stream
 @dataclass
 class StudyRun:
     """What one study's run did: counts, notes and what the server confirmed storing."""
+
     study_uid: str
     classified: int = 0
     failed: int = 0
@@ -341,23 +394,22 @@ class ResultWriter:
 
     def __init__(self, client, study_uid: str, model: dict, run: StudyRun):
         self.client, self.study_uid, self.model, self.run = client, study_uid, model, run
-        self.entries, self.captures, self.study_header, self.capture_series = [], [], None, None
+        self.entries: list[tuple[dict[str, Any], str]] = []
+        self.captures: list[Dataset] = []
+        self.study_header: Dataset | None = None
+        self.capture_series: str | None = None
 
     def add(self, item: Classified) -> None:
-        from pydicom.uid import generate_uid
-
-        from utils.dicom_results import build_secondary_capture
-        from utils.heatmap import overlay_heatmap
-
         record, prediction = item.record(), item.prediction
         self.entries.append((record, item.ref.sop_class_uid))
         if item.header is None or prediction.error:
             return
         self.study_header = self.study_header or item.header
-        self.capture_series = self.capture_series or generate_uid()
-        overlay = overlay_heatmap(prediction.model_input, prediction.heatmap(prediction.label or "healthy"))
-        self.captures.append(build_secondary_capture(item.header, overlay, record, self.model, self.capture_series,
-                                                     instance_number=len(self.entries)))
+        self.capture_series = series = self.capture_series or generate_uid()
+        overlay = overlay_heatmap(model_input_of(prediction), prediction.heatmap(prediction.label or "healthy"))
+        self.captures.append(
+            build_secondary_capture(item.header, overlay, record, self.model, series, instance_number=len(self.entries))
+        )
         if len(self.captures) >= SC_BATCH:
             self.flush()
 
@@ -369,22 +421,27 @@ class ResultWriter:
             self.captures = []
 
     def finish(self) -> None:
-        from utils.dicom_results import build_results_sr
-
         self.flush()
         if self.study_header is None:
             self.run.store_failures.append("No image of the study could be read, so no report was stored.")
             return
-        result = store(self.client, [build_results_sr(self.entries, self.study_header, self.model)], self.study_uid,
-                       "the results report (SR)")
+        result = store(
+            self.client,
+            [build_results_sr(self.entries, self.study_header, self.model)],
+            self.study_uid,
+            "the results report (SR)",
+        )
         self.run.stored_sr += result.stored
         self.run.store_failures += result.failed
 
 
 def store_results(client, study_uid: str, items: list[Classified], model: dict) -> StudyRun:
     """Write already classified images of one study back (the app's "send to PACS")."""
-    run = StudyRun(study_uid, classified=sum(not i.prediction.error for i in items),
-                   failed=sum(bool(i.prediction.error) for i in items))
+    run = StudyRun(
+        study_uid,
+        classified=sum(not i.prediction.error for i in items),
+        failed=sum(bool(i.prediction.error) for i in items),
+    )
     writer = ResultWriter(client, study_uid, model, run)
     for item in items:
         writer.add(item)
@@ -392,31 +449,55 @@ def store_results(client, study_uid: str, items: list[Classified], model: dict) 
     return run
 
 
-def run_study(client, classifier, study_uid: str, preset: str, batch_size: int = 8, store_results: bool = False,
-              on_record: Callable[[dict, object], None] | None = None,
-              on_images: Callable[[int], None] | None = None, progress: Callable[[int], None] | None = None,
-              keep: list | None = None) -> StudyRun:
-    """Classify a study's radiographs as they stream in; with store_results, write the result
-    objects back as it goes (ResultWriter).
+@dataclass(frozen=True)
+class StudyOptions:
+    """How a study is classified: the decision preset, the batch size, and whether the result
+    objects (an SR, Secondary Captures) are written back to the study as it goes."""
 
-    on_record(record, prediction) sees each image's record; on_images(n) is told the number
-    of images before the first is retrieved; progress(k) after every k images; keep, a list,
-    receives every Classified item (for a caller that stores later: only for small studies)."""
-    run = StudyRun(study_uid)
-    listing = study_images(client, study_uid)
-    run.skipped = listing.skipped
-    if on_images is not None:
-        on_images(len(listing.images))
-    writer = ResultWriter(client, study_uid, classifier.bundle.metadata, run) if store_results else None
-    for item in classify_instances(client, classifier, listing.images, preset, batch_size, progress):
-        if on_record is not None:
-            on_record(item.record(), item.prediction)
-        run.failed += bool(item.prediction.error)
-        run.classified += not item.prediction.error
-        if writer is not None:
-            writer.add(item)
-        if keep is not None:
-            keep.append(item)
-    if writer is not None:
-        writer.finish()
-    return run
+    preset: str = "balanced"
+    batch_size: int = 8
+    store_results: bool = False
+
+
+class StudyStream:
+    """One study's radiographs, classified as they stream in: iterate for each Classified
+    image; `len()` is the number of images (known before the first is retrieved) and `run`
+    the study's counts and stored objects, complete once the iteration ends. The caller
+    owns what is written (records, progress); with options.store_results the result objects
+    go back to the PACS as the images come (ResultWriter)."""
+
+    def __init__(self, client: DICOMwebClient, classifier: Classifier, study_uid: str, options: StudyOptions) -> None:
+        self.client, self.classifier, self.options = client, classifier, options
+        listing = study_images(client, study_uid)
+        self.images = listing.images
+        self.run = StudyRun(study_uid, skipped=listing.skipped)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __iter__(self) -> Iterator[Classified]:
+        run = self.run
+        writer = ResultWriter(self.client, run.study_uid, self.classifier.bundle.metadata, run)
+        for item in classify_instances(self.client, self.classifier, self.images, self.options):
+            run.failed += bool(item.prediction.error)
+            run.classified += not item.prediction.error
+            if self.options.store_results:
+                writer.add(item)
+            yield item
+        if self.options.store_results:
+            writer.finish()
+
+
+def run_study(
+    client: DICOMwebClient,
+    classifier: Classifier,
+    study_uid: str,
+    preset: str,
+    batch_size: int = 8,
+    store_results: bool = False,
+) -> StudyRun:
+    """Classify a whole study (StudyStream, for a caller that needs only the counts)."""
+    stream = StudyStream(client, classifier, study_uid, StudyOptions(preset, batch_size, store_results))
+    for _ in stream:
+        pass
+    return stream.run
