@@ -14,7 +14,7 @@ from utils.core.classifier import Classifier, Prediction
 from utils.core.heatmap import colorize_heatmap, heatmap_caption, overlay_heatmap, upsample_heatmap
 from utils.core.inference import CLASSES
 from utils.core.verdict import verdict_style
-from utils.report import build_pdf, records_to_csv
+from utils.report import build_pdf, heatmap_overlay, records_to_csv, report_entry
 
 CLASS_TEXT = {
     "healthy": "no fracture seen.",
@@ -152,20 +152,15 @@ def classify_url(classifier: Classifier, url: str, preset_name: str) -> tuple[st
 def records_for(items, preset: dict) -> list[dict]:
     records = []
     for _, prediction in items:
-        record = prediction.as_record()
-        record["label"], record["uncertain"] = prediction.verdict(preset)
-        records.append(record)
+        records.append(prediction.record(preset).as_dict())
     return records
 
 
 def report_entries(classifier: Classifier, items, preset: dict) -> list[dict]:
-    entries = []
-    for (_file_id, prediction), record in zip(items, records_for(items, preset)):
-        overlay = None
-        if not prediction.error:
-            overlay = overlay_heatmap(prediction.model_input, prediction.heatmap(record["label"]))
-        entries.append({**record, "name": prediction.name, "model_input": prediction.model_input, "overlay": overlay})
-    return entries
+    return [
+        report_entry(prediction, record, heatmap_overlay(prediction, record["label"]))
+        for (_file_id, prediction), record in zip(items, records_for(items, preset))
+    ]
 
 
 def pdf_bytes(classifier: Classifier, items, preset_name: str):

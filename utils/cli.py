@@ -35,10 +35,9 @@ from tqdm import tqdm
 from utils.adapters.inputs import expand_paths, prepare_path
 from utils.adapters.pacs import PacsConfig, PacsError, StudyOptions, StudyStream, connect, find_studies
 from utils.core.bundle import METADATA_FILE, ModelBundleError, bundle_dir, load_bundle, serving_precision
-from utils.core.classifier import Classifier
-from utils.core.heatmap import overlay_heatmap
+from utils.core.classifier import Classifier, Prediction
 from utils.core.record import CSV_COLUMNS, csv_row
-from utils.report import build_pdf
+from utils.report import build_pdf, heatmap_overlay, report_entry
 
 PROGRESS_MIN_FILES = 4
 DECODE_WORKERS = 2  # threads reading and decoding the next batch while the model runs
@@ -108,7 +107,7 @@ class Outputs:
             self.writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS + list(extra_columns))
             self.writer.writeheader()
 
-    def add(self, prediction, record: dict | None = None) -> None:
+    def add(self, prediction: Prediction, record: dict[str, Any] | None = None) -> None:
         record = record or prediction.as_record()
         if self.writer is None:
             self.handle.write(json.dumps(record) + "\n")
@@ -117,15 +116,11 @@ class Outputs:
         self.handle.flush()
         self.count += 1
         self.failed += prediction.failed
-        overlay = None
-        if prediction.error is None and (self.heatmap_dir or self.want_report):
-            overlay = overlay_heatmap(prediction.model_input, prediction.heatmap(prediction.label))
-            if self.heatmap_dir:
-                Image.fromarray(overlay).save(self.heatmap_dir / heatmap_file_name(prediction.name, self.count))
+        overlay = heatmap_overlay(prediction, prediction.label) if self.heatmap_dir or self.want_report else None
+        if self.heatmap_dir and overlay is not None:
+            Image.fromarray(overlay).save(self.heatmap_dir / heatmap_file_name(prediction.name, self.count))
         if self.want_report:
-            self.report_entries.append(
-                {**record, "name": prediction.name, "model_input": prediction.model_input, "overlay": overlay}
-            )
+            self.report_entries.append(report_entry(prediction, record, overlay))
 
 
 def default_precision(model_dir: Path | None) -> str:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+from typing import Any
 
 import numpy as np
 from fpdf import FPDF
 from PIL import Image
 
+from utils.core.classifier import Prediction
 from utils.core.guard import record_flag
-from utils.core.heatmap import heatmap_caption
+from utils.core.heatmap import heatmap_caption, overlay_heatmap
 from utils.core.inference import CLASSES
 from utils.core.record import CSV_COLUMNS, csv_row
 from utils.core.verdict import verdict_style
@@ -20,6 +22,19 @@ DISCLAIMER = (
     "Educational and triage aid only. Not a medical device and not for diagnosis: "
     "a qualified clinician must read every image."
 )
+
+
+def heatmap_overlay(prediction: Prediction, label: str | None) -> np.ndarray | None:
+    """The model input with the heatmap of `label` over it; None for an input that failed."""
+    if prediction.error is not None or prediction.model_input is None:
+        return None
+    return overlay_heatmap(prediction.model_input, prediction.heatmap(label or "healthy"))
+
+
+def report_entry(prediction: Prediction, record: dict[str, Any], overlay: np.ndarray | None) -> dict[str, Any]:
+    """One page of the PDF: the record (under the preset the report is for), the film's name,
+    the model input and the heatmap overlay. The app and the CLI build their pages here."""
+    return {**record, "name": prediction.name, "model_input": prediction.model_input, "overlay": overlay}
 
 
 def records_to_csv(records: list[dict]) -> bytes:

@@ -16,6 +16,7 @@ from utils.core.heatmap import normalise_class_maps
 from utils.core.inference import CLASSES, calibrated_probabilities, decide, to_model_input
 from utils.core.pixels import DecodedImage, InputError
 from utils.core.preprocess import preprocess
+from utils.core.record import PredictionRecord
 
 DEFAULT_PRESET = "balanced"
 
@@ -87,16 +88,22 @@ class Prediction:
         """The input could not be read properly: an error, or image data missing."""
         return self.error is not None or self.incomplete is not None
 
+    def record(self, preset: dict[str, Any] | None = None) -> PredictionRecord:
+        """The typed record: under the preset it was classified with, or under another one
+        (the app's preset switch re-decides here, without running the model again)."""
+        label, uncertain = (self.label, self.uncertain) if preset is None else self.verdict(preset)
+        return PredictionRecord(
+            path=self.name,
+            label=label,
+            probabilities=self.probabilities,
+            uncertain=uncertain,
+            not_xray=self.not_xray is not None,
+            warnings=tuple(self.warnings),
+            error=self.error,
+        )
+
     def as_record(self) -> dict[str, Any]:
-        return {
-            "path": self.name,
-            "label": self.label,
-            "probabilities": self.probabilities,
-            "uncertain": self.uncertain,
-            "not_xray": self.not_xray is not None,
-            "warnings": list(self.warnings),
-            "error": self.error,
-        }
+        return self.record().as_dict()
 
 
 def model_input_of(prediction: Prediction) -> np.ndarray:

@@ -1,23 +1,73 @@
-"""The record a prediction produces, and the columns every writer (JSONL, CSV, Parquet) uses."""
+"""The record a prediction produces, and the columns every writer (JSONL, CSV, Parquet) uses.
+
+One `PredictionRecord` per input: the app, the CLI's writers, the PDF, the DICOM SR, Ray and
+PACS all build it here and serialise it with `as_dict()` (the JSON record) or `csv_row()`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from utils.core.inference import CLASSES
 
 CSV_COLUMNS = ["path", "label"] + [f"p_{c}" for c in CLASSES] + ["uncertain", "not_xray", "warnings", "error"]
+# Written by the CSV writer between warnings; a record read back from CSV is split on it.
+WARNING_SEPARATOR = " | "
 
 
-def csv_row(record: dict[str, Any]) -> dict[str, Any]:
-    """A prediction record (utils.core.classifier.Prediction.as_record) as one CSV row."""
-    probs = record.get("probabilities") or {}
-    return {
-        "path": record["path"],
-        "label": record["label"] or "",
-        **{f"p_{c}": f"{probs[c]:.6f}" if c in probs else "" for c in CLASSES},
-        "uncertain": str(bool(record["uncertain"])).lower(),
-        "not_xray": str(bool(record.get("not_xray"))).lower(),
-        "warnings": " | ".join(record["warnings"]),
-        "error": record["error"] or "",
-    }
+@dataclass(frozen=True)
+class PredictionRecord:
+    """What a prediction says about one input, under one decision preset."""
+
+    path: str
+    label: str | None
+    probabilities: dict[str, float] | None
+    uncertain: bool
+    not_xray: bool  # the guard flagged it (the reason is among the warnings)
+    warnings: tuple[str, ...] = ()
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON record, key order as written by every writer."""
+        return {
+            "path": self.path,
+            "label": self.label,
+            "probabilities": self.probabilities,
+            "uncertain": self.uncertain,
+            "not_xray": self.not_xray,
+            "warnings": list(self.warnings),
+            "error": self.error,
+        }
+
+    def csv_row(self) -> dict[str, str]:
+        probs = self.probabilities or {}
+        return {
+            "path": self.path,
+            "label": self.label or "",
+            **{f"p_{c}": f"{probs[c]:.6f}" if c in probs else "" for c in CLASSES},
+            "uncertain": str(self.uncertain).lower(),
+            "not_xray": str(self.not_xray).lower(),
+            "warnings": WARNING_SEPARATOR.join(self.warnings),
+            "error": self.error or "",
+        }
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> PredictionRecord:
+        """A JSON record (or one extended with more keys, as PACS records are) as the type."""
+        warnings = record.get("warnings") or ()
+        return cls(
+            path=str(record["path"]),
+            label=record.get("label") or None,
+            probabilities=dict(record["probabilities"]) if record.get("probabilities") else None,
+            uncertain=bool(record.get("uncertain")),
+            not_xray=bool(record.get("not_xray")),
+            warnings=(warnings,) if isinstance(warnings, str) else tuple(warnings),
+            error=record.get("error") or None,
+        )
+
+
+def csv_row(record: Mapping[str, Any]) -> dict[str, str]:
+    """A JSON record as one CSV row (the CSV columns)."""
+    return PredictionRecord.from_dict(record).csv_row()
