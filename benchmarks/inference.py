@@ -138,24 +138,36 @@ def fresh_process(script: str, args: list[str]) -> tuple[str, float]:
 
 
 def main(argv=None) -> dict:
-    sys.path.insert(0, str(REPO))
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--model-dir", type=Path)
     args = parser.parse_args(argv)
-
     inputs = synthetic_inputs()
     bundle = load_bundle(args.model_dir)
     classifier = Classifier(bundle)
-    r = args.repeats
     figures = {
         "cores": os.cpu_count(),
         "tensorflow": tf.__version__,
-        "repeats": r,
+        "repeats": args.repeats,
         "image": f"{WIDTH}x{HEIGHT}",
         "engine": classifier.engine.name,
     }
+    figures.update(in_process_timings(bundle, classifier, inputs, args.repeats))
+    figures.update(fresh_process_figures(inputs, args.model_dir))
+    figures.update(ratios_of(figures))
+    print(
+        f"{os.cpu_count()} cores, TensorFlow {tf.__version__}, serving engine {classifier.engine.name}, "
+        f"medians of {args.repeats}"
+    )
+    for name, value, unit in table_rows(figures):
+        print(f"{name:<50} {value:>10.2f} {unit}")
+    print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in figures.items()}))
+    return figures
+
+
+def in_process_timings(bundle, classifier: Classifier, inputs: dict[str, bytes], r: int) -> dict:
+    """Medians of r runs of each step, in this process (the model already loaded)."""
+    figures: dict = {}
     figures["baseline_s"] = median_seconds(lambda: baseline_path(bundle.model, inputs["png16"]), r)
     figures["single_png16_s"] = median_seconds(lambda: classifier.predict_bytes("x", inputs["png16"]), r)
     figures["single_dicom12_s"] = median_seconds(lambda: classifier.predict_bytes("x", inputs["dicom12"]), r)
@@ -177,18 +189,29 @@ def main(argv=None) -> dict:
     figures["model_gflops"] = model_flops(bundle.model) / 1e9
     figures["matmul_gflops_per_s"] = matmul_rate() / 1e9
     figures["floor_s"] = figures["model_gflops"] / figures["matmul_gflops_per_s"]
+    return figures
 
+
+def fresh_process_figures(inputs: dict[str, bytes], model_dir_arg: Path | None) -> dict:
+    """Cold start and memory, each measured in a fresh interpreter."""
+    figures: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         png_path = Path(tmp) / "x.png"
         png_path.write_bytes(inputs["png16"])
-        model_dir = str(args.model_dir) if args.model_dir else "-"
-        line, wall = fresh_process(COLD_START, [model_dir if args.model_dir else "", str(png_path)])
+        model_dir = str(model_dir_arg) if model_dir_arg else "-"
+        line, wall = fresh_process(COLD_START, [model_dir if model_dir_arg else "", str(png_path)])
         figures["cold_start_in_process_s"] = float(line.split()[0])
         figures["cold_start_wall_s"] = wall
         memory = json.loads(fresh_process(MEMORY, [model_dir, str(png_path)])[0])
     figures["peak_rss_mb"] = memory["peak_rss"] / 2**20
     figures["rss_20_mb"], figures["rss_200_mb"] = memory["rss_20"] / 2**20, memory["rss_200"] / 2**20
     figures["rss_growth_20_to_200"] = (memory["rss_200"] - memory["rss_20"]) / memory["rss_20"]
+    return figures
+
+
+def ratios_of(figures: dict) -> dict:
+    """The speed-ups and bounds derived from the measured figures."""
+    figures = dict(figures)
     figures["speedup_vs_baseline"] = figures["baseline_s"] / figures["single_png16_s"]
     figures["single_vs_floor"] = figures["single_png16_s"] / figures["floor_s"]
     figures["heatmap_vs_single"] = figures["heatmap_s"] / figures["single_png16_s"]
@@ -196,8 +219,11 @@ def main(argv=None) -> dict:
     figures["speedup_bound_png_decode_plus_floor"] = figures["baseline_s"] / (
         figures["png_decode_only_s"] + figures["floor_s"]
     )
+    return figures
 
-    rows = [
+
+def table_rows(figures: dict) -> list[tuple[str, float, str]]:
+    return [
         ("baseline: tf.image + model.predict", figures["baseline_s"] * 1e3, "ms"),
         ("single image, 16-bit PNG, end to end", figures["single_png16_s"] * 1e3, "ms"),
         ("single image, 12-bit DICOM, end to end", figures["single_dicom12_s"] * 1e3, "ms"),
@@ -221,13 +247,6 @@ def main(argv=None) -> dict:
         ("heatmap / single image", figures["heatmap_vs_single"], "x"),
         ("speed-up bound: baseline / (PNG decode + floor)", figures["speedup_bound_png_decode_plus_floor"], "x"),
     ]
-    print(
-        f"{os.cpu_count()} cores, TensorFlow {tf.__version__}, serving engine {classifier.engine.name}, medians of {r}"
-    )
-    for name, value, unit in rows:
-        print(f"{name:<50} {value:>10.2f} {unit}")
-    print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in figures.items()}))
-    return figures
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Usage: python -m training.evaluate --run artifacts/run_nsfwjs [--out artifacts/r
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import warnings
@@ -256,84 +257,96 @@ def weighted_presets(val_probs: np.ndarray, labels: np.ndarray, clinical: np.nda
     return presets
 
 
-def evaluate(  # noqa: PLR0913  (named in pyproject.toml)
-    run_dir: Path,
-    out_dir: Path,
-    data_dir: Path,
-    split_file: Path,
-    cache_dir: Path,
-    quick: bool = False,
-    verdict: str = "two_stage",
-) -> dict:
-
+def evaluate(args: argparse.Namespace, out_dir: Path) -> dict:
+    """Calibrate and fit the presets on validation, then measure the test split once; writes
+    metrics.json, metrics.md, the plots and the test logits to out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = read_split(split_file)
-    if quick:
-        rows = quick_subset(rows)
-    test_rows = [r for r in rows if r["split"] == "test"]
-    images = build_image_cache(test_rows, data_dir, cache_dir)
+    rows = read_split(args.split)
+    test_rows = [r for r in (quick_subset(rows) if args.quick else rows) if r["split"] == "test"]
+    images = build_image_cache(test_rows, args.data_dir, args.cache_dir)
     y = np.array([CLASSES.index(r["label"]) for r in test_rows])
-
-    val = np.load(run_dir / "val_logits.npz")
-    temperature = fit_temperature(val["logits"], val["labels"])
-    val_probs = calibrated_probabilities(val["logits"], temperature)
-    clinical = clinical_films(val, split_file)
-    presets = (
-        two_stage_presets(val_probs, val["labels"], clinical)
-        if verdict == "two_stage"
-        else weighted_presets(val_probs, val["labels"], clinical)
-    )
-
-    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
-    logits = model_logits(model, images)
-    probs_raw = calibrated_probabilities(logits, 1.0)
-    probs = calibrated_probabilities(logits, temperature)
-    pred = labels_from(probs, presets["balanced"])
-    pred_sensitive = labels_from(probs, presets["fracture_sensitive"])
-
-    rounds = 200 if quick else BOOTSTRAP_ROUNDS
-    sources = np.array([r["source"] for r in test_rows])
-    flags = read_body_part_flags(data_dir)
-    report = {
-        "n_test": int(len(y)),
-        "temperature": temperature,
-        "presets": presets,
-        "ece_before": expected_calibration_error(probs_raw, y),
-        "ece_after": expected_calibration_error(probs, y),
-        "val_ece_before": expected_calibration_error(calibrated_probabilities(val["logits"], 1.0), val["labels"]),
-        "val_ece_after": expected_calibration_error(val_probs, val["labels"]),
-        "majority_class_baseline": core_metrics(
-            y,
-            np.tile(np.eye(3)[np.bincount(y, minlength=3).argmax()], (len(y), 1)),
-            np.full(len(y), np.bincount(y, minlength=3).argmax()),
-        ),
-        "overall": with_ci(y, probs, pred, rounds),
-        "overall_fracture_sensitive": with_ci(y, probs, pred_sensitive, rounds),
-        "by_source": {},
-        "fracatlas_by_body_part": {},
-    }
-    for source in ("fracatlas", "bone_break"):
-        sel = sources == source
-        if sel.any():
-            report["by_source"][source] = with_ci(y[sel], probs[sel], pred[sel], rounds)
-            report["by_source"][source + "_fracture_sensitive"] = with_ci(
-                y[sel], probs[sel], pred_sensitive[sel], rounds
-            )
-    for flag in BODY_PART_FLAGS:
-        sel = np.array(
-            [
-                s == "fracatlas" and flags.get(Path(r["path"]).name, {}).get(flag) == "1"
-                for s, r in zip(sources, test_rows)
-            ]
-        )
-        if sel.sum() >= 5:
-            report["fracatlas_by_body_part"][flag] = core_metrics(y[sel], probs[sel], pred[sel])
-    report["selective"] = {name: selective_metrics(y, probs, preset, rounds) for name, preset in presets.items()}
-    report["plots"] = plots(out_dir, y, probs_raw, probs, pred)
+    calibration = calibrate_on_validation(args.run, args.split, args.verdict)
+    logits = model_logits(keras.saving.load_model(args.run / "model.keras", compile=False), images)
+    report = test_metrics(y, logits, calibration, test_rows, args)
+    probs = calibrated_probabilities(logits, calibration["temperature"])
+    pred = labels_from(probs, calibration["presets"]["balanced"])
+    report["plots"] = plots(out_dir, y, calibrated_probabilities(logits, 1.0), probs, pred)
     np.savez(out_dir / "test_logits.npz", logits=logits, labels=y, sha256=np.array([r["sha256"] for r in test_rows]))
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=1))
     (out_dir / "metrics.md").write_text(markdown_report(report))
     return report
+
+
+def calibrate_on_validation(run_dir: Path, split_file: Path, verdict: str) -> dict:
+    """The temperature and the two presets, fitted on the run's validation logits only."""
+    val = np.load(run_dir / "val_logits.npz")
+    temperature = fit_temperature(val["logits"], val["labels"])
+    val_probs = calibrated_probabilities(val["logits"], temperature)
+    clinical = clinical_films(val, split_file)
+    fit_presets = two_stage_presets if verdict == "two_stage" else weighted_presets
+    return {
+        "temperature": temperature,
+        "presets": fit_presets(val_probs, val["labels"], clinical),
+        "val_ece_before": expected_calibration_error(calibrated_probabilities(val["logits"], 1.0), val["labels"]),
+        "val_ece_after": expected_calibration_error(val_probs, val["labels"]),
+    }
+
+
+def test_metrics(y: np.ndarray, logits: np.ndarray, calibration: dict, test_rows: list[dict], args) -> dict:
+    """The test split's figures with bootstrap CIs: overall, per preset, per source and body part."""
+    temperature, presets = calibration["temperature"], calibration["presets"]
+    probs = calibrated_probabilities(logits, temperature)
+    pred = labels_from(probs, presets["balanced"])
+    pred_sensitive = labels_from(probs, presets["fracture_sensitive"])
+    rounds = 200 if args.quick else BOOTSTRAP_ROUNDS
+    sources = np.array([r["source"] for r in test_rows])
+    majority = np.bincount(y, minlength=3).argmax()
+    return {
+        "n_test": int(len(y)),
+        "temperature": temperature,
+        "presets": presets,
+        "ece_before": expected_calibration_error(calibrated_probabilities(logits, 1.0), y),
+        "ece_after": expected_calibration_error(probs, y),
+        "val_ece_before": calibration["val_ece_before"],
+        "val_ece_after": calibration["val_ece_after"],
+        "majority_class_baseline": core_metrics(
+            y, np.tile(np.eye(3)[majority], (len(y), 1)), np.full(len(y), majority)
+        ),
+        "overall": with_ci(y, probs, pred, rounds),
+        "overall_fracture_sensitive": with_ci(y, probs, pred_sensitive, rounds),
+        "by_source": by_source(y, probs, pred, pred_sensitive, sources, rounds),
+        "fracatlas_by_body_part": by_body_part(y, probs, pred, test_rows, read_body_part_flags(args.data_dir)),
+        "selective": {name: selective_metrics(y, probs, preset, rounds) for name, preset in presets.items()},
+    }
+
+
+def by_source(
+    y: np.ndarray,
+    probs: np.ndarray,
+    pred: np.ndarray,
+    pred_sensitive: np.ndarray,
+    sources: np.ndarray,
+    rounds: int,
+) -> dict:
+    found = {}
+    for source in ("fracatlas", "bone_break"):
+        sel = sources == source
+        if sel.any():
+            found[source] = with_ci(y[sel], probs[sel], pred[sel], rounds)
+            found[source + "_fracture_sensitive"] = with_ci(y[sel], probs[sel], pred_sensitive[sel], rounds)
+    return found
+
+
+def by_body_part(y: np.ndarray, probs: np.ndarray, pred: np.ndarray, test_rows: list[dict], flags: dict) -> dict:
+    """FracAtlas test films by the dataset's body-part flags (parts with at least 5 films)."""
+    found = {}
+    for flag in BODY_PART_FLAGS:
+        sel = np.array(
+            [r["source"] == "fracatlas" and flags.get(Path(r["path"]).name, {}).get(flag) == "1" for r in test_rows]
+        )
+        if sel.sum() >= 5:
+            found[flag] = core_metrics(y[sel], probs[sel], pred[sel])
+    return found
 
 
 def _fmt(block: dict, key: str) -> str:
@@ -467,9 +480,7 @@ def main(argv=None) -> None:
         (out / "metrics.json").write_text(json.dumps(fitted, indent=1))
         print(json.dumps(fitted["presets"], indent=1))
         return
-    report = evaluate(
-        args.run, args.out or args.run / "eval", args.data_dir, args.split, args.cache_dir, args.quick, args.verdict
-    )
+    report = evaluate(args, args.out or args.run / "eval")
     print(markdown_report(report))
 
 

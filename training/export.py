@@ -137,7 +137,6 @@ def build_metadata(
 ) -> dict:
     summary = json.loads((run_dir / "train_summary.json").read_text())
     args = summary["args"]
-    val_best = next(h for h in summary["history"] if h["epoch"] == summary["best_epoch"])
     metadata = {
         "name": "bone-xray-inception-v3",
         "version": version,
@@ -156,37 +155,14 @@ def build_metadata(
         "output": {"kind": "logits", "shape": [None, len(CLASSES)], "probabilities": "softmax(logits / temperature)"},
         "temperature": eval_report["temperature"],
         "presets": eval_report["presets"],
-        "architecture": {
-            "backbone": "InceptionV3 (keras.applications, weights=None)",
-            "cut": args["cut"],
-            "frozen_until": args["frozen_until"],
-            "head": TWO_STAGE_HEAD
-            if summary.get("recipe", "").startswith("training.finetune")
-            else "GlobalAveragePooling2D -> Dropout -> Dense(3)",
-            "parameters": int(keras.saving.load_model(model_path, compile=False).count_params()),
-        },
+        "architecture": architecture_metadata(args, summary, model_path),
         "initialisation": {
             "source": NSFWJS_SPEC if args["init"] == "nsfwjs" else "random",
             "source_sha256": NSFWJS_TGZ_SHA256 if args["init"] == "nsfwjs" else None,
             "note": "npm package nsfwjs (MIT): InceptionV3 whose layers up to about mixed6 "
             "keep ImageNet weights; converted by training/pretrained.py",
         },
-        "training": {
-            "command": command,
-            "date": dt.date.today().isoformat(),
-            "best_epoch": summary["best_epoch"],
-            "epochs_run": len(summary["history"]),
-            "val_macro_auroc": summary["best_val_macro_auroc"],
-            "val_balanced_accuracy_at_best": val_best["balanced_accuracy"],
-            "train_counts": dict(zip(CLASSES, summary["train_counts"])),
-            "class_weights": dict(zip(CLASSES, summary["class_weights"])),
-            "augmentation": summary["augmentation"],
-            "hyperparameters": {
-                k: args[k] for k in ("views", "epochs", "batch_size", "lr", "weight_decay", "dropout", "seed")
-            },
-            "wall_seconds": summary["wall_seconds"],
-            "features_from_cache": summary.get("features_from_cache"),
-        },
+        "training": training_metadata(summary, command),
         "data": {
             "sources": DATA_PROVENANCE,
             "split_file": "training/split.csv",
@@ -195,19 +171,7 @@ def build_metadata(
             "cleaning": "images whose overlap group carries a more severe label are dropped (22); "
             "truncated JPEGs are decoded and their grey-filled bottom rows cropped",
         },
-        "metrics": {
-            "test": {
-                "overall": eval_report["overall"],
-                "overall_fracture_sensitive": eval_report["overall_fracture_sensitive"],
-                "by_source": eval_report["by_source"],
-                "fracatlas_by_body_part": eval_report["fracatlas_by_body_part"],
-                "majority_class_baseline": eval_report["majority_class_baseline"],
-                "ece_before": eval_report["ece_before"],
-                "ece_after": eval_report["ece_after"],
-            },
-            "validation": {"ece_before": eval_report["val_ece_before"], "ece_after": eval_report["val_ece_after"]},
-            "targets": target_check(eval_report),
-        },
+        "metrics": metrics_metadata(eval_report),
         "software": {
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
@@ -224,6 +188,58 @@ def build_metadata(
             "input_size": control_report.get("input_size", INPUT_SIZE),
         }
     return metadata
+
+
+def architecture_metadata(args: dict, summary: dict, model_path: Path) -> dict:
+    """The network: backbone, where it is cut and frozen, its head and size."""
+    return {
+        "backbone": "InceptionV3 (keras.applications, weights=None)",
+        "cut": args["cut"],
+        "frozen_until": args["frozen_until"],
+        "head": TWO_STAGE_HEAD
+        if summary.get("recipe", "").startswith("training.finetune")
+        else "GlobalAveragePooling2D -> Dropout -> Dense(3)",
+        "parameters": int(keras.saving.load_model(model_path, compile=False).count_params()),
+    }
+
+
+def training_metadata(summary: dict, command: str) -> dict:
+    """How the run trained, from its train_summary.json."""
+    args = summary["args"]
+    val_best = next(h for h in summary["history"] if h["epoch"] == summary["best_epoch"])
+    return {
+        "command": command,
+        "date": dt.date.today().isoformat(),
+        "best_epoch": summary["best_epoch"],
+        "epochs_run": len(summary["history"]),
+        "val_macro_auroc": summary["best_val_macro_auroc"],
+        "val_balanced_accuracy_at_best": val_best["balanced_accuracy"],
+        "train_counts": dict(zip(CLASSES, summary["train_counts"])),
+        "class_weights": dict(zip(CLASSES, summary["class_weights"])),
+        "augmentation": summary["augmentation"],
+        "hyperparameters": {
+            k: args[k] for k in ("views", "epochs", "batch_size", "lr", "weight_decay", "dropout", "seed")
+        },
+        "wall_seconds": summary["wall_seconds"],
+        "features_from_cache": summary.get("features_from_cache"),
+    }
+
+
+def metrics_metadata(eval_report: dict) -> dict:
+    """The test figures (reported once), validation calibration and the targets."""
+    return {
+        "test": {
+            "overall": eval_report["overall"],
+            "overall_fracture_sensitive": eval_report["overall_fracture_sensitive"],
+            "by_source": eval_report["by_source"],
+            "fracatlas_by_body_part": eval_report["fracatlas_by_body_part"],
+            "majority_class_baseline": eval_report["majority_class_baseline"],
+            "ece_before": eval_report["ece_before"],
+            "ece_after": eval_report["ece_after"],
+        },
+        "validation": {"ece_before": eval_report["val_ece_before"], "ece_after": eval_report["val_ece_after"]},
+        "targets": target_check(eval_report),
+    }
 
 
 def guard_metadata(trust_report: dict, guard_path: Path) -> dict:
@@ -375,55 +391,54 @@ def offsource_section(metadata: dict) -> str:
     )
 
 
-def model_card(metadata: dict, eval_markdown: str, trust_markdown: str = "") -> str:
-    targets = metadata["metrics"]["targets"]
-    target_lines = "\n".join(
+FEATURES_NOTE = {True: " (trunk features were already cached)", False: " (trunk feature caching included)"}
+
+
+def targets_table(targets: dict) -> str:
+    """The rows of the card's targets table: goal, measured value, met."""
+    return "\n".join(
         f"| {k} | {'<=' if k in UPPER_LIMITS else '>='} {v} | "
         f"{'n/a' if targets['values'][k] is None else format(targets['values'][k], '.3f')} | "
         f"{'yes' if targets['met'][k] else 'no'} |"
         for k, v in targets["targets"].items()
     )
-    control = metadata["metrics"].get("random_init_control")
-    control_size = (control or {}).get("input_size", INPUT_SIZE)
-    control_text = (
-        "Not run for this bundle."
-        if not control
-        else (
-            "Same recipe from random initialisation"
-            + (
-                f", at {control_size} px (this model: {INPUT_SIZE} px; the control was not rerun at the new size)"
-                if control_size != INPUT_SIZE
-                else ""
-            )
-            + ": test balanced accuracy "
-            f"{control['overall']['balanced_accuracy']:.3f}, macro-AUROC {control['overall']['macro_auroc']:.3f}"
-            + (
-                f", FracAtlas binary AUROC {control['fracatlas']['binary_auroc']:.3f}"
-                if control.get("fracatlas") and "binary_auroc" in control["fracatlas"]
-                else ""
-            )
-            + "."
-        )
-    )
-    training = metadata["training"]
-    features_note = {True: " (trunk features were already cached)", False: " (trunk feature caching included)"}.get(
-        training.get("features_from_cache"), ""
-    )
-    control_seconds = (control or {}).get("wall_seconds")
-    control_time = (
-        (
-            f"; the random-init control, which computed its trunk features from scratch with "
-            f"the same recipe, took {control_seconds / 60:.0f} min"
-        )
-        if control_seconds
+
+
+def control_summary(control: dict | None) -> str:
+    """What pretraining brings: the random-init control's test figures, when it ran."""
+    if not control:
+        return "Not run for this bundle."
+    control_size = control.get("input_size", INPUT_SIZE)
+    size_note = (
+        f", at {control_size} px (this model: {INPUT_SIZE} px; the control was not rerun at the new size)"
+        if control_size != INPUT_SIZE
         else ""
     )
-    return f"""# Model card: {metadata["name"]} {metadata["version"]}
+    fracatlas = (
+        f", FracAtlas binary AUROC {control['fracatlas']['binary_auroc']:.3f}"
+        if control.get("fracatlas") and "binary_auroc" in control["fracatlas"]
+        else ""
+    )
+    return (
+        f"Same recipe from random initialisation{size_note}: test balanced accuracy "
+        f"{control['overall']['balanced_accuracy']:.3f}, macro-AUROC {control['overall']['macro_auroc']:.3f}"
+        f"{fracatlas}."
+    )
 
-**Not a medical device.** This model is an educational and triage-support demonstration. It
-must not be used for diagnosis or treatment decisions; a qualified clinician reads the image.
 
-## What it does
+def control_time_note(control: dict | None) -> str:
+    seconds = (control or {}).get("wall_seconds")
+    if not seconds:
+        return ""
+    return (
+        f"; the random-init control, which computed its trunk features from scratch with "
+        f"the same recipe, took {seconds / 60:.0f} min"
+    )
+
+
+def intro_section(metadata: dict) -> str:
+    """What the model does, and why its third class is a proxy."""
+    return f"""## What it does
 Classifies one bone radiograph as `healthy`, `fractured` or `beyond_repair` and gives a
 calibrated probability for each (softmax of logits / temperature {metadata["temperature"]:.3f}).
 Input: any JPEG/PNG/DICOM, converted by `utils.core.preprocess` (grayscale, border crop,
@@ -436,7 +451,21 @@ Body parts seen in training: hand, wrist, forearm, elbow, humerus, shoulder, hip
 No public dataset we know of labels non-union, pseudoarthrosis or crushed/shattered bone.
 `beyond_repair` was trained only on the Bone Break Classification *Comminuted fracture* folder
 ({metadata["training"]["train_counts"]["beyond_repair"]} training images; about 98 distinct pictures in
-all, collected from the web). Treat this class as a demonstration, not a clinical signal.
+all, collected from the web). Treat this class as a demonstration, not a clinical signal."""
+
+
+def model_card(metadata: dict, eval_markdown: str, trust_markdown: str = "") -> str:
+    """The bundle's MODEL_CARD.md: the template below, filled from metadata.json and the reports."""
+    control = metadata["metrics"].get("random_init_control")
+    features_note = FEATURES_NOTE.get(metadata["training"].get("features_from_cache"), "")
+    target_lines, control_text = targets_table(metadata["metrics"]["targets"]), control_summary(control)
+    control_time = control_time_note(control)
+    return f"""# Model card: {metadata["name"]} {metadata["version"]}
+
+**Not a medical device.** This model is an educational and triage-support demonstration. It
+must not be used for diagnosis or treatment decisions; a qualified clinician reads the image.
+
+{intro_section(metadata)}
 
 ## Model
 {model_section(metadata, features_note, control_time)}
@@ -492,13 +521,7 @@ def export(
     eval_report = json.loads((eval_dir / "metrics.json").read_text())
     trust_dir = run_dir / "trust"
     trust_report = json.loads((trust_dir / "trust.json").read_text()) if (trust_dir / "trust.json").exists() else None
-    control = None
-    if control_dir:
-        control = json.loads((control_dir / "eval" / "metrics.json").read_text())
-        summary = json.loads((control_dir / "train_summary.json").read_text())
-        control["wall_seconds"] = summary["wall_seconds"]
-        # Summaries from before --size existed were all trained at 299 px.
-        control["input_size"] = int(summary["args"].get("size", 299))
+    control = control_report(control_dir) if control_dir else None
     bundle_dir.mkdir(parents=True, exist_ok=True)
     model_path = bundle_dir / MODEL_FILE
     shutil.copyfile(run_dir / "model.keras", model_path)
@@ -506,6 +529,42 @@ def export(
     for name in eval_report["plots"]:
         shutil.copyfile(eval_dir / name, bundle_dir / "eval" / name)
     metadata = build_metadata(run_dir, eval_report, model_path, command, control, version)
+    copy_litert(run_dir, bundle_dir, metadata)
+    knee, offsource = read_if_present(run_dir / "knee_check.json"), read_if_present(run_dir / "offsource.json")
+    metadata["metrics"]["knee_check"] = knee
+    metadata["metrics"]["offsource"] = offsource
+    metadata["metrics"]["targets"] = target_check(eval_report, knee, trust_report, offsource)
+    comparison = run_dir / "comparison.json"
+    if comparison.exists():
+        metadata["metrics"]["comparison"] = json.loads(comparison.read_text())
+    copy_guards(run_dir, bundle_dir, metadata, trust_report, eval_report.get("selective"))
+    (bundle_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=1) + "\n")
+    (bundle_dir / "MODEL_CARD.md").write_text(
+        model_card(
+            metadata,
+            (eval_dir / "metrics.md").read_text(),
+            trust_markdown(trust_report) if trust_report is not None else "",
+        )
+    )
+    return metadata
+
+
+def read_if_present(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def control_report(control_dir: Path) -> dict:
+    """The random-init control's test report, with its wall time and input size."""
+    control = json.loads((control_dir / "eval" / "metrics.json").read_text())
+    summary = json.loads((control_dir / "train_summary.json").read_text())
+    control["wall_seconds"] = summary["wall_seconds"]
+    # Summaries from before --size existed were all trained at 299 px.
+    control["input_size"] = int(summary["args"].get("size", 299))
+    return control
+
+
+def copy_litert(run_dir: Path, bundle_dir: Path, metadata: dict) -> None:
+    """The float32 LiteRT file into the bundle, with its metadata entry, when the run has one."""
     litert_dir = run_dir / "litert"
     if (litert_dir / "litert.json").exists():
         litert_path = bundle_dir / LITERT_FILE
@@ -520,20 +579,19 @@ def export(
             "converted_from": metadata["model_file"],
             "test_split_agreement": json.loads((litert_dir / "litert.json").read_text()),
         }
-    knee = json.loads((run_dir / "knee_check.json").read_text()) if (run_dir / "knee_check.json").exists() else None
-    offsource = json.loads((run_dir / "offsource.json").read_text()) if (run_dir / "offsource.json").exists() else None
-    metadata["metrics"]["knee_check"] = knee
-    metadata["metrics"]["offsource"] = offsource
-    metadata["metrics"]["targets"] = target_check(eval_report, knee, trust_report, offsource)
-    comparison = run_dir / "comparison.json"
-    if comparison.exists():
-        metadata["metrics"]["comparison"] = json.loads(comparison.read_text())
+
+
+def copy_guards(
+    run_dir: Path, bundle_dir: Path, metadata: dict, trust_report: dict | None, selective: dict | None
+) -> None:
+    """The distance guard and its plots (training.trust), then the radiograph guard, which
+    replaces it when the run has one (training.radiograph_guard)."""
     if trust_report is not None:
-        shutil.copyfile(trust_dir / GUARD_FILE, bundle_dir / GUARD_FILE)
+        shutil.copyfile(run_dir / "trust" / GUARD_FILE, bundle_dir / GUARD_FILE)
         for name in trust_report["plots"]:
-            shutil.copyfile(trust_dir / name, bundle_dir / "eval" / name)
+            shutil.copyfile(run_dir / "trust" / name, bundle_dir / "eval" / name)
         metadata["guard"] = guard_metadata(trust_report, bundle_dir / GUARD_FILE)
-        metadata["metrics"]["test"]["selective"] = eval_report.get("selective")
+        metadata["metrics"]["test"]["selective"] = selective
         metadata["metrics"]["trust"] = trust_report
     radiograph_guard = run_dir / "guard" / "radiograph_guard.npz"
     if radiograph_guard.exists():  # the discriminative guard replaces the distance guard
@@ -552,15 +610,6 @@ def export(
             "code": "utils.core.guard.RadiographGuard",
             "cheap_checks": {"max_colour_fraction": MAX_COLOUR_FRACTION, "min_dynamic_range": MIN_DYNAMIC_RANGE},
         }
-    (bundle_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=1) + "\n")
-    (bundle_dir / "MODEL_CARD.md").write_text(
-        model_card(
-            metadata,
-            (eval_dir / "metrics.md").read_text(),
-            trust_markdown(trust_report) if trust_report is not None else "",
-        )
-    )
-    return metadata
 
 
 def main(argv=None) -> None:

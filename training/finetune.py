@@ -380,7 +380,7 @@ class Trainer:
         return np.concatenate(logits), np.concatenate(cells)
 
 
-def fit(model, data: dict, args, log=print) -> dict:  # noqa: PLR0915  (named in pyproject.toml)
+def fit(model, data: dict, args, log=print) -> dict:
     """Train on data["train"] and select on data["val"] (plus data["checks"], the unseen-source
     films, when present: measured each epoch, never trained on); each split is a dict of images
     (N, S, S) uint8, labels (N,), sources (N,) and masks {index: (S, S) bool}. Resumes from args.out."""
@@ -389,81 +389,35 @@ def fit(model, data: dict, args, log=print) -> dict:  # noqa: PLR0915  (named in
     out.mkdir(parents=True, exist_ok=True)
     train, val = data["train"], data["val"]
     plan = EpochPlan(train, args)
-    n_fractures = int((train["labels"] != HEALTHY).sum())
-    n_severe = int((train["labels"] == BEYOND).sum())
-    severe_weight = float(np.sqrt(max(n_fractures - n_severe, 1) / max(n_severe, 1)))
-    steps_per_epoch = int(np.ceil(len(plan(0)[0]) / args.batch_size))
-    trainer = Trainer(model, args, steps_per_epoch)
-    grid = trainer.grid
-    val_targets = {i: cell_targets(m, grid) for i, m in val["masks"].items()}
-
-    state_path, best_path = out / "state.json", out / "best.weights.h5"
+    severe_weight = severity_weight(train["labels"])
+    trainer = Trainer(model, args, int(np.ceil(len(plan(0)[0]) / args.batch_size)))
+    val_targets = {i: cell_targets(m, trainer.grid) for i, m in val["masks"].items()}
     state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "history": [], "wall_seconds": 0.0}
-    if state_path.exists() and trainer.checkpoint_paths(out)[0].exists():
-        state = json.loads(state_path.read_text())
+    if (out / "state.json").exists() and trainer.checkpoint_paths(out)[0].exists():
+        state = json.loads((out / "state.json").read_text())
         trainer.restore(out)
         log(f"resumed after epoch {state['epoch']} (weights and optimizer state)")
     earlier_seconds = state["wall_seconds"]
-
-    with ThreadPoolExecutor(max_workers=1) as pool:  # next batch's views while this one trains
-        for epoch in range(state["epoch"] + 1, args.epochs + 1):
-            t0 = time.time()
-            order, box_free = plan(epoch)
-            batches = [slice(i, i + args.batch_size) for i in range(0, len(order), args.batch_size)]
-
-            def prepare(b, part, order=order, epoch=epoch, box_free=box_free):
-                batch = order[part]
-                seeds = [[args.seed, epoch, b, j] for j in range(len(batch))]
-                x, cells, map_weight, shows = make_batch(
-                    train["images"],
-                    train["masks"],
-                    batch,
-                    train["labels"],
-                    plan.clinical,
-                    grid,
-                    seeds,
-                    box_free=box_free[part],
-                )
-                return (x, cells, map_weight), stage_targets(
-                    train["labels"][batch],
-                    plan.clinical[batch],
-                    severe_weight,
-                    getattr(args, "web_fracture_weight", 0.0),
-                    shows,
-                )
-
-            pending = pool.submit(prepare, 0, batches[0])
-            losses = []
-            for b in range(len(batches)):
-                (x, cells, map_weight), targets = pending.result()
-                if b + 1 < len(batches):
-                    pending = pool.submit(prepare, b + 1, batches[b + 1])
-                losses.append(trainer.train_step(x, cells, map_weight, targets))
-            entry = score_epoch(trainer, data, val_targets)
-            mean_loss = np.mean(losses, axis=0)
-            entry.update(
-                epoch=epoch,
-                loss=float(mean_loss[0]),
-                loss_fracture=float(mean_loss[1]),
-                loss_severity=float(mean_loss[2]),
-                loss_map=float(mean_loss[3]),
-                images=int(len(order)),
-                seconds=round(time.time() - t0, 1),
-            )
-            state["history"].append(entry)
-            if entry["score"] > state["best_score"]:
-                state.update(best_score=entry["score"], best_epoch=epoch)
-                trainer.tail.save_weights(best_path)
-            trainer.save(out)
-            state["epoch"] = epoch
-            state["wall_seconds"] = round(earlier_seconds + time.time() - started, 1)
-            state_path.write_text(json.dumps(state, indent=1))
-            log(json.dumps(entry))
-            if getattr(args, "stop_after", None) and epoch >= args.stop_after and epoch < args.epochs:
-                log(f"stopped after epoch {epoch} of {args.epochs} (--stop-after); rerun to resume")
-                return {"state": state, "stopped": True}
-
-    trainer.tail.load_weights(best_path)
+    for epoch in range(state["epoch"] + 1, args.epochs + 1):
+        t0 = time.time()
+        losses, images = train_epoch(trainer, plan, train, args, epoch, severe_weight)
+        entry = score_epoch(trainer, data, val_targets)
+        mean_loss = np.mean(losses, axis=0)
+        entry.update(
+            epoch=epoch,
+            loss=float(mean_loss[0]),
+            loss_fracture=float(mean_loss[1]),
+            loss_severity=float(mean_loss[2]),
+            loss_map=float(mean_loss[3]),
+            images=images,
+            seconds=round(time.time() - t0, 1),
+        )
+        save_epoch(trainer, out, state, entry, round(earlier_seconds + time.time() - started, 1))
+        log(json.dumps(entry))
+        if getattr(args, "stop_after", None) and epoch >= args.stop_after and epoch < args.epochs:
+            log(f"stopped after epoch {epoch} of {args.epochs} (--stop-after); rerun to resume")
+            return {"state": state, "stopped": True}
+    trainer.tail.load_weights(out / "best.weights.h5")
     model.save(out / "model.keras", include_optimizer=False)
     log_probs, _ = trainer.predict(val["images"])
     return {
@@ -472,6 +426,56 @@ def fit(model, data: dict, args, log=print) -> dict:  # noqa: PLR0915  (named in
         "severe_weight": severe_weight,
         "wall_seconds": round(earlier_seconds + time.time() - started, 1),
     }
+
+
+def severity_weight(labels: np.ndarray) -> float:
+    """The weight of a beyond-repair film in the severity stage: sqrt(other fractures / severe)."""
+    n_fractures, n_severe = int((labels != HEALTHY).sum()), int((labels == BEYOND).sum())
+    return float(np.sqrt(max(n_fractures - n_severe, 1) / max(n_severe, 1)))
+
+
+def train_epoch(
+    trainer: Trainer, plan: EpochPlan, train: dict, args, epoch: int, severe_weight: float
+) -> tuple[list, int]:
+    """One epoch's steps, the next batch's views drawn in a thread while this one trains;
+    returns the per-step losses and the number of images seen."""
+    order, box_free = plan(epoch)
+    batches = [slice(i, i + args.batch_size) for i in range(0, len(order), args.batch_size)]
+
+    def prepare(b, part):
+        batch = order[part]
+        seeds = [[args.seed, epoch, b, j] for j in range(len(batch))]
+        x, cells, map_weight, shows = make_batch(
+            train["images"], train["masks"], batch, train["labels"], plan.clinical, trainer.grid, seeds,
+            box_free=box_free[part],
+        )  # fmt: skip
+        targets = stage_targets(
+            train["labels"][batch], plan.clinical[batch], severe_weight, getattr(args, "web_fracture_weight", 0.0),
+            shows,
+        )  # fmt: skip
+        return (x, cells, map_weight), targets
+
+    losses = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(prepare, 0, batches[0])
+        for b in range(len(batches)):
+            (x, cells, map_weight), targets = pending.result()
+            if b + 1 < len(batches):
+                pending = pool.submit(prepare, b + 1, batches[b + 1])
+            losses.append(trainer.train_step(x, cells, map_weight, targets))
+    return losses, int(len(order))
+
+
+def save_epoch(trainer: Trainer, out: Path, state: dict, entry: dict, wall_seconds: float) -> None:
+    """Checkpoint after an epoch: the best weights by the selection score, the last weights
+    with the optimizer state, and the state file a rerun resumes from."""
+    state["history"].append(entry)
+    if entry["score"] > state["best_score"]:
+        state.update(best_score=entry["score"], best_epoch=entry["epoch"])
+        trainer.tail.save_weights(out / "best.weights.h5")
+    trainer.save(out)
+    state["epoch"], state["wall_seconds"] = entry["epoch"], wall_seconds
+    (out / "state.json").write_text(json.dumps(state, indent=1))
 
 
 class EpochPlan:

@@ -44,7 +44,7 @@ def check_split(data_dir: Path, split_file: Path) -> None:
         )
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
@@ -62,7 +62,11 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--control", action="store_true", help="also train the random-init control")
     parser.add_argument("--quick", action="store_true", help="tiny subset end to end, for tests")
-    args, train_options = parser.parse_known_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args, train_options = build_parser().parse_known_args(argv)
     started = time.time()
     if not (args.data_dir / "manifest.csv").exists():
         raise SystemExit(f"No manifest at {args.data_dir}/manifest.csv; pass --data-dir.")
@@ -82,6 +86,14 @@ def main(argv=None) -> None:
         evaluate.main(["--run", str(run_dir)] + common)
 
     main_run = runs[0][1]
+    measure(args, main_run, common)
+    command = "python -m training.pipeline " + " ".join(a for a in (argv or sys.argv[1:]))
+    export.export(main_run, args.bundle_dir, command.strip(), runs[1][1] if len(runs) > 1 else None)
+    print(f"bundle written to {args.bundle_dir} in {time.time() - started:.0f} s")
+
+
+def measure(args: argparse.Namespace, main_run: Path, common: list[str]) -> None:
+    """The steps after training: the guards, the unseen-source checks and the LiteRT engine."""
     trust.main(["--run", str(main_run)] + common)
     if not args.quick:  # the guard learns from chest_kermany films; the quick run has none to spare
         radiograph_guard.main(
@@ -105,9 +117,6 @@ def main(argv=None) -> None:
             ["--run", str(main_run), "--data-dir", str(args.data_dir)] + (["--limit", "12"] if args.quick else [])
         )
     litert.main(["--run", str(main_run)] + common)
-    command = "python -m training.pipeline " + " ".join(a for a in (argv or sys.argv[1:]))
-    export.export(main_run, args.bundle_dir, command.strip(), runs[1][1] if len(runs) > 1 else None)
-    print(f"bundle written to {args.bundle_dir} in {time.time() - started:.0f} s")
 
 
 if __name__ == "__main__":

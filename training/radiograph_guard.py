@@ -80,12 +80,13 @@ def fit_guard(radiographs: np.ndarray, others: np.ndarray, val_radiographs: np.n
 
 
 def fit_and_measure(classifier, data_dir: Path, split_file: Path, cache_dir: Path, seed: int = 0) -> tuple:
+    """The radiograph guard fitted on training films, their views and chest films against made-up
+    non-radiographs, then measured on films and non-radiographs it never saw."""
     size = classifier.bundle.input_size
     rows = read_split(split_file)
     rng = np.random.default_rng(seed)
-    train = [
-        rows[i] for i in sorted(rng.permutation([i for i, r in enumerate(rows) if r["split"] == "train"])[:TRAIN_FILMS])
-    ]
+    train_ids = [i for i, r in enumerate(rows) if r["split"] == "train"]
+    train = [rows[i] for i in sorted(rng.permutation(train_ids)[:TRAIN_FILMS])]
     val = [r for r in rows if r["split"] == "val"]
     test = [r for r in rows if r["split"] == "test"]
     train_images = build_image_cache(train, data_dir, cache_dir)
@@ -104,15 +105,14 @@ def fit_and_measure(classifier, data_dir: Path, split_file: Path, cache_dir: Pat
             features_of(classifier, inputs_of(chest_items(chest_fit), size)),
         ]
     )
-    others = features_of(
-        classifier,
-        inputs_of([(n, b) for n, _, b in make_non_radiographs(NON_RADIOGRAPHS, FIT_SEED, KINDS + EXTRA_KINDS)], size),
-    )
+    made_up = make_non_radiographs(NON_RADIOGRAPHS, FIT_SEED, KINDS + EXTRA_KINDS)
+    others = features_of(classifier, inputs_of([(n, b) for n, _, b in made_up], size))
     val_features = features_of(classifier, build_image_cache(val, data_dir, cache_dir))
     guard = fit_guard(radiographs, others, val_features)
-
-    measured_others = make_non_radiographs(80, MEASURE_SEED)
-    extra = make_non_radiographs(60, MEASURE_SEED, EXTRA_KINDS)
+    flagged = {
+        "validation_films": float(guard.is_outlier(val_features).mean()),
+        **unseen_flag_rates(guard, classifier, build_image_cache(test, data_dir, cache_dir), chest_measure[:600]),
+    }
     report = {
         "method": "logistic regression on standardised pooled features: radiographs (training films, "
         "augmented views, chest films of another hospital) against non-radiographs",
@@ -126,25 +126,28 @@ def fit_and_measure(classifier, data_dir: Path, split_file: Path, cache_dir: Pat
         },
         "threshold": guard.threshold,
         "max_val_flagged": MAX_VAL_FLAGGED,
-        "flagged": {
-            "validation_films": float(guard.is_outlier(val_features).mean()),
-            "test_films": float(
-                guard.is_outlier(features_of(classifier, build_image_cache(test, data_dir, cache_dir))).mean()
-            ),
-            "chest_films_held_out": float(
-                guard.is_outlier(features_of(classifier, inputs_of(chest_items(chest_measure[:600]), size))).mean()
-            ),
-            "non_radiographs_model_card_set": float(
-                guard.is_outlier(
-                    features_of(classifier, inputs_of([(n, b) for n, _, b in measured_others], size))
-                ).mean()
-            ),
-            "drawings_screenshots_ct_like": float(
-                guard.is_outlier(features_of(classifier, inputs_of([(n, b) for n, _, b in extra], size))).mean()
-            ),
-        },
+        "flagged": flagged,
     }
     return guard, report
+
+
+def unseen_flag_rates(guard, classifier, test_images: np.ndarray, chest_rows: list) -> dict:
+    """Shares the guard flags among what it never learnt from: test films, held-out chest films
+    of another hospital, the model card's non-radiographs and drawings, screenshots, CT-like slices."""
+    size = classifier.bundle.input_size
+
+    def rate(inputs: np.ndarray) -> float:
+        return float(guard.is_outlier(features_of(classifier, inputs)).mean())
+
+    def made_up(count: int, kinds: tuple[str, ...] = KINDS) -> np.ndarray:
+        return inputs_of([(n, b) for n, _, b in make_non_radiographs(count, MEASURE_SEED, kinds)], size)
+
+    return {
+        "test_films": rate(test_images),
+        "chest_films_held_out": rate(inputs_of(chest_items(chest_rows), size)),
+        "non_radiographs_model_card_set": rate(made_up(80)),
+        "drawings_screenshots_ct_like": rate(made_up(60, EXTRA_KINDS)),
+    }
 
 
 def main(argv=None) -> dict:

@@ -94,10 +94,24 @@ def quick_subset(rows: list[dict], per_class_split: int = 6, seed: int = 0) -> l
     return picked
 
 
-def train(args) -> dict:  # noqa: PLR0915  (named in pyproject.toml)
+def train(args) -> dict:
+    """The cached-features recipe: trunk features once, then the tail trained on them."""
     started = time.time()
     log = run_logger(args.out)
+    data = trunk_features(args, log)
+    log(f"features ready after {time.time() - started:.0f} s: train {data['train'].shape}, val {data['val'].shape}")
+    state = fit_tail(args, data, started, log)
+    summary = save_best(args, data, state, started)
+    log(
+        f"done: best epoch {state['best_epoch']} val macro-AUROC {state['best_score']:.4f}; "
+        f"{time.time() - started:.0f} s"
+    )
+    return summary
 
+
+def trunk_features(args, log) -> dict:
+    """The split's images through the frozen trunk (cached on disk by their hash): the model,
+    its trainable tail, train features (several augmented views each) and validation features."""
     rows = read_split(args.split)
     if args.quick:
         rows = quick_subset(rows, seed=args.seed)
@@ -105,7 +119,6 @@ def train(args) -> dict:  # noqa: PLR0915  (named in pyproject.toml)
     labels = np.array([CLASSES.index(r["label"]) for r in rows])
     split_of = np.array([r["split"] for r in rows])
     log(f"{len(rows)} images: " + ", ".join(f"{s} {int((split_of == s).sum())}" for s in ("train", "val", "test")))
-
     weights_path = pretrained_weights_path(args.cache_dir) if args.init == "nsfwjs" else None
     model = build_classifier(weights_path, cut=args.cut, dropout=args.dropout, seed=args.seed, size=args.size)
     trunk, tail = split_at(model, args.frozen_until)
@@ -118,19 +131,27 @@ def train(args) -> dict:  # noqa: PLR0915  (named in pyproject.toml)
         *([args.size] if args.size != INPUT_SIZE else []),
     )
     train_idx, val_idx = np.flatnonzero(split_of == "train"), np.flatnonzero(split_of == "val")
-    features_from_cache = all(
+    from_cache = all(
         len(list((args.cache_dir / f"features_{tag}{suffix}").glob("[0-9]*[0-9].npy"))) == -(-n // CHUNK)
         for suffix, n in ((f"_train_v{args.views}", len(train_idx)), ("_val", len(val_idx)))
     )
-    feats_train = cached_features(
-        trunk, images[train_idx], args.cache_dir, f"{tag}_train_v{args.views}", args.views, args.seed, log
-    )
-    feats_val = cached_features(trunk, images[val_idx], args.cache_dir, f"{tag}_val", 0, args.seed, log)[:, 0]
-    y_train, y_val = labels[train_idx], labels[val_idx]
-    log(f"features ready after {time.time() - started:.0f} s: train {feats_train.shape}, val {feats_val.shape}")
+    train_tag, val_tag = f"{tag}_train_v{args.views}", f"{tag}_val"
+    return {
+        "rows": rows,
+        "model": model,
+        "tail": tail,
+        "val_idx": val_idx,
+        "train": cached_features(trunk, images[train_idx], args.cache_dir, train_tag, args.views, args.seed, log),
+        "val": cached_features(trunk, images[val_idx], args.cache_dir, val_tag, 0, args.seed, log)[:, 0],
+        "y_train": labels[train_idx],
+        "y_val": labels[val_idx],
+        "features_from_cache": from_cache,
+    }
 
+
+def train_step_for(tail, args, y_train: np.ndarray, steps_per_epoch: int):
+    """(compiled train step, optimizer): AdamW on a cosine schedule, class-weighted loss."""
     weights = tf.constant(class_weights(y_train), dtype=tf.float32)
-    steps_per_epoch = int(np.ceil(len(train_idx) / args.batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(
         args.lr, decay_steps=max(1, steps_per_epoch * args.epochs), warmup_target=None
     )
@@ -146,11 +167,15 @@ def train(args) -> dict:  # noqa: PLR0915  (named in pyproject.toml)
         optimizer.apply_gradients(zip(grads, tail.trainable_variables))
         return loss
 
-    state_path, last_ckpt, best_ckpt = (
-        args.out / "state.json",
-        args.out / "last.weights.h5",
-        args.out / "best.weights.h5",
-    )
+    return train_step, optimizer
+
+
+def fit_tail(args, data: dict, started: float, log) -> dict:
+    """The epochs, resumable: the state and the last and best weights are saved after each."""
+    tail, feats_train, y_train = data["tail"], data["train"], data["y_train"]
+    steps_per_epoch = int(np.ceil(len(y_train) / args.batch_size))
+    train_step, optimizer = train_step_for(tail, args, y_train, steps_per_epoch)
+    state_path, last_ckpt = args.out / "state.json", args.out / "last.weights.h5"
     state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "history": [], "wall_seconds": 0.0}
     if state_path.exists() and last_ckpt.exists():
         state = json.loads(state_path.read_text())
@@ -159,42 +184,49 @@ def train(args) -> dict:  # noqa: PLR0915  (named in pyproject.toml)
         tail.load_weights(last_ckpt)
         optimizer.iterations.assign(state["epoch"] * steps_per_epoch)  # resumes the LR schedule
         log(f"resumed after epoch {state['epoch']} (optimizer moments restart)")
-
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         if epoch - state["best_epoch"] > args.patience and state["best_epoch"] > 0:
             log(f"early stop: no validation gain for {args.patience} epochs")
             break
         t0 = time.time()
         rng = np.random.default_rng([args.seed, epoch])
-        order = rng.permutation(len(train_idx))
+        order = rng.permutation(len(y_train))
         views = rng.integers(0, feats_train.shape[1], size=len(order))
         losses = []
         for start in range(0, len(order), args.batch_size):
             batch = order[start : start + args.batch_size]
             x = feats_train[batch, views[start : start + args.batch_size]].astype(np.float32)
             losses.append(float(train_step(tf.constant(x), tf.constant(y_train[batch]))))
-        scores = validation_scores(y_val, predict_tail(tail, feats_val))
-        score = scores["macro_auroc"]
+        scores = validation_scores(data["y_val"], predict_tail(tail, data["val"]))
         entry = {"epoch": epoch, "loss": float(np.mean(losses)), **scores, "seconds": round(time.time() - t0, 1)}
-        state["history"].append(entry)
-        tail.save_weights(last_ckpt)
-        if score > state["best_score"]:
-            state.update(best_score=score, best_epoch=epoch)
-            tail.save_weights(best_ckpt)
-        state["epoch"] = epoch
         # Wall time of all invocations so far, feature caching included.
-        state["wall_seconds"] = round(earlier_seconds + time.time() - started, 1)
-        state_path.write_text(json.dumps(state, indent=1))
+        record_epoch(args.out, tail, state, entry, round(earlier_seconds + time.time() - started, 1))
         log(json.dumps(entry))
+    state["earlier_seconds"] = earlier_seconds
+    return state
 
-    tail.load_weights(best_ckpt)
-    model.save(args.out / "model.keras", include_optimizer=False)
-    val_logits = predict_tail(tail, feats_val)
+
+def record_epoch(out: Path, tail, state: dict, entry: dict, wall_seconds: float) -> None:
+    """Checkpoint after an epoch: the last weights, the best ones (by macro-AUROC), the state."""
+    state["history"].append(entry)
+    tail.save_weights(out / "last.weights.h5")
+    if entry["macro_auroc"] > state["best_score"]:
+        state.update(best_score=entry["macro_auroc"], best_epoch=entry["epoch"])
+        tail.save_weights(out / "best.weights.h5")
+    state["epoch"], state["wall_seconds"] = entry["epoch"], wall_seconds
+    (out / "state.json").write_text(json.dumps(state, indent=1))
+
+
+def save_best(args, data: dict, state: dict, started: float) -> dict:
+    """The best epoch's model, its validation logits and the run summary, written to args.out."""
+    tail, y_train = data["tail"], data["y_train"]
+    tail.load_weights(args.out / "best.weights.h5")
+    data["model"].save(args.out / "model.keras", include_optimizer=False)
     np.savez(
         args.out / "val_logits.npz",
-        logits=val_logits,
-        labels=y_val,
-        sha256=np.array([rows[i]["sha256"] for i in val_idx]),
+        logits=predict_tail(tail, data["val"]),
+        labels=data["y_val"],
+        sha256=np.array([data["rows"][i]["sha256"] for i in data["val_idx"]]),
     )
     summary = {
         "args": {k: str(v) for k, v in vars(args).items()},
@@ -204,14 +236,10 @@ def train(args) -> dict:  # noqa: PLR0915  (named in pyproject.toml)
         "train_counts": np.bincount(y_train, minlength=3).tolist(),
         "class_weights": class_weights(y_train).tolist(),
         "augmentation": AUGMENTATION,
-        "wall_seconds": round(earlier_seconds + time.time() - started, 1),
-        "features_from_cache": features_from_cache,
+        "wall_seconds": round(state["earlier_seconds"] + time.time() - started, 1),
+        "features_from_cache": data["features_from_cache"],
     }
     (args.out / "train_summary.json").write_text(json.dumps(summary, indent=1))
-    log(
-        f"done: best epoch {state['best_epoch']} val macro-AUROC {state['best_score']:.4f}; "
-        f"{time.time() - started:.0f} s"
-    )
     return summary
 
 

@@ -218,21 +218,55 @@ def plots(out_dir: Path, val_d, test_d, non_d, threshold, pointing) -> list[str]
 
 
 def trust(run_dir: Path, out_dir: Path, data_dir: Path, split_file: Path, cache_dir: Path, quick: bool = False) -> dict:
-
+    """The distance guard fitted on training features and measured, and the pointing game."""
     out_dir.mkdir(parents=True, exist_ok=True)
     eval_report = json.loads((run_dir / "eval" / "metrics.json").read_text())
     metadata = {"classes": list(CLASSES), "temperature": eval_report["temperature"], "presets": eval_report["presets"]}
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
     plain = classifier_for(model, metadata)
-
     rows = read_split(split_file)
-    if quick:
-        rows = quick_subset(rows)
-    by_split = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
-    features, labels = {}, {}
-    model_sha256 = sha256_of(run_dir / "model.keras")
+    by_split = {s: [r for r in (quick_subset(rows) if quick else rows) if r["split"] == s] for s in SPLITS}
+    features = split_features(plain, by_split, sha256_of(run_dir / "model.keras"), out_dir, data_dir, cache_dir)
+    labels = {
+        split: np.array([CLASSES.index(r["label"]) for r in split_rows]) for split, split_rows in by_split.items()
+    }
+    guard = fit_guard(plain, features, labels, build_image_cache(by_split["train"], data_dir, cache_dir))
+    guard.save(out_dir / GUARD_FILE)
+    guarded = classifier_for(model, metadata, guard, engine=plain.engine)  # one compiled forward pass
+    test_predictions = guarded.predict_many(
+        [(r["path"], (data_dir / r["path"]).read_bytes()) for r in by_split["test"]], batch_size=16
+    )
+    non = make_non_radiographs(24 if quick else NON_RADIOGRAPHS, NON_RADIOGRAPH_SEED)
+    non_predictions = guarded.predict_many([(name, data) for name, _, data in non], batch_size=16)
+    fractured_fa = [r for r in by_split["test"] if r["source"] == "fracatlas" and r["label"] == "fractured"]
+    pointing = pointing_figures(plain, model, fractured_fa, data_dir)
+    report = {
+        "guard": guard_report(guard, features, labels, screen_stats(by_split["train"], data_dir)),
+        "pointing_game": {k: v for k, v in pointing.items() if not k.startswith("per_image")},
+    }
+    report["guard"]["test_radiographs"] = flag_summary(test_predictions, [r["source"] for r in by_split["test"]])
+    report["guard"]["non_radiographs"] = flag_summary(non_predictions, [kind for _, kind, _ in non])
+    report["guard"]["non_radiograph_seed"] = NON_RADIOGRAPH_SEED
+    report["plots"] = plots(
+        out_dir,
+        guard.distance(features["val"]),
+        np.array([p.ood_distance for p in test_predictions]),
+        np.array([p.ood_distance for p in non_predictions if p.ood_distance is not None]),
+        guard.threshold,
+        pointing,
+    ) + [heatmap_examples(plain, out_dir)]
+    (out_dir / "trust.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+SPLITS = ("train", "val", "test")
+
+
+def split_features(plain, by_split: dict, model_sha256: str, out_dir: Path, data_dir: Path, cache_dir: Path) -> dict:
+    """The pooled features of each split, cached beside the report, keyed by the model file
+    and the images, so a rerun is quick."""
+    features = {}
     for split, split_rows in by_split.items():
-        # Cached beside the report, keyed by the model file and the images, so a rerun is quick.
         cache = out_dir / f"features_{split}.npz"
         key = np.array([model_sha256] + [r["sha256"] for r in split_rows])
         cached = np.load(cache) if cache.exists() else None
@@ -241,36 +275,28 @@ def trust(run_dir: Path, out_dir: Path, data_dir: Path, split_file: Path, cache_
         else:
             _, features[split] = outputs(plain, build_image_cache(split_rows, data_dir, cache_dir))
             np.savez(cache, features=features[split], key=key)
-        labels[split] = np.array([CLASSES.index(r["label"]) for r in split_rows])
+    return features
 
-    # Films from other hospitals are framed, cropped and exposed differently: the guard also
-    # learns from augmented views of the training films (training.augment), so it flags what
-    # is not a radiograph rather than what is not a FracAtlas framing.
-    train_images = build_image_cache(by_split["train"], data_dir, cache_dir)
+
+def fit_guard(plain, features: dict, labels: dict, train_images: np.ndarray):
+    """The distance guard: training features and live-augmentation views of the training films
+    (films from other hospitals are framed, cropped and exposed differently, so the guard should
+    flag what is not a radiograph, not what is not a FracAtlas framing); threshold on validation."""
     views = augmented_views(train_images, GUARD_AUGMENTED_VIEWS, NON_RADIOGRAPH_SEED)
     _, view_features = outputs(plain, views) if len(views) else (None, np.zeros((0, features["train"].shape[1])))
-    guard = fit_feature_guard(
+    return fit_feature_guard(
         np.concatenate([features["train"], view_features]),
         np.concatenate([labels["train"], np.repeat(labels["train"], GUARD_AUGMENTED_VIEWS)]),
         features["val"],
         GUARD_VAL_QUANTILE,
     )
-    guard.save(out_dir / GUARD_FILE)
-    guarded = classifier_for(model, metadata, guard, engine=plain.engine)  # one compiled forward pass
 
-    train_stats = screen_stats(by_split["train"], data_dir)
-    test_predictions = guarded.predict_many(
-        [(r["path"], (data_dir / r["path"]).read_bytes()) for r in by_split["test"]], batch_size=16
-    )
-    test_kinds = [r["source"] for r in by_split["test"]]
-    non = make_non_radiographs(24 if quick else NON_RADIOGRAPHS, NON_RADIOGRAPH_SEED)
-    non_predictions = guarded.predict_many([(name, data) for name, _, data in non], batch_size=16)
-    non_kinds = [kind for _, kind, _ in non]
 
-    fractured_fa = [r for r in by_split["test"] if r["source"] == "fracatlas" and r["label"] == "fractured"]
+def pointing_figures(plain, model, fractured_fa: list[dict], data_dir: Path) -> dict:
+    """The pointing game of the model's own map, and of Grad-CAM by GradientTape as the reference."""
     pointing = pointing_game(lambda image: plain.heatmap(image, "fractured"), fractured_fa, data_dir)
     pointing["heatmap"] = plain.heatmap_kind
-    if plain.heatmap_kind != "Grad-CAM":  # the reference: Grad-CAM of the same model, by GradientTape
+    if plain.heatmap_kind != "Grad-CAM":
         grad_model = build_gradcam_model(model)
         fractured = CLASSES.index("fractured")
         reference = pointing_game(
@@ -279,42 +305,29 @@ def trust(run_dir: Path, out_dir: Path, data_dir: Path, split_file: Path, cache_
             data_dir,
         )
         pointing["gradcam_reference"] = {k: v for k, v in reference.items() if not k.startswith("per_image")}
+    return pointing
 
-    non_d = np.array([p.ood_distance for p in non_predictions if p.ood_distance is not None])
-    report = {
-        "guard": {
-            "method": "class-conditional Mahalanobis distance (shared Ledoit-Wolf covariance) "
-            "on the global-average-pooled mixed7 features",
-            "fitted_on": f"{len(labels['train'])} training images: the clean view and "
-            f"{GUARD_AUGMENTED_VIEWS} live-augmentation view(s) of each",
-            "threshold": guard.threshold,
-            "val_quantile": GUARD_VAL_QUANTILE,
-            "val_flagged_rate": float(np.mean(guard.is_outlier(features["val"]))),
-            "cheap_checks": {
-                "max_colour_fraction": MAX_COLOUR_FRACTION,
-                "min_dynamic_range": MIN_DYNAMIC_RANGE,
-                "train_max_colour_fraction": float(train_stats[:, 0].max()),
-                "train_colour_flagged": int((train_stats[:, 0] > MAX_COLOUR_FRACTION).sum()),
-                "train_min_dynamic_range": float(train_stats[:, 1].min()),
-                "train_flat_flagged": int((train_stats[:, 1] < MIN_DYNAMIC_RANGE).sum()),
-                "train_n": int(len(train_stats)),
-            },
-            "test_radiographs": flag_summary(test_predictions, test_kinds),
-            "non_radiographs": flag_summary(non_predictions, non_kinds),
-            "non_radiograph_seed": NON_RADIOGRAPH_SEED,
+
+def guard_report(guard, features: dict, labels: dict, train_stats: np.ndarray) -> dict:
+    """How the guard was fitted and what the cheap checks see on the training films."""
+    return {
+        "method": "class-conditional Mahalanobis distance (shared Ledoit-Wolf covariance) "
+        "on the global-average-pooled mixed7 features",
+        "fitted_on": f"{len(labels['train'])} training images: the clean view and "
+        f"{GUARD_AUGMENTED_VIEWS} live-augmentation view(s) of each",
+        "threshold": guard.threshold,
+        "val_quantile": GUARD_VAL_QUANTILE,
+        "val_flagged_rate": float(np.mean(guard.is_outlier(features["val"]))),
+        "cheap_checks": {
+            "max_colour_fraction": MAX_COLOUR_FRACTION,
+            "min_dynamic_range": MIN_DYNAMIC_RANGE,
+            "train_max_colour_fraction": float(train_stats[:, 0].max()),
+            "train_colour_flagged": int((train_stats[:, 0] > MAX_COLOUR_FRACTION).sum()),
+            "train_min_dynamic_range": float(train_stats[:, 1].min()),
+            "train_flat_flagged": int((train_stats[:, 1] < MIN_DYNAMIC_RANGE).sum()),
+            "train_n": int(len(train_stats)),
         },
-        "pointing_game": {k: v for k, v in pointing.items() if not k.startswith("per_image")},
     }
-    report["plots"] = plots(
-        out_dir,
-        guard.distance(features["val"]),
-        np.array([p.ood_distance for p in test_predictions]),
-        non_d,
-        guard.threshold,
-        pointing,
-    ) + [heatmap_examples(plain, out_dir)]
-    (out_dir / "trust.json").write_text(json.dumps(report, indent=1))
-    return report
 
 
 def markdown(report: dict) -> str:
