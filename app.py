@@ -195,7 +195,8 @@ def show_single(classifier: Classifier, file_id: str, prediction, preset_name: s
     if prediction.error:
         st.error(prediction.error)
         return
-    label, uncertain = prediction.verdict(preset)
+    record = prediction.record(preset)
+    label, uncertain = record.label, record.uncertain
     left, right = st.columns([1, 1])
     with left:
         show_heatmap = st.toggle("Show heatmap", value=True, key=f"hm_{file_id}")

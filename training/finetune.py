@@ -584,7 +584,11 @@ def load_data(args, log=print) -> tuple[dict, list[dict]]:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Train, select and save one run (args from parse_args): its model, validation logits and summary."""
     log = run_logger(args.out)
 
     data, _ = load_data(args, log)

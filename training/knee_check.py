@@ -111,14 +111,17 @@ def main(argv=None) -> dict:
     )
     args = parser.parse_args(argv)
     if args.run:
-        classifier = classifier_for_run(args.run, guard=not args.no_guard)
+        result = knee_check_run(args.run, args.data_dir, args.limit, guard=not args.no_guard)
     else:
-        classifier = Classifier(load_bundle(args.bundle_dir))
-    result = knee_check(classifier, args.data_dir, args.limit)
-    if args.run:
-        name = "knee_check_no_guard.json" if args.no_guard else "knee_check.json"
-        (args.run / name).write_text(json.dumps(result, indent=1))
+        result = knee_check(Classifier(load_bundle(args.bundle_dir)), args.data_dir, args.limit)
     print(markdown(result))
+    return result
+
+
+def knee_check_run(run: Path, data_dir: Path, limit: int | None = None, guard: bool = True) -> dict:
+    """The knee check of a run, written beside it (knee_check.json, or _no_guard without the guard)."""
+    result = knee_check(classifier_for_run(run, guard=guard), data_dir, limit)
+    (run / ("knee_check.json" if guard else "knee_check_no_guard.json")).write_text(json.dumps(result, indent=1))
     return result
 
 

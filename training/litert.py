@@ -9,6 +9,7 @@ Writes <run>/litert/: serving.tflite and litert.json (the differences from Keras
 
 from __future__ import annotations
 
+import argparse
 import json
 import tempfile
 from pathlib import Path
@@ -76,6 +77,14 @@ MAX_PROBABILITY_DIFFERENCE = 0.01
 
 def main(argv=None) -> dict:
     args = run_step_parser(__doc__.splitlines()[0], out=False).parse_args(argv)
+    report = convert_and_compare(args)
+    print(json.dumps(report))
+    return report
+
+
+def convert_and_compare(args: argparse.Namespace) -> dict:
+    """The run's model as a LiteRT file, compared with Keras on the test split (args: run,
+    data_dir, split, cache_dir, quick); refuses one that differs by more than the limit."""
     out_dir = args.run / "litert"
     out_dir.mkdir(parents=True, exist_ok=True)
     litert_path = convert(args.run / "model.keras", out_dir / LITERT_FILE)
@@ -87,7 +96,6 @@ def main(argv=None) -> dict:
     )
     report["within_limit"] = report["max_abs_probability_difference"] <= MAX_PROBABILITY_DIFFERENCE
     (out_dir / "litert.json").write_text(json.dumps(report, indent=1))
-    print(json.dumps(report))
     if not report["within_limit"]:
         raise SystemExit(
             f"LiteRT probabilities differ from Keras by {report['max_abs_probability_difference']:.4f} "

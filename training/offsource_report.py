@@ -203,6 +203,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--limit", type=int, help="only the first N films of each check (a quick look)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    if args.run and not (args.presets_from or args.out):
+        result = report_run(args.run, args.data_dir, args.limit)
+        print(markdown(result))
+        return result
     if args.run:
         classifier = classifier_for_run(args.run)
     else:
@@ -215,6 +219,13 @@ def main(argv=None) -> dict:
     if out:
         out.write_text(json.dumps(result, indent=1))
     print(markdown(result))
+    return result
+
+
+def report_run(run: Path, data_dir: Path, limit: int | None = None) -> dict:
+    """The three unseen-source checks of a run through the serving path, written to RUN/offsource.json."""
+    result = report(classifier_for_run(run), data_dir, limit)
+    (run / "offsource.json").write_text(json.dumps(result, indent=1))
     return result
 
 

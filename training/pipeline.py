@@ -12,8 +12,8 @@ and checkpoints.
 
 Usage: python -m training.pipeline [--quick] [--control] [--bundle-dir model] [training options]
 
-Options it does not know (e.g. --epochs 4 --lr 2e-4) go to the training step (training.finetune,
-or training.train with --recipe cached).
+Options it does not know (e.g. --epochs 4 --lr 2e-4) go to the training step's parser
+(training.finetune, or training.train with --recipe cached); every step is a function call.
 """
 
 from __future__ import annotations
@@ -71,7 +71,6 @@ def main(argv=None) -> None:
     if not (args.data_dir / "manifest.csv").exists():
         raise SystemExit(f"No manifest at {args.data_dir}/manifest.csv; pass --data-dir.")
     check_split(args.data_dir, args.split)
-
     common = ["--data-dir", str(args.data_dir), "--split", str(args.split), "--cache-dir", str(args.cache_dir)] + (
         ["--quick"] if args.quick else []
     )
@@ -82,41 +81,40 @@ def main(argv=None) -> None:
     if args.control and args.init != "random":
         runs.append(("random", args.runs_dir / f"{prefix}_random{suffix}"))
     for init, run_dir in runs:
-        trainer.main(common + train_options + ["--init", init, "--out", str(run_dir)])
-        evaluate.main(["--run", str(run_dir)] + common)
-
+        # The options the pipeline does not know are the training step's: its parser reads them.
+        trainer.run(trainer.parse_args(common + train_options + ["--init", init, "--out", str(run_dir)]))
+        print(evaluate.markdown_report(evaluate.evaluate(step_args(args, run_dir), run_dir / "eval")))
     main_run = runs[0][1]
-    measure(args, main_run, common)
+    measure(args, main_run)
     command = "python -m training.pipeline " + " ".join(a for a in (argv or sys.argv[1:]))
     export.export(main_run, args.bundle_dir, command.strip(), runs[1][1] if len(runs) > 1 else None)
     print(f"bundle written to {args.bundle_dir} in {time.time() - started:.0f} s")
 
 
-def measure(args: argparse.Namespace, main_run: Path, common: list[str]) -> None:
+def step_args(args: argparse.Namespace, run_dir: Path) -> argparse.Namespace:
+    """What each per-run step reads (training.data.run_step_parser's options) for this run."""
+    return argparse.Namespace(
+        run=run_dir,
+        data_dir=args.data_dir,
+        split=args.split,
+        cache_dir=args.cache_dir,
+        quick=args.quick,
+        verdict="two_stage",
+    )
+
+
+def measure(args: argparse.Namespace, main_run: Path) -> None:
     """The steps after training: the guards, the unseen-source checks and the LiteRT engine."""
-    trust.main(["--run", str(main_run)] + common)
+    print(
+        trust.markdown(trust.trust(main_run, main_run / "trust", args.data_dir, args.split, args.cache_dir, args.quick))
+    )
     if not args.quick:  # the guard learns from chest_kermany films; the quick run has none to spare
-        radiograph_guard.main(
-            [
-                "--run",
-                str(main_run),
-                "--data-dir",
-                str(args.data_dir),
-                "--split",
-                str(args.split),
-                "--cache-dir",
-                str(args.cache_dir),
-            ]
-        )
+        radiograph_guard.guard_run(main_run, args.data_dir, args.split, args.cache_dir)
     if (args.data_dir / knee_check.KNEE_FOLDER / "manifest.csv").exists():  # measured only, as the next step
-        knee_check.main(
-            ["--run", str(main_run), "--data-dir", str(args.data_dir)] + (["--limit", "24"] if args.quick else [])
-        )
+        knee_check.knee_check_run(main_run, args.data_dir, 24 if args.quick else None)
     if (args.data_dir / "hbfmid_check" / "manifest.csv").exists():  # measured only: nothing is fitted on them
-        offsource_report.main(
-            ["--run", str(main_run), "--data-dir", str(args.data_dir)] + (["--limit", "12"] if args.quick else [])
-        )
-    litert.main(["--run", str(main_run)] + common)
+        offsource_report.report_run(main_run, args.data_dir, 12 if args.quick else None)
+    litert.convert_and_compare(step_args(args, main_run))
 
 
 if __name__ == "__main__":

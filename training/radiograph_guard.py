@@ -152,13 +152,18 @@ def unseen_flag_rates(guard, classifier, test_images: np.ndarray, chest_rows: li
 
 def main(argv=None) -> dict:
     args = run_step_parser(__doc__.splitlines()[0], out=False).parse_args(argv)
-    classifier = classifier_for_run(args.run)
-    guard, report = fit_and_measure(classifier, args.data_dir, args.split, args.cache_dir)
-    out = args.run / "guard"
+    report = guard_run(args.run, args.data_dir, args.split, args.cache_dir)
+    print(json.dumps(report, indent=1))
+    return report
+
+
+def guard_run(run: Path, data_dir: Path, split_file: Path, cache_dir: Path) -> dict:
+    """Fit and measure the radiograph guard of a run; writes RUN/guard/ (the guard and guard.json)."""
+    guard, report = fit_and_measure(classifier_for_run(run), data_dir, split_file, cache_dir)
+    out = run / "guard"
     out.mkdir(parents=True, exist_ok=True)
     guard.save(out / GUARD_FILE)
     (out / "guard.json").write_text(json.dumps(report, indent=1))
-    print(json.dumps(report, indent=1))
     return report
 
 

@@ -244,7 +244,12 @@ def save_best(args, data: dict, state: dict, started: float) -> dict:
 
 
 def main(argv=None) -> None:
-    train(parse_args(argv))
+    run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The pipeline's entry, as training.finetune.run: train one run from parsed options."""
+    return train(args)
 
 
 if __name__ == "__main__":
