@@ -225,3 +225,17 @@ def test_the_radiograph_guard_passes_radiograph_like_films_and_flags_photos(clas
     loaded = load_guard(tmp_path / "guard.npz")
     assert isinstance(loaded, RadiographGuard) and loaded.message == NOT_RADIOGRAPH_MESSAGE
     np.testing.assert_allclose(loaded.distance(photos), guard.distance(photos), rtol=1e-5)
+
+
+def test_offsource_aurocs_report_the_worst_source_and_the_pooled_figure():
+    """A model that ranks fractures above wrists but below knees: the worst source is the knees'
+    0.0, and the pooled figure sits between, weighted by the pool's sizes."""
+    from training.offsource import offsource_aurocs
+
+    p = {"hbfmid_check": np.array([0.5, 0.6]), "knee_oai": np.array([0.9, 0.95, 0.99]),
+         "wrist_check": np.array([0.1])}
+    labels = {"hbfmid_check": ["fractured", "fractured"]}
+    figures = offsource_aurocs(p, labels)
+    assert figures["auroc_vs_knee_oai"] == 0.0 and figures["auroc_vs_wrist_check"] == 1.0
+    assert figures["offsource_auroc"] == 0.0
+    assert figures["auroc_pooled"] == 0.25  # each fracture outranks 1 of the 4 healthy films

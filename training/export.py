@@ -387,7 +387,9 @@ def offsource_section(metadata: dict) -> str:
         "their figures beside validation's. `knee_oai/`: 1,000 healthy knees (OAI); `wrist_check/`: 42 "
         "healthy wrists and forearms, mostly children's; `hbfmid_check/`: 82 fractured films of many "
         "body parts (and 5 healthy), with fracture boxes. The **off-source AUROC** is the worst AUROC of "
-        "P(any fracture) for the hbfmid_check fractures against each healthy source in turn.\n\n" + markdown(offsource)
+        "P(any fracture) for the hbfmid_check fractures against each healthy source in turn; the "
+        "pooled AUROC ranks them against all healthy films together, a pool the knees dominate, so it "
+        "is reported and never chosen on.\n\n" + markdown(offsource)
     )
 
 

@@ -64,8 +64,9 @@ def check_images(
 
 
 def offsource_aurocs(p_fracture: dict[str, np.ndarray], labels: dict[str, list[str]]) -> dict[str, float]:
-    """AUROC of P(any fracture): hbfmid_check's fractured films against each healthy source, and
-    the worst of them (`offsource_auroc`)."""
+    """AUROC of P(any fracture): hbfmid_check's fractured films against each healthy source, the
+    worst of them (`offsource_auroc`, what selection uses), and against all healthy films pooled
+    (`auroc_pooled`: flattering when one source dominates the pool, so reported, never chosen on)."""
     fractured = p_fracture[FRACTURE_SOURCE][np.array(labels[FRACTURE_SOURCE]) != "healthy"]
     result = {}
     for source in HEALTHY_SOURCES:
@@ -75,6 +76,11 @@ def offsource_aurocs(p_fracture: dict[str, np.ndarray], labels: dict[str, list[s
         y = np.r_[np.ones(len(fractured)), np.zeros(len(healthy))]
         result[f"auroc_vs_{source}"] = float(roc_auc_score(y, np.r_[fractured, healthy]))
     result["offsource_auroc"] = min(result.values()) if result else float("nan")
+    pooled = [p_fracture[s] for s in HEALTHY_SOURCES if s in p_fracture]
+    if pooled:
+        healthy = np.concatenate(pooled)
+        y = np.r_[np.ones(len(fractured)), np.zeros(len(healthy))]
+        result["auroc_pooled"] = float(roc_auc_score(y, np.r_[fractured, healthy]))
     return result
 
 

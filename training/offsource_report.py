@@ -153,8 +153,9 @@ def markdown(result: dict) -> str:
     lines = [
         f"Off-source AUROC (worst): {a.get('offsource_auroc', float('nan')):.3f} "
         f"(vs knee_oai {a.get('auroc_vs_knee_oai', float('nan')):.3f}, "
-        f"vs wrist_check {a.get('auroc_vs_wrist_check', float('nan')):.3f}); "
-        f"hbfmid pointing game {result.get('pointing_game', {}).get('hit_rate')}; "
+        f"vs wrist_check {a.get('auroc_vs_wrist_check', float('nan')):.3f}; "
+        f"pooled {a.get('auroc_pooled', float('nan')):.3f}); "
+        f"hbfmid pointing game {result.get('pointing_game', {}).get('hit_rate', float('nan')):.1%}; "
         f"median P(any fracture) {json.dumps(medians)}",
         "",
         "| preset | check | n | healthy, not uncertain | confident fracture | not healthy (recall for fractures) | "

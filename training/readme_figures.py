@@ -47,6 +47,10 @@ def figures_table(metadata: dict) -> str:
                 f"{aurocs['offsource_auroc']:.3f}",
             )
         )
+        if "auroc_pooled" in aurocs:
+            rows.append(
+                ("off-source AUROC, all healthy films pooled (knees dominate)", f"{aurocs['auroc_pooled']:.3f}")
+            )
     equivalence = (metadata.get("runtime_int8") or {}).get("equivalence", {})
     if equivalence:
         rows.append(("float32 LiteRT engine, one image, 2 cores", _ms(equivalence["float32 (shipped)"])))
