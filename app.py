@@ -14,7 +14,7 @@ from utils.core.classifier import Classifier, Prediction
 from utils.core.heatmap import colorize_heatmap, heatmap_caption, overlay_heatmap, upsample_heatmap
 from utils.core.inference import CLASSES
 from utils.core.verdict import verdict_style
-from utils.report import build_pdf, heatmap_overlay, records_to_csv, report_entry
+from utils.report import build_pdf, records_to_csv, report_entry
 
 CLASS_TEXT = {
     "healthy": "no fracture seen.",
@@ -158,7 +158,7 @@ def records_for(items, preset: dict) -> list[dict]:
 
 def report_entries(classifier: Classifier, items, preset: dict) -> list[dict]:
     return [
-        report_entry(prediction, record, heatmap_overlay(prediction, record["label"]))
+        report_entry(prediction, record, prediction.overlay(record["label"]))
         for (_file_id, prediction), record in zip(items, records_for(items, preset))
     ]
 

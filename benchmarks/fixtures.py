@@ -51,6 +51,18 @@ def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
+def new_instance(sop_class: str, transfer_syntax: str = ExplicitVRLittleEndian) -> Dataset:
+    """An empty instance of sop_class with its file meta and a new SOP instance UID."""
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    return ds
+
+
 def make_dicom(  # noqa: PLR0913  (a DICOM fixture: each pixel-module attribute by keyword)
     pixels: np.ndarray | None,
     *,
@@ -64,14 +76,7 @@ def make_dicom(  # noqa: PLR0913  (a DICOM fixture: each pixel-module attribute 
     transfer_syntax=ExplicitVRLittleEndian,
     encapsulated: bytes | None = None,
 ) -> Dataset:
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds = new_instance(CTImageStorage, transfer_syntax)
     ds.PatientName = SECRET_PATIENT_NAME
     ds.PatientID = SECRET_PATIENT_ID
     ds.Modality = "CR"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     ComprehensiveSRStorage,
     DigitalXRayImageStorageForPresentation,
@@ -27,7 +27,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from benchmarks.fixtures import free_port
+from benchmarks.fixtures import free_port, new_instance
 from tests.conftest import synthetic_radiograph
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
@@ -105,13 +105,7 @@ def stop_orthanc(process: subprocess.Popen) -> None:
 
 
 def base_dataset(sop_class, study: Dataset, series_uid: str, modality: str, number: int) -> Dataset:
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds = new_instance(sop_class)
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
                     "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription"):
         setattr(ds, keyword, getattr(study, keyword))

@@ -226,15 +226,11 @@ def validation_fit(run_dir: Path, split_file: Path, verdict: str = "two_stage") 
     temperature = fit_temperature(val["logits"], val["labels"])
     val_probs = calibrated_probabilities(val["logits"], temperature)
     clinical = clinical_films(val, split_file)
-    presets = (
-        two_stage_presets(val_probs, val["labels"], clinical)
-        if verdict == "two_stage"
-        else weighted_presets(val_probs, val["labels"], clinical)
-    )
+    fit_presets = two_stage_presets if verdict == "two_stage" else weighted_presets
     return {
         "temperature": temperature,
-        "presets": presets,
-        "validation_only": True,
+        "presets": fit_presets(val_probs, val["labels"], clinical),
+        "val_ece_before": expected_calibration_error(calibrated_probabilities(val["logits"], 1.0), val["labels"]),
         "val_ece_after": expected_calibration_error(val_probs, val["labels"]),
     }
 
@@ -265,7 +261,7 @@ def evaluate(args: argparse.Namespace, out_dir: Path) -> dict:
     test_rows = [r for r in (quick_subset(rows) if args.quick else rows) if r["split"] == "test"]
     images = build_image_cache(test_rows, args.data_dir, args.cache_dir)
     y = np.array([CLASSES.index(r["label"]) for r in test_rows])
-    calibration = calibrate_on_validation(args.run, args.split, args.verdict)
+    calibration = validation_fit(args.run, args.split, args.verdict)
     logits = model_logits(keras.saving.load_model(args.run / "model.keras", compile=False), images)
     report = test_metrics(y, logits, calibration, test_rows, args)
     probs = calibrated_probabilities(logits, calibration["temperature"])
@@ -275,21 +271,6 @@ def evaluate(args: argparse.Namespace, out_dir: Path) -> dict:
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=1))
     (out_dir / "metrics.md").write_text(markdown_report(report))
     return report
-
-
-def calibrate_on_validation(run_dir: Path, split_file: Path, verdict: str) -> dict:
-    """The temperature and the two presets, fitted on the run's validation logits only."""
-    val = np.load(run_dir / "val_logits.npz")
-    temperature = fit_temperature(val["logits"], val["labels"])
-    val_probs = calibrated_probabilities(val["logits"], temperature)
-    clinical = clinical_films(val, split_file)
-    fit_presets = two_stage_presets if verdict == "two_stage" else weighted_presets
-    return {
-        "temperature": temperature,
-        "presets": fit_presets(val_probs, val["labels"], clinical),
-        "val_ece_before": expected_calibration_error(calibrated_probabilities(val["logits"], 1.0), val["labels"]),
-        "val_ece_after": expected_calibration_error(val_probs, val["labels"]),
-    }
 
 
 def test_metrics(y: np.ndarray, logits: np.ndarray, calibration: dict, test_rows: list[dict], args) -> dict:
@@ -476,7 +457,7 @@ def main(argv=None) -> None:
     if args.validation_only:
         out = args.out or args.run / "eval"
         out.mkdir(parents=True, exist_ok=True)
-        fitted = validation_fit(args.run, args.split, args.verdict)
+        fitted = {**validation_fit(args.run, args.split, args.verdict), "validation_only": True}
         (out / "metrics.json").write_text(json.dumps(fitted, indent=1))
         print(json.dumps(fitted["presets"], indent=1))
         return

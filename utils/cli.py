@@ -26,18 +26,21 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 from tqdm import tqdm
 
 from utils.adapters.inputs import expand_paths, prepare_path
-from utils.adapters.pacs import PacsConfig, PacsError, StudyOptions, StudyStream, connect, find_studies
 from utils.core.bundle import METADATA_FILE, ModelBundleError, bundle_dir, load_bundle, serving_precision
 from utils.core.classifier import Classifier, Prediction
 from utils.core.record import CSV_COLUMNS, csv_row
-from utils.report import build_pdf, heatmap_overlay, report_entry
+from utils.report import build_pdf, report_entry
+
+if TYPE_CHECKING:  # annotations only: the pacs command imports its adapter when it runs
+    from dicomweb_client.api import DICOMwebClient
+
+    from utils.adapters.pacs import StudyOptions
 
 PROGRESS_MIN_FILES = 4
 DECODE_WORKERS = 2  # threads reading and decoding the next batch while the model runs
@@ -116,7 +119,7 @@ class Outputs:
         self.handle.flush()
         self.count += 1
         self.failed += prediction.failed
-        overlay = heatmap_overlay(prediction, prediction.label) if self.heatmap_dir or self.want_report else None
+        overlay = prediction.overlay() if self.heatmap_dir or self.want_report else None
         if self.heatmap_dir and overlay is not None:
             Image.fromarray(overlay).save(self.heatmap_dir / heatmap_file_name(prediction.name, self.count))
         if self.want_report:
@@ -272,6 +275,9 @@ def add_pacs_command(commands: Any) -> None:
 
 def run_pacs(args: argparse.Namespace, classifier: Classifier) -> int:
     """The `pacs` command: each matching study in turn, records streamed as they come."""
+    # DICOMweb and highdicom add about 0.5 s to every start; only this command needs them.
+    from utils.adapters.pacs import PacsConfig, PacsError, StudyOptions, connect, find_studies  # noqa: PLC0415
+
     try:
         client = connect(PacsConfig.from_environment(args.server))
         studies = find_studies(
@@ -306,6 +312,8 @@ def classify_pacs_study(
     client: DICOMwebClient, classifier: Classifier, uid: str, options: StudyOptions, outputs: Outputs
 ) -> int:
     """One study of the `pacs` command: its records written as they come; 0 when all went well."""
+    from utils.adapters.pacs import PacsError, StudyStream  # noqa: PLC0415  (as in run_pacs)
+
     try:
         stream = StudyStream(client, classifier, uid, options)
         with tqdm(

@@ -25,9 +25,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 
 from utils.adapters.dicom_results import build_results_sr, build_secondary_capture
-from utils.core.classifier import Classifier, Prediction, model_input_of, prepare_decoded
+from utils.core.classifier import Classifier, Prediction, prepare_decoded
 from utils.core.dicom import decode_dataset
-from utils.core.heatmap import overlay_heatmap
 
 IMAGE_MODALITIES = ("CR", "DX", "RF")
 STUDY_FIELDS = (
@@ -402,11 +401,11 @@ class ResultWriter:
     def add(self, item: Classified) -> None:
         record, prediction = item.record(), item.prediction
         self.entries.append((record, item.ref.sop_class_uid))
-        if item.header is None or prediction.error:
+        overlay = prediction.overlay()
+        if item.header is None or overlay is None:  # no film to capture: the SR still lists it
             return
         self.study_header = self.study_header or item.header
         self.capture_series = series = self.capture_series or generate_uid()
-        overlay = overlay_heatmap(model_input_of(prediction), prediction.heatmap(prediction.label or "healthy"))
         self.captures.append(
             build_secondary_capture(item.header, overlay, record, self.model, series, instance_number=len(self.entries))
         )
@@ -477,14 +476,15 @@ class StudyStream:
 
     def __iter__(self) -> Iterator[Classified]:
         run = self.run
-        writer = ResultWriter(self.client, run.study_uid, self.classifier.bundle.metadata, run)
+        store = self.options.store_results
+        writer = ResultWriter(self.client, run.study_uid, self.classifier.bundle.metadata, run) if store else None
         for item in classify_instances(self.client, self.classifier, self.images, self.options):
             run.failed += bool(item.prediction.error)
             run.classified += not item.prediction.error
-            if self.options.store_results:
+            if writer is not None:
                 writer.add(item)
             yield item
-        if self.options.store_results:
+        if writer is not None:
             writer.finish()
 
 

@@ -12,7 +12,7 @@ from utils.core.bundle import Bundle
 from utils.core.decode import decode_image_bytes
 from utils.core.engines import Engine, KerasEngine, LiteRTEngine, litert_available
 from utils.core.guard import screen_decoded
-from utils.core.heatmap import normalise_class_maps
+from utils.core.heatmap import normalise_class_maps, overlay_heatmap
 from utils.core.inference import CLASSES, calibrated_probabilities, decide, to_model_input
 from utils.core.pixels import DecodedImage, InputError
 from utils.core.preprocess import preprocess
@@ -73,6 +73,13 @@ class Prediction:
         if self.heatmaps is None:
             raise ValueError(f"{self.name} has no heatmaps: it was not classified")
         return self.heatmaps[CLASSES.index(class_name)]
+
+    def overlay(self, label: str | None = None) -> np.ndarray | None:
+        """The model input with the heatmap of `label` (default: its own label) over it; None
+        for an input that could not be read."""
+        if self.error is not None or self.model_input is None:
+            return None
+        return overlay_heatmap(self.model_input, self.heatmap(label or self.label or "healthy"))
 
     def verdict(self, preset: dict[str, Any]) -> tuple[str | None, bool]:
         """(label, uncertain) under a decision preset; an input the guard flagged, or one with
