@@ -16,8 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from utils.core.decode import decode_image_bytes
-from utils.core.preprocess import preprocess_with_geometry
+from utils.core.preprocess import decode_for_model, preprocess_with_geometry
 
 # A cell is a positive target when a box covers at least this share of it.
 MIN_CELL_COVERAGE = 0.05
@@ -58,7 +57,7 @@ def cell_targets(mask: np.ndarray, grid: int, min_coverage: float = MIN_CELL_COV
 
 def _mask_of(job: tuple[str, str, int]) -> np.ndarray:
     image_path, boxes_path, size = job
-    decoded = decode_image_bytes(Path(image_path).read_bytes())
+    decoded = decode_for_model(Path(image_path).read_bytes())
     _, geometry = preprocess_with_geometry(decoded.pixels, size)
     return box_mask(read_boxes(Path(boxes_path)), decoded.pixels.shape, geometry, size)
 

@@ -31,13 +31,12 @@ from training.offsource import FRACTURE_SOURCE, HEALTHY_SOURCES, check_rows, off
 from training.trust import classifier_for
 from utils.core.bundle import load_bundle
 from utils.core.classifier import Classifier
-from utils.core.decode import decode_image_bytes
 from utils.core.guard import (
     is_confident_not_radiograph,
     load_guard,
 )
 from utils.core.heatmap import upsample_heatmap
-from utils.core.preprocess import preprocess_with_geometry
+from utils.core.preprocess import decode_for_model, preprocess_with_geometry
 
 
 def classify_check(classifier, rows: list[dict], preset: str = "balanced"):
@@ -93,7 +92,7 @@ def pointing_game(predictions, rows: list[dict], boxes: dict) -> dict:
     for prediction, row in zip(predictions, rows):
         if row["label"] == "healthy" or row["path"] not in boxes or prediction.heatmaps is None:
             continue
-        decoded = decode_image_bytes(Path(row["file"]).read_bytes())
+        decoded = decode_for_model(Path(row["file"]).read_bytes())
         image, geometry = preprocess_with_geometry(decoded.pixels)
         size = image.shape[0]
         scale_y, scale_x = decoded.pixels.shape[0] / float(row["height"]), decoded.pixels.shape[1] / float(row["width"])

@@ -37,7 +37,6 @@ from utils.core.bundle import (
     sha256_of,
 )
 from utils.core.classifier import Classifier
-from utils.core.decode import decode_image_bytes
 from utils.core.guard import (
     FEATURE_MESSAGE,
     FLAT_MESSAGE,
@@ -48,7 +47,7 @@ from utils.core.guard import (
 )
 from utils.core.heatmap import overlay_heatmap, upsample_heatmap
 from utils.core.inference import to_model_input
-from utils.core.preprocess import preprocess, preprocess_with_geometry
+from utils.core.preprocess import decode_for_model, preprocess, preprocess_with_geometry
 
 GUARD_FILE = "ood_guard.npz"
 # 2.5 % of validation radiographs lie above the threshold by construction; the issue allows 5 %
@@ -90,7 +89,7 @@ def outputs(classifier, images: np.ndarray, batch_size: int = 32) -> tuple[np.nd
 
 
 def _screen_stats(path: str) -> tuple[float, float]:
-    decoded = decode_image_bytes(Path(path).read_bytes())
+    decoded = decode_for_model(Path(path).read_bytes())
     return decoded.colour_fraction, dynamic_range(decoded.pixels)
 
 
@@ -126,7 +125,7 @@ def pointing_game(heatmap_of, rows: list[dict], data_dir: Path) -> dict:
         boxes = read_boxes(box_path) if box_path.exists() else np.zeros((0, 4))
         if not len(boxes):
             continue
-        decoded = decode_image_bytes((data_dir / row["path"]).read_bytes())
+        decoded = decode_for_model((data_dir / row["path"]).read_bytes())
         image, geometry = preprocess_with_geometry(decoded.pixels)
         size = image.shape[0]
         mask = box_mask(boxes, decoded.pixels.shape, geometry, size)

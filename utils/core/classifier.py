@@ -9,13 +9,12 @@ from typing import Any
 import numpy as np
 
 from utils.core.bundle import Bundle
-from utils.core.decode import decode_image_bytes
 from utils.core.engines import Engine, KerasEngine, LiteRTEngine, litert_available
 from utils.core.guard import screen_decoded
 from utils.core.heatmap import normalise_class_maps, overlay_heatmap
 from utils.core.inference import CLASSES, calibrated_probabilities, decide, to_model_input
 from utils.core.pixels import DecodedImage, InputError
-from utils.core.preprocess import preprocess
+from utils.core.preprocess import decode_for_model, preprocess
 from utils.core.record import PredictionRecord
 
 DEFAULT_PRESET = "balanced"
@@ -37,7 +36,7 @@ def make_engine(bundle: Bundle, precision: str = "float32", threads: int | None 
 def prepare_input(name: str, data: bytes, input_size: int) -> Prediction:
     """Decode, preprocess and screen one input (no model needed): a Prediction with its
     model input, or with `error` when the bytes cannot be read."""
-    return prepare_decoded(name, lambda: decode_image_bytes(data), input_size)
+    return prepare_decoded(name, lambda: decode_for_model(data), input_size)
 
 
 def prepare_decoded(name: str, decode: Callable[[], DecodedImage], input_size: int) -> Prediction:

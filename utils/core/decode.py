@@ -8,9 +8,11 @@ with a one-line message that says what is wrong and what to do.
 from __future__ import annotations
 
 import io
+import math
 import threading
 from typing import Any
 
+import cv2
 import numpy as np
 import pyarrow
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -58,16 +60,53 @@ def is_dicom(data: bytes) -> bool:
     return len(data) >= DICOM_MAGIC_OFFSET + 4 and data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM"
 
 
-def decode_image_bytes(data: bytes) -> DecodedImage:
-    """Decode any supported upload (detected by content, not by file name)."""
+def decode_image_bytes(data: bytes, working_side: int | None = None) -> DecodedImage:
+    """Decode any supported upload (detected by content, not by file name).
+
+    working_side: the longer side the caller shrinks the image to anyway. A decoder that can
+    decode at a reduced size (JPEG's DCT scaling) then returns an image whose longer side is
+    still at least working_side, which skips most of the decoding work; None decodes at full
+    size.
+    """
     if not data:
         raise InputError("The file is empty. Give a JPEG, PNG or DICOM radiograph.")
     if is_dicom(data):
         return decode_dicom(data)
-    return decode_raster(data)
+    return decode_raster(data, working_side)
 
 
-def decode_raster(data: bytes) -> DecodedImage:
+def draft_size(width: int, height: int, working_side: int) -> tuple[int, int]:
+    """The size to ask Image.draft for: the image scaled so that its longer side is
+    working_side, rounded up. draft picks the smallest DCT scale (1/2, 1/4, 1/8) whose result
+    is at least this size, so the longer side never drops below working_side."""
+    scale = working_side / max(width, height)
+    return math.ceil(width * scale), math.ceil(height * scale)
+
+
+def reduce_while_decoding(image: Image.Image, working_side: int | None) -> None:
+    """Let a JPEG decode at a reduced DCT scale (libjpeg's scaled IDCT), keeping its mode;
+    other formats decode at full size."""
+    if working_side is None or image.format != "JPEG" or max(image.size) < 2 * working_side:
+        return
+    image.draft(image.mode, draft_size(*image.size, working_side))
+
+
+def decode_plain_grey_png(data: bytes, image: Image.Image) -> np.ndarray | None:
+    """An 8-bit grey PNG with nothing to interpret (one frame, no transparency, no EXIF
+    block), decoded by OpenCV: lossless, so the same pixels, in about 25 % less time
+    than Pillow (measured by benchmarks.decode). None for anything else, or when OpenCV
+    cannot decode it (a truncated file then takes Pillow's path, which says so)."""
+    if image.format != "PNG" or image.mode != "L" or "transparency" in image.info:
+        return None
+    if getattr(image, "n_frames", 1) != 1 or "exif" in image.info:  # EXIF may turn the image
+        return None
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.dtype != np.uint8 or pixels.shape != (image.height, image.width):
+        return None
+    return pixels
+
+
+def decode_raster(data: bytes, working_side: int | None = None) -> DecodedImage:
     """Decode a Pillow-readable image: EXIF orientation, bit depth, alpha, palette, CMYK."""
     warnings: list[str] = []
     with _pillow_lock:
@@ -89,6 +128,10 @@ def decode_raster(data: bytes) -> DecodedImage:
         frames = int(getattr(image, "n_frames", 1))
         if frames > 1:
             warnings.append(f"The {fmt} has {frames} frames; only the first was used.")
+        fast = decode_plain_grey_png(data, image)
+        if fast is not None:
+            return DecodedImage(pixels=scale_to_unit(fast, 0.0, 255.0), source_format=fmt, warnings=warnings)
+        reduce_while_decoding(image, working_side)
         truncated = False
         try:
             image.load()
@@ -96,7 +139,7 @@ def decode_raster(data: bytes) -> DecodedImage:
             if "truncated" not in str(exc):
                 raise InputError(f"The {fmt} file is damaged and cannot be decoded ({exc}).") from None
             truncated = True
-            image = _load_truncated(data)
+            image = _load_truncated(data, working_side)
         except (ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise InputError(f"The {fmt} file cannot be decoded ({exc}).") from None
     try:
@@ -121,10 +164,11 @@ def decode_raster(data: bytes) -> DecodedImage:
     )
 
 
-def _load_truncated(data: bytes) -> Image.Image:
+def _load_truncated(data: bytes, working_side: int | None) -> Image.Image:
     ImageFile.LOAD_TRUNCATED_IMAGES = True
     try:
         image = Image.open(io.BytesIO(data))
+        reduce_while_decoding(image, working_side)
         image.load()
         return image
     except Exception as exc:

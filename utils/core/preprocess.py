@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from utils.core.decode import decode_image_bytes
+from utils.core.pixels import DecodedImage
 
 INPUT_SIZE = 384
 # Training images are at most 1024 px on their longer side (FracAtlas' larger films were
@@ -28,7 +29,8 @@ CONTRAST_PERCENTILES = (0.5, 99.5)
 PREPROCESSING_SPEC = {
     "input": "2-D grayscale float in [0, 1], bright = dense",
     "steps": [
-        f"downscale (area interpolation) so the longer side is at most {MAX_WORKING_SIDE} px",
+        f"downscale so the longer side is at most {MAX_WORKING_SIDE} px: a JPEG decodes at the smallest "
+        f"DCT scale (1/2, 1/4 or 1/8) that keeps it at least {MAX_WORKING_SIDE} px, then area interpolation",
         f"crop edge rows/columns whose standard deviation is below {BORDER_STD_TOLERANCE}",
         f"stretch the {CONTRAST_PERCENTILES[0]}th..{CONTRAST_PERCENTILES[1]}th percentiles to 0..1",
         "pad with black to a centred square",
@@ -115,7 +117,10 @@ def stretch_contrast(pixels: np.ndarray, percentiles: Sequence[float] = CONTRAST
     low, high = percentile_range(pixels, percentiles)
     if high - low < 1e-6:
         return np.zeros_like(pixels, dtype=np.float32)
-    return np.clip((pixels - low) / (high - low), 0.0, 1.0).astype(np.float32)
+    # In float32, in one buffer: float64 percentiles would promote the whole image (3x slower).
+    out = np.subtract(pixels, np.float32(low), dtype=np.float32)
+    np.multiply(out, np.float32(1.0 / (high - low)), out=out)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def letterbox_offsets(height: int, width: int) -> tuple[int, int, int]:
@@ -190,7 +195,12 @@ def preprocess(pixels: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     return preprocess_with_geometry(pixels, size)[0]
 
 
+def decode_for_model(data: bytes) -> DecodedImage:
+    """Decode bytes for the model: no larger than preprocessing keeps (MAX_WORKING_SIDE)."""
+    return decode_image_bytes(data, working_side=MAX_WORKING_SIDE)
+
+
 def load_and_preprocess(data: bytes, size: int = INPUT_SIZE) -> tuple[np.ndarray, list[str]]:
     """bytes -> (model input uint8 (size, size, 1), warnings). Raises InputError."""
-    decoded = decode_image_bytes(data)
+    decoded = decode_for_model(data)
     return preprocess(decoded.pixels, size), decoded.warnings

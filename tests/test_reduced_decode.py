@@ -1,0 +1,84 @@
+"""Decoding at reduced size: JPEGs decode at a DCT scale that still covers the working size,
+the model input barely moves, and lossless fast paths give the very same pixels."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks.fixtures import jpeg_bytes, png_bytes, textured_radiograph
+from utils.core.decode import decode_image_bytes, draft_size, pil_to_gray
+from utils.core.preprocess import MAX_WORKING_SIDE, decode_for_model, preprocess
+
+
+@pytest.fixture(scope="module")
+def big_film() -> np.ndarray:
+    return textured_radiograph(2500, 2000, seed=1)
+
+
+def test_a_large_jpeg_decodes_at_half_scale_and_keeps_the_working_size(big_film):
+    decoded = decode_for_model(jpeg_bytes(big_film))
+    assert decoded.pixels.shape == (1250, 1000)
+    assert max(decoded.pixels.shape) >= MAX_WORKING_SIDE
+
+
+@pytest.mark.parametrize("size", [(2047, 3001), (4100, 900), (7000, 7000), (9000, 3000), (1500, 1200)])
+def test_the_decoded_longer_side_never_drops_below_the_working_side(size):
+    width, height = size
+    image = Image.new("L", size, 90)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG")
+    pixels = decode_image_bytes(buffer.getvalue(), working_side=MAX_WORKING_SIDE).pixels
+    assert max(pixels.shape) >= min(MAX_WORKING_SIDE, max(size))
+    assert pixels.shape[0] * width == pytest.approx(pixels.shape[1] * height, rel=0.01)
+
+
+def test_draft_size_rounds_up():
+    assert draft_size(2000, 2500, 1024) == (820, 1024)
+    assert draft_size(1025, 3, 1024) == (1024, 3)
+
+
+def test_the_model_input_barely_changes_with_reduced_decoding(big_film):
+    data = jpeg_bytes(big_film)
+    full = preprocess(decode_image_bytes(data).pixels).astype(int)
+    reduced = preprocess(decode_for_model(data).pixels).astype(int)
+    difference = np.abs(full - reduced)
+    assert difference.mean() < 0.5  # grey levels of 255
+    assert np.percentile(difference, 99) <= 3
+
+
+def test_small_jpegs_and_other_formats_decode_at_full_size(big_film):
+    small = jpeg_bytes(big_film[:1500, :1200])  # under twice the working side: no DCT scale fits
+    assert decode_for_model(small).pixels.shape == (1500, 1200)
+    png = png_bytes(np.round(big_film * 255).astype(np.uint8))
+    assert decode_for_model(png).pixels.shape == (2500, 2000)
+
+
+def test_a_truncated_large_jpeg_is_still_flagged_at_reduced_size(big_film):
+    data = jpeg_bytes(big_film)
+    decoded = decode_for_model(data[: int(len(data) * 0.6)])
+    assert decoded.incomplete is not None
+    assert 16 <= decoded.pixels.shape[0] < 1250
+    assert not np.allclose(decoded.pixels[-1, -16:], 128 / 255, atol=0.5 / 255)
+
+
+def test_the_opencv_grey_png_path_gives_pillows_pixels(big_film):
+    grey = np.round(big_film * 255).astype(np.uint8)
+    data = png_bytes(grey)
+    pillow = pil_to_gray(Image.open(io.BytesIO(data)), [])
+    assert np.array_equal(decode_image_bytes(data).pixels, pillow)
+
+
+def test_a_grey_png_with_an_orientation_tag_is_still_turned():
+    grey = np.zeros((40, 60), np.uint8)
+    grey[:, :10] = 255  # a bright band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: turn 90 degrees clockwise to show
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, format="PNG", exif=exif.tobytes())
+    pixels = decode_image_bytes(buffer.getvalue()).pixels
+    assert pixels.shape == (60, 40)
+    assert pixels[:10].mean() == 1.0  # the band is now on top
