@@ -85,14 +85,16 @@ def assert_same_records(a: list[dict], b: list[dict]) -> None:
                 assert other["probabilities"][name] == pytest.approx(value, abs=1e-12)
 
 
-def test_ray_gives_the_local_records(local_ray, archive, tmp_path, monkeypatch):
+@pytest.mark.parametrize("decode", ["actor", "tasks"])
+def test_ray_gives_the_local_records(local_ray, archive, tmp_path, monkeypatch, decode):
     from utils.cli import main
 
     monkeypatch.chdir(archive.parent)  # relative paths, named alike by both engines
     source = archive.name
     local = local_records([source], tmp_path)
     assert len(local) == 50 and sum(bool(r["error"]) for r in local) == 6
-    status = main(["predict", source, "--engine", "ray", "--output", str(tmp_path / "ray_out"), "--workers", "2"])
+    command = ["predict", source, "--engine", "ray", "--output", str(tmp_path / "ray_out"), "--workers", "2"]
+    status = main([*command, "--ray-decode", decode])
     assert status == 1  # some inputs failed, as the local CLI says too
     assert_same_records(local, ray_records(tmp_path / "ray_out"))
 

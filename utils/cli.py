@@ -171,6 +171,7 @@ def run_ray(args) -> int:
             batch_size=args.batch_size,
             model_dir=args.model_dir,
             precision=args.precision,
+            decode=args.ray_decode,
         )
         summary = ray_batch.run(args.paths, args.output, options, log=lambda m: print(m, file=sys.stderr))
     except (ModelBundleError, ValueError) as exc:
@@ -226,6 +227,13 @@ def add_predict_command(commands: Any) -> None:
     )
     predict.add_argument(
         "--workers", type=int, default=1, help="with --engine ray: classifier actors (each loads the model once)"
+    )
+    predict.add_argument(
+        "--ray-decode",
+        choices=("actor", "tasks"),
+        default="actor",
+        help="with --engine ray: decode inside the classifier actors (default; fastest on one machine) "
+        "or in separate tasks (a cluster can run them on other nodes)",
     )
     predict.add_argument(
         "--precision",

@@ -4,10 +4,13 @@
 
 - Inputs: local files and folders (expanded as the local CLI does: recursive, sorted, hidden
   entries skipped) or any URI pyarrow's filesystems read (s3://, gs://, hdfs://, file://).
-- The bytes are read by `ray.data.read_binary_files`; decoding and preprocessing run in
-  `map_batches` tasks (`utils.core.classifier.prepare_input`, the same code as the local path);
-  classification runs in an actor pool whose actors load the bundle once each; Ray's writers
-  write JSON lines, CSV or Parquet with the local CLI's record schema.
+- The bytes are read by `ray.data.read_binary_files`; classification runs in an actor pool
+  whose actors load the bundle once each. Decoding and preprocessing
+  (`utils.core.classifier.prepare_input`, the same code as the local path) run inside those
+  actors, in threads (`--ray-decode actor`, the default: on one machine it avoids sending
+  every decoded film through the object store), or in separate `map_batches` tasks
+  (`--ray-decode tasks`, which a cluster can place on other nodes). Ray's writers write JSON
+  lines, CSV or Parquet with the local CLI's record schema.
 - Resumable: records already in the output folder are read first and their inputs skipped.
 - A bad file gives its error record and stops nothing.
 
@@ -22,6 +25,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ from utils.core.decode import is_incomplete_warning
 from utils.core.record import csv_row
 
 FORMATS = ("jsonl", "csv", "parquet")
+DECODE_PLACES = ("actor", "tasks")
 DECODE_CPUS = 0.5  # the CPU reservation of a read or decode task
 OBJECT_STORE_BUDGET = 256 * 2**20  # bytes of blocks in flight (see quiet_ray)
 FILE_SUFFIX = {"jsonl": "json", "csv": "csv", "parquet": "parquet"}
@@ -172,15 +177,41 @@ def decode_batch(
     }
 
 
-class ClassifyBatch:
-    """map_batches actor: loads the bundle once, then classifies the decoded batches."""
+@dataclass(frozen=True)
+class DecodeInActor:
+    """What an actor needs to decode the raw bytes itself (decode="actor")."""
 
-    def __init__(self, model_dir: str | None, preset: str, precision: str, threads: int):
+    roots: list[tuple[str, str]]
+    input_size: int
+    max_bytes: int
+    threads: int
+
+
+class ClassifyBatch:
+    """map_batches actor: loads the bundle once, then classifies batches: decoded ones, or raw
+    bytes that it decodes first in its own threads (decode="actor")."""
+
+    def __init__(
+        self, model_dir: str | None, preset: str, precision: str, threads: int, decode: DecodeInActor | None = None
+    ):
         bundle = load_bundle(Path(model_dir) if model_dir else None, load_keras=False)
         self.classifier = Classifier(bundle, make_engine(bundle, precision=precision, threads=threads), precision)
         self.preset = preset
+        self.decode = decode
+        self.pool = ThreadPoolExecutor(max_workers=decode.threads) if decode else None
+
+    def decoded(self, batch: dict) -> dict:
+        if self.decode is None or "bytes" not in batch or self.pool is None:
+            return batch
+        d = self.decode
+        parts = [
+            {"path": batch["path"][i : i + 1], "bytes": batch["bytes"][i : i + 1]} for i in range(len(batch["path"]))
+        ]
+        done = list(self.pool.map(lambda part: decode_batch(part, d.roots, d.input_size, d.max_bytes), parts))
+        return {key: np.concatenate([part[key] for part in done]) for key in done[0]}
 
     def __call__(self, batch: dict) -> dict:
+        batch = self.decoded(batch)
         predictions = []
         for i, path in enumerate(batch["path"]):
             prediction = Prediction(
@@ -230,6 +261,10 @@ class RayOptions:
     batch_size: int = 8
     model_dir: Path | None = None
     precision: str = "float32"
+    # "actor": the classifier actors decode the bytes themselves (no decoded films through the
+    # object store; fastest on one machine); "tasks": separate decode tasks, which a cluster
+    # can spread over other nodes than the actors'.
+    decode: str = "actor"
 
 
 def run(
@@ -239,6 +274,8 @@ def run(
     import ray  # noqa: PLC0415  (Ray is optional (requirements-scale.txt))
 
     options = options or RayOptions()
+    if options.decode not in DECODE_PLACES:
+        raise ValueError(f"decode must be one of {', '.join(DECODE_PLACES)}, not {options.decode!r}")
     paths = input_paths(sources)
     output.mkdir(parents=True, exist_ok=True)
     done = recorded_paths(output, options.fmt)
@@ -252,41 +289,48 @@ def run(
     missing = [p for p in todo if not is_uri(p) and not os.path.isfile(read_path(p))]
     readable = [read_path(p) for p in todo if p not in set(missing)]
     quiet_ray()
-    cpus = float(ray.cluster_resources().get("CPU", 1))
-    # Each actor's interpreter uses its share of the cores; the actors reserve less than all
-    # of them so that the decode tasks always find a slot (else a 2-core node would starve).
-    threads = max(1, int(cpus) // max(options.workers, 1))
-    actor_cpus = min(1.0, max(0.25, (cpus - DECODE_CPUS) / options.workers))
-    datasets = []
-    if readable:
-        data = ray.data.read_binary_files(readable, include_paths=True, num_cpus=DECODE_CPUS)
-        data = data.map_batches(
-            decode_batch,  # type: ignore[arg-type]  # Ray types a UDF without the fn_kwargs it is given
-            fn_kwargs={"roots": source_roots(sources), "input_size": bundle.input_size, "max_bytes": MAX_FILE_BYTES},
-            batch_size=options.batch_size,
-            batch_format="numpy",
-            num_cpus=DECODE_CPUS,
-        )
-        datasets.append(
-            data.map_batches(
-                ClassifyBatch,
-                fn_constructor_kwargs={
-                    "model_dir": str(options.model_dir) if options.model_dir else None,
-                    "preset": options.preset,
-                    "precision": options.precision,
-                    "threads": threads,
-                },
-                compute=ray.data.ActorPoolStrategy(size=options.workers),
-                batch_size=options.batch_size,
-                batch_format="numpy",
-                num_cpus=actor_cpus,
-            )
-        )
+    datasets = [classified(ray, readable, sources, bundle.input_size, options)] if readable else []
     if missing:
         datasets.append(ray.data.from_items([Prediction(name=p, error="No such file.").as_record() for p in missing]))
     write_records(datasets[0] if len(datasets) == 1 else datasets[0].union(*datasets[1:]), output, options.fmt)
     summary["classified"] = len(todo)
     return summary
+
+
+def classified(ray: Any, readable: list[str], sources: list[str], input_size: int, options: RayOptions) -> Any:
+    """The Ray dataset of records for the readable inputs: read, decode, classify."""
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    # Each actor's interpreter uses its share of the cores; the actors reserve less than all
+    # of them so that the read and decode tasks always find a slot (else a 2-core node starves).
+    threads = max(1, int(cpus) // max(options.workers, 1))
+    actor_cpus = min(1.0, max(0.25, (cpus - DECODE_CPUS) / options.workers))
+    data = ray.data.read_binary_files(readable, include_paths=True, num_cpus=DECODE_CPUS)
+    roots = source_roots(sources)
+    in_actor = None
+    if options.decode == "actor":
+        in_actor = DecodeInActor(roots, input_size, MAX_FILE_BYTES, threads)
+    else:
+        data = data.map_batches(
+            decode_batch,
+            fn_kwargs={"roots": roots, "input_size": input_size, "max_bytes": MAX_FILE_BYTES},
+            batch_size=options.batch_size,
+            batch_format="numpy",
+            num_cpus=DECODE_CPUS,
+        )
+    return data.map_batches(
+        ClassifyBatch,
+        fn_constructor_kwargs={
+            "model_dir": str(options.model_dir) if options.model_dir else None,
+            "preset": options.preset,
+            "precision": options.precision,
+            "threads": threads,
+            "decode": in_actor,
+        },
+        compute=ray.data.ActorPoolStrategy(size=options.workers),
+        batch_size=options.batch_size,
+        batch_format="numpy",
+        num_cpus=actor_cpus,
+    )
 
 
 def join_or_start_cluster(ray: Any, options: RayOptions) -> None:
