@@ -2,11 +2,13 @@
 peak memory on a big batch. All figures come from one run, side by side.
 
 Usage: python -m benchmarks.batch [--images 200] [--cli-images 96] [--memory-images 10000]
-                                  [--skip-app] [--skip-ray]
+                                  [--runs 3] [--skip-app] [--skip-ray]
 
-1. CLI path (read, decode, preprocess, classify) over synthetic 2,000 x 2,500 JPEGs in a
-   folder, images per second: float32 with batches one after the other (the path before the
-   overlap) against the int8 engine with decoding overlapped (the default now), and batch 1.
+1. CLI path (read, decode, preprocess, classify, decoding overlapped with the model) over
+   2,000 x 2,500 JPEGs that compress like real films (benchmarks.fixtures.textured_radiograph),
+   images per second, --runs times in turn: the path before reduced decoding
+   (training.decode_equivalence.reference_path) against the shipped path, with the int8 and
+   the float32 engine, and batch 1; median and spread, and the ratio within each run.
 2. Ray Data (`--engine ray`, int8) on the same folder with 1 and 2 workers, on a local
    cluster started beforehand (the cluster's start is not counted; the actors' model
    loading is).
@@ -34,7 +36,8 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from benchmarks.fixtures import synthetic_radiograph
+from benchmarks.fixtures import jpeg_bytes, synthetic_radiograph, textured_radiograph
+from training.decode_equivalence import reference_path
 from utils.adapters import ray_batch
 from utils.cli import expand_paths, predict_paths
 from utils.core.bundle import load_bundle
@@ -46,15 +49,13 @@ HEIGHT, WIDTH = 2500, 2000
 
 
 def synthetic_jpegs(count: int) -> list[tuple[str, bytes]]:
-    sys.path.insert(0, str(REPO))
-
-    base = synthetic_radiograph(HEIGHT, WIDTH, seed=0)
+    """Films that compress like real ones (benchmarks.fixtures.textured_radiograph, JPEG
+    quality 92, about 320 kB): smooth synthetic films decode faster than real ones."""
+    bases = [textured_radiograph(HEIGHT, WIDTH, seed=seed) for seed in range(4)]
     files = []
     for i in range(count):
-        shifted = np.roll(base, 17 * i, axis=1)  # distinct files, same statistics
-        buffer = io.BytesIO()
-        Image.fromarray((shifted * 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
-        files.append((f"img{i:04d}.jpg", buffer.getvalue()))
+        shifted = np.roll(bases[i % len(bases)], 17 * i, axis=1)  # distinct files, same statistics
+        files.append((f"img{i:04d}.jpg", jpeg_bytes(shifted)))
     return files
 
 
@@ -76,6 +77,25 @@ print(json.dumps({"rows": rows, "rss_before_upload": before,
                   "peak_rss": int(next(line for line in open("/proc/self/status")
                                        if line.startswith("VmHWM:")).split()[1]) * 1024}))
 """
+
+
+def cli_figures(bundle, folder: Path, runs: int) -> dict:
+    """Images/s of the CLI's paths, `runs` times each in turn, so that a busy spell of the
+    machine hits all of them: the path before reduced decoding (int8, decode overlapped),
+    the shipped path with each engine, and batch 1. Ratios are taken within each run."""
+    engines = {"int8": Classifier(bundle, precision="int8"), "float32": Classifier(bundle)}
+    cli_throughput(engines["int8"], folder, 8)  # warm-up: caches, thread pools
+    rows: dict[str, list[float]] = {}
+    for _ in range(runs):
+        with reference_path():
+            rows.setdefault("cli_ips_int8_before", []).append(cli_throughput(engines["int8"], folder, 8))
+        rows.setdefault("cli_ips_int8", []).append(cli_throughput(engines["int8"], folder, 8))
+        rows.setdefault("cli_ips_float32", []).append(cli_throughput(engines["float32"], folder, 8))
+        rows.setdefault("cli_ips_int8_batch1", []).append(cli_throughput(engines["int8"], folder, 1))
+    rows["cli_speedup"] = [a / b for a, b in zip(rows["cli_ips_int8"], rows["cli_ips_int8_before"])]
+    figures: dict = {f"{k}_runs": v for k, v in rows.items()}
+    figures.update({k: float(np.median(v)) for k, v in rows.items()})
+    return figures
 
 
 def cli_throughput(classifier, folder: Path, batch_size: int, decode_workers: int = 2) -> float:
@@ -162,8 +182,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--memory-images", type=int, default=10000)
     parser.add_argument("--skip-app", action="store_true")
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--runs", type=int, default=3, help="CLI runs (median and spread reported)")
     args = parser.parse_args(argv)
-    figures = {"cores": os.cpu_count(), "image": f"{WIDTH}x{HEIGHT} JPEG"}
+    figures = {"cores": os.cpu_count(), "image": f"textured {WIDTH}x{HEIGHT} JPEG, quality 92"}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for name, data in synthetic_jpegs(max(args.images, args.cli_images)):
@@ -175,18 +196,11 @@ def main(argv=None) -> dict:
         sys.path.insert(0, str(REPO))
 
         bundle = load_bundle(load_keras=False)
-        before, now = Classifier(bundle), Classifier(bundle, precision="int8")
-        cli_throughput(now, cli_folder, 8)  # warm-up: caches, thread pools
-        figures["cli_ips_float32_sequential"] = cli_throughput(before, cli_folder, 8, decode_workers=0)
-        figures["cli_ips_int8_overlap"] = cli_throughput(now, cli_folder, 8)
-        figures["cli_ips_int8_overlap_batch1"] = cli_throughput(now, cli_folder, 1)
-        figures["cli_speedup"] = figures["cli_ips_int8_overlap"] / figures["cli_ips_float32_sequential"]
+        figures.update(cli_figures(bundle, cli_folder, args.runs))
         if not args.skip_ray:
             figures.update(ray_figures(cli_folder, folder, args.memory_images))
             for workers in (1, 2):
-                figures[f"ray_{workers}_vs_cli"] = (
-                    figures[f"ray_ips_{workers}_workers"] / figures["cli_ips_int8_overlap"]
-                )
+                figures[f"ray_{workers}_vs_cli"] = figures[f"ray_ips_{workers}_workers"] / figures["cli_ips_int8"]
         if args.skip_app:
             print_figures(figures)
             return figures
@@ -213,19 +227,23 @@ def main(argv=None) -> dict:
     return figures
 
 
+def spread(figures: dict, key: str) -> str:
+    runs = figures.get(f"{key}_runs", [figures[key]])
+    return f"{figures[key]:8.2f} ({min(runs):.2f}-{max(runs):.2f})"
+
+
 def print_figures(figures: dict) -> None:
-    print(f"{figures['cores']} cores, synthetic {figures['image']}")
-    print(f"CLI float32, batches in turn     {figures['cli_ips_float32_sequential']:8.2f} images/s")
-    print(
-        f"CLI int8 + decode overlap        {figures['cli_ips_int8_overlap']:8.2f} images/s "
-        f"({figures['cli_speedup']:.2f}x; target 2.5x of 12.4 = 31.0)"
-    )
-    print(f"CLI int8 + overlap, batch 1      {figures['cli_ips_int8_overlap_batch1']:8.2f} images/s")
+    print(f"{figures['cores']} cores, {figures['image']}: median images/s (min-max over runs)")
+    print(f"CLI int8, path before reduced decoding  {spread(figures, 'cli_ips_int8_before')}")
+    print(f"CLI int8, shipped path (the default)    {spread(figures, 'cli_ips_int8')}")
+    print(f"CLI float32, shipped path               {spread(figures, 'cli_ips_float32')}")
+    print(f"CLI int8, shipped path, batch 1         {spread(figures, 'cli_ips_int8_batch1')}")
+    print(f"shipped / before, within each run       {spread(figures, 'cli_speedup')}  (target >= 2x, >= 31 images/s)")
     for workers in (1, 2):
         if f"ray_ips_{workers}_workers" in figures:
             print(
                 f"Ray, {workers} worker(s)                {figures[f'ray_ips_{workers}_workers']:8.2f} images/s "
-                f"({figures[f'ray_{workers}_vs_cli']:.0%} of the CLI; target >= 85%)"
+                f"({figures[f'ray_{workers}_vs_cli']:.0%} of the CLI; target >= 80%)"
             )
     if "ray_memory_growth" in figures:
         counts = sorted(int(k.rsplit("_", 1)[1]) for k in figures if k.startswith("ray_peak_rss_mb_"))
