@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 from urllib.parse import unquote, urlsplit
 
 import streamlit as st
 
 from ui.history import pretty, record_history, show_history
 from ui.pacs_panel import show_pacs
+from ui.settings import BATCH_FILE_LIMIT, BATCH_SIZE, INFERENCE_SLOTS
+from ui.work_queue import WorkQueue
 from utils.adapters.url_input import UrlRefused, fetch_image_bytes
 from utils.core.bundle import ModelBundleError, bundle_dir, load_bundle, serving_precision
 from utils.core.classifier import Classifier, Prediction
@@ -42,7 +45,6 @@ URL_HELP = (
     "BONE_XRAY_URL_ALLOW=10.20.0.0/16 (see the README). The image is kept in memory only, up to the "
     "upload size limit."
 )
-BATCH_SIZE = 8
 
 
 @st.cache_resource(show_spinner="Loading the model (once per server)...")
@@ -51,6 +53,11 @@ def get_classifier(directory: str) -> Classifier:
     classifier = Classifier(bundle, precision=serving_precision(bundle.metadata))
     # One line per process: the browser load test counts these to prove the model is shared.
     print(f"bone-xray: model {classifier.bundle.metadata['sha256'][:12]} loaded ({classifier.engine.name})", flush=True)
+    # Streamlit runs a full garbage collection after every script run (runner.postScriptGC),
+    # and it walked every object the server and the model had loaded: 0.1-0.4 s per rerun,
+    # holding the GIL, so the verdict waited for it. The objects alive now stay alive for the
+    # server's life; freezing them leaves each collection only what the sessions create.
+    gc.freeze()
     return classifier
 
 
@@ -105,18 +112,45 @@ def show_sidebar(classifier: Classifier) -> str:
     return preset
 
 
+@st.cache_resource
+def get_work_queue() -> WorkQueue:
+    """One queue for the whole server: every session's decoding and model work takes turns."""
+    return WorkQueue(INFERENCE_SLOTS)
+
+
+def queued():
+    """A slot of the server's work queue, telling the user how many are ahead while waiting."""
+    note = st.empty()
+
+    def waiting(ahead: int) -> None:
+        note.caption(f"Other people's films are being classified; {ahead + 1} in the queue before yours.")
+
+    return get_work_queue().slot(on_wait=waiting), note
+
+
+def classify_chunk(classifier: Classifier, chunk, preset_name: str) -> list:
+    slot, note = queued()
+    with slot:
+        note.empty()
+        items = [(u.name, u.getvalue()) for u in chunk]
+        return classifier.predict_many(items, preset=preset_name, batch_size=BATCH_SIZE)
+
+
 def classify_uploads(classifier: Classifier, uploads, preset_name: str) -> list:
     """Classify each upload once per session; only the small model input is kept, not the bytes."""
+    if len(uploads) > BATCH_FILE_LIMIT:
+        st.info(
+            f"{len(uploads)} files were given; the first {BATCH_FILE_LIMIT} are classified. "
+            f"Upload the others as another batch of at most {BATCH_FILE_LIMIT}."
+        )
+        uploads = uploads[:BATCH_FILE_LIMIT]
     results = st.session_state.setdefault("results", {})
     fresh = [u for u in uploads if u.file_id not in results]
     if fresh:
         bar = st.progress(0.0, text=f"Classifying {len(fresh)} image(s)...")
         for start in range(0, len(fresh), BATCH_SIZE):
             chunk = fresh[start : start + BATCH_SIZE]
-            predictions = classifier.predict_many(
-                [(u.name, u.getvalue()) for u in chunk], preset=preset_name, batch_size=BATCH_SIZE
-            )
-            for upload, prediction in zip(chunk, predictions):
+            for upload, prediction in zip(chunk, classify_chunk(classifier, chunk, preset_name)):
                 results[upload.file_id] = prediction
                 record_history(upload.name, prediction)
             done = min(start + BATCH_SIZE, len(fresh))
@@ -136,7 +170,11 @@ def classify_url(classifier: Classifier, url: str, preset_name: str) -> tuple[st
     if key not in results:
         with st.spinner("Fetching the image..."):
             try:
-                prediction = classifier.predict_bytes(url, fetch_image_bytes(url), preset=preset_name)
+                data = fetch_image_bytes(url)
+                slot, note = queued()
+                with slot:
+                    note.empty()
+                    prediction = classifier.predict_bytes(url, data, preset=preset_name)
             except UrlRefused as exc:
                 prediction = Prediction(
                     name=url,

@@ -6,6 +6,7 @@ import datetime as dt
 
 import streamlit as st
 
+from ui import settings
 from utils.core.verdict import verdict_style
 
 
@@ -15,6 +16,7 @@ def pretty(label: str) -> str:
 
 def clear_history() -> None:
     st.session_state["history"] = []
+    st.session_state["history_total"] = 0
 
 
 def history_verdict(entry: dict) -> str:
@@ -28,18 +30,27 @@ def history_verdict(entry: dict) -> str:
 def show_history(box) -> None:
     """Filled at the end of a run, so it lists this run's verdicts too."""
     history = st.session_state.get("history", [])
+    total = st.session_state.get("history_total", len(history))
     with box:
-        st.header(f"This session ({len(history)})")
+        st.header(f"This session ({total})")
         if history:
-            st.markdown("\n".join(f"- {h['time']} {h['name']}: {history_verdict(h)}" for h in history[-50:]))
+            st.markdown("\n".join(f"- {h['time']} {h['name']}: {history_verdict(h)}" for h in history))
+            if total > len(history):
+                st.caption(
+                    f"A session keeps its latest {settings.HISTORY_LIMIT} verdicts; the {total - len(history)} "
+                    "older ones were dropped."
+                )
             st.button("Clear history", on_click=clear_history)
         else:
             st.caption("Verdicts of this session appear here; nothing is kept after you leave.")
 
 
 def record_history(name: str, prediction) -> None:
+    """Add a verdict; a session keeps at most HISTORY_LIMIT (ui.settings), dropping the oldest."""
     if prediction.label:
-        st.session_state.setdefault("history", []).append(
+        history = st.session_state.setdefault("history", [])
+        st.session_state["history_total"] = st.session_state.get("history_total", len(history)) + 1
+        history.append(
             {
                 "time": dt.datetime.now().strftime("%H:%M:%S"),
                 "name": name,
@@ -49,3 +60,4 @@ def record_history(name: str, prediction) -> None:
                 "flag": verdict_style(prediction.label, prediction.uncertain, prediction.not_xray).kind,
             }
         )
+        del history[: -settings.HISTORY_LIMIT]

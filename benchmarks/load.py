@@ -1,0 +1,290 @@
+"""Load benchmark: N people using one app server at once, in real browsers.
+
+Usage: python -m benchmarks.load [--sessions 1 5 10 20] [--seconds 300] [--app-commit REV]
+       (needs Debian chromium, as the browser tests do)
+
+For each N, one `streamlit run app.py` serves N browser contexts (separate cookies: separate
+Streamlit sessions) of one Chromium. Each session loops until --seconds have passed: it
+uploads the next film of a mix (a 5-megapixel JPEG, a 50 kB JPEG, a 16-bit PNG, a DICOM and
+one broken file), waits for its verdict (or its error message), turns the heatmap on and
+downloads the PDF. It reports, per N: uploads, upload-to-verdict median and 95th percentile
+(all films, and per film kind), errors (a verdict or message that never came, a page error)
+and dropped sessions, and the server's peak RSS and its change over the last 3 minutes
+(sampled every 0.5 s, the server and its children).
+
+--app-commit REV serves the app as it was at that commit (a temporary git worktree, the same
+Python environment), so that a change is measured against what it replaced on the same
+machine in the same hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+from pydicom import dcmwrite
+
+from benchmarks.fixtures import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    free_port,
+    jpeg_bytes,
+    make_dicom,
+    png_bytes,
+    textured_radiograph,
+    wait_healthy,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DISCLAIMER = "Not a medical device and not for diagnosis"
+BROKEN_MESSAGE = "not an image this app can read"
+VERDICT_TIMEOUT_MS = 600_000
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+
+
+def film_mix() -> dict[str, tuple[str, str, bytes]]:
+    """{kind: (suffix, mime type, bytes)}: the films every session cycles through."""
+    dicom = io.BytesIO()
+    pixels = np.round(textured_radiograph(1500, 1200, seed=3) * 4095).astype(np.uint16)
+    dcmwrite(dicom, make_dicom(pixels), enforce_file_format=True)
+    return {
+        "jpeg_5mp": ("jpg", "image/jpeg", jpeg_bytes(textured_radiograph(2500, 2000, seed=1))),
+        "jpeg_50kb": ("jpg", "image/jpeg", jpeg_bytes(textured_radiograph(1000, 800, seed=2))),
+        "png16": (
+            "png",
+            "image/png",
+            png_bytes(np.round(textured_radiograph(1500, 1200, seed=4) * 65535).astype(np.uint16)),
+        ),
+        "dicom": ("dcm", "application/dicom", dicom.getvalue()),
+        "broken": ("png", "image/png", b"this is not an image, whatever its name says"),
+    }
+
+
+@dataclass
+class SessionLog:
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    dropped: bool = False
+
+
+class ServerMemory:
+    """RSS of the server and its children, sampled every `interval` seconds: (time, bytes)."""
+
+    def __init__(self, pid: int, interval: float = 0.5):
+        self.process, self.interval, self.samples = psutil.Process(pid), interval, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                total = sum(p.memory_info().rss for p in [self.process, *self.process.children(recursive=True)])
+                self.samples.append((time.perf_counter(), total))
+            except psutil.Error:
+                pass
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> ServerMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def figures(self) -> dict[str, float]:
+        times = np.array([t for t, _ in self.samples])
+        rss = np.array([r for _, r in self.samples], dtype=np.float64) / 2**20
+        last = times >= times[-1] - 180
+        return {
+            "peak_rss_mb": float(rss.max()),
+            "rss_last_3_min_start_mb": float(rss[last][0]),
+            "rss_last_3_min_peak_mb": float(rss[last].max()),
+            "rss_end_mb": float(rss[-1]),
+        }
+
+
+async def one_upload(page, name: str, film: tuple[str, str, bytes], count: int) -> None:
+    """Upload one film and wait for what it brings: the history grows, or the error shows."""
+    suffix, mime, data = film
+    await page.locator("input[type=file]").set_input_files({"name": name, "mimeType": mime, "buffer": data})
+    if data.startswith(b"this is not an image"):
+        await page.get_by_text(BROKEN_MESSAGE).first.wait_for(timeout=VERDICT_TIMEOUT_MS)
+    else:
+        await page.get_by_text(f"This session ({count})").wait_for(timeout=VERDICT_TIMEOUT_MS)
+        await page.get_by_text("Verdict:").first.wait_for(timeout=VERDICT_TIMEOUT_MS)
+
+
+async def until_idle(page) -> None:
+    """Until the app's script run has ended (a button clicked mid-run may belong to the old run)."""
+    await page.wait_for_timeout(300)
+    await page.wait_for_selector(IDLE, timeout=VERDICT_TIMEOUT_MS)
+
+
+async def heatmap_and_pdf(page) -> None:
+    await until_idle(page)
+    await page.get_by_text("Show heatmap").first.click()
+    await until_idle(page)
+    async with page.expect_download(timeout=VERDICT_TIMEOUT_MS) as download:
+        await page.get_by_text("PDF report for this image").first.click()
+    path = await (await download.value).path()
+    if not Path(path).read_bytes().startswith(b"%PDF"):
+        raise RuntimeError("the PDF download is not a PDF")
+
+
+async def session(browser, url: str, films: dict, deadline: float, index: int) -> SessionLog:
+    log = SessionLog()
+    context = await browser.new_context(accept_downloads=True)
+    page = await context.new_page()
+    page.on("pageerror", lambda error: log.errors.append(f"page error: {error}"))
+    try:
+        await page.goto(url, wait_until="domcontentloaded")
+        await page.get_by_text(DISCLAIMER).wait_for(timeout=VERDICT_TIMEOUT_MS)
+        kinds, verdicts, upload = list(films), 0, 0
+        while time.perf_counter() < deadline:
+            kind = kinds[(index + upload) % len(kinds)]
+            upload += 1
+            started = time.perf_counter()
+            try:
+                verdicts += kind != "broken"
+                await one_upload(page, f"s{index:02d}_u{upload:03d}_{kind}.{films[kind][0]}", films[kind], verdicts)
+                log.latencies.setdefault(kind, []).append(time.perf_counter() - started)
+                if kind != "broken":
+                    await heatmap_and_pdf(page)
+            except Exception as exc:  # a timeout or a lost page: counted, and the session goes on
+                log.errors.append(f"{kind}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+                if page.is_closed():
+                    log.dropped = True
+                    break
+                await page.reload()
+                await page.get_by_text(DISCLAIMER).wait_for(timeout=VERDICT_TIMEOUT_MS)
+                verdicts = 0  # a reload starts a new Streamlit session: its history is empty
+    finally:
+        await context.close()
+    return log
+
+
+@contextmanager
+def app_checkout(commit: str | None) -> Iterator[Path]:
+    """The repository, or a temporary worktree of it at `commit`."""
+    if commit is None:
+        yield REPO
+        return
+    with tempfile.TemporaryDirectory() as parent:
+        folder = Path(parent) / "app"
+        subprocess.run(["git", "worktree", "add", "--detach", str(folder), commit], cwd=REPO, check=True)
+        try:
+            yield folder
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(folder)], cwd=REPO, check=False)
+
+
+def start_server(port: int, log_file, app_dir: Path) -> subprocess.Popen:
+    args = ["app.py", "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true"]
+    command = [sys.executable, "-m", "streamlit", "run", *args]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(app_dir))
+    return subprocess.Popen(command, cwd=app_dir, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+
+
+async def run_sessions(url: str, films: dict, sessions: int, seconds: float) -> list[SessionLog]:
+    from playwright.async_api import async_playwright  # noqa: PLC0415  (a browser only when this benchmark runs)
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        deadline = time.perf_counter() + seconds
+        logs = await asyncio.gather(*(session(browser, url, films, deadline, i) for i in range(sessions)))
+        await browser.close()
+    return list(logs)
+
+
+def level_figures(logs: list[SessionLog], memory: dict[str, float]) -> dict:
+    everything = [t for log in logs for times in log.latencies.values() for t in times]
+    per_kind = {}
+    for kind in sorted({k for log in logs for k in log.latencies}):
+        times = [t for log in logs for t in log.latencies.get(kind, [])]
+        per_kind[kind] = {
+            "n": len(times),
+            "median_s": float(np.median(times)),
+            "p95_s": float(np.percentile(times, 95)),
+        }
+    return {
+        "uploads": len(everything),
+        "median_s": float(np.median(everything)) if everything else None,
+        "p95_s": float(np.percentile(everything, 95)) if everything else None,
+        "errors": sum(len(log.errors) for log in logs),
+        "error_examples": [e for log in logs for e in log.errors][:5],
+        "dropped_sessions": sum(log.dropped for log in logs),
+        "per_kind": per_kind,
+        **memory,
+    }
+
+
+def measure_level(sessions: int, seconds: float, films: dict, app_dir: Path) -> dict:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.NamedTemporaryFile("w+", suffix=".log") as log_file:
+        server = start_server(port, log_file, app_dir)
+        try:
+            wait_healthy(url, server)
+            with ServerMemory(server.pid) as memory:
+                logs = asyncio.run(run_sessions(url, films, sessions, seconds))
+            figures = level_figures(logs, memory.figures())
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+        log_file.seek(0)
+        figures["server_tracebacks"] = log_file.read().count("Traceback")
+    return figures
+
+
+def print_table(results: dict[int, dict], commit: str | None) -> None:
+    served = f"the app at {commit}" if commit else "this checkout's app"
+    print(f"{os.cpu_count()} cores, {served}; upload to verdict in seconds")
+    print(
+        "| sessions | uploads | median | p95 | p95 / (N x single median) | errors | dropped | peak RSS MB "
+        "| RSS over the last 3 min MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    single = results.get(1, {}).get("median_s")
+    for n, r in results.items():
+        ratio = f"{r['p95_s'] / (n * single):.2f}" if single and r["p95_s"] else "-"
+        print(
+            f"| {n} | {r['uploads']} | {r['median_s']:.2f} | {r['p95_s']:.2f} | {ratio} | {r['errors']} | "
+            f"{r['dropped_sessions']} | {r['peak_rss_mb']:.0f} | {r['rss_last_3_min_start_mb']:.0f} -> "
+            f"{r['rss_last_3_min_peak_mb']:.0f} (peak) |"
+        )
+    for n, r in results.items():
+        kinds = ", ".join(f"{k} {v['median_s']:.2f}/{v['p95_s']:.2f}" for k, v in r["per_kind"].items())
+        print(f"N={n} median/p95 by film: {kinds}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 5, 10, 20])
+    parser.add_argument("--seconds", type=float, default=300.0, help="how long each level runs")
+    parser.add_argument("--app-commit", help="serve the app as it was at this git commit")
+    args = parser.parse_args(argv)
+    films = film_mix()
+    with app_checkout(args.app_commit) as app_dir:
+        results = {n: measure_level(n, args.seconds, films, app_dir) for n in args.sessions}
+    print_table(results, args.app_commit)
+    print(json.dumps(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
