@@ -9,6 +9,7 @@ import streamlit as st
 
 from ui.history import pretty, record_history, show_history
 from ui.pacs_panel import show_pacs
+from ui.session_sweeper import SessionSweeper
 from ui.settings import BATCH_FILE_LIMIT, BATCH_SIZE, INFERENCE_SLOTS
 from ui.work_queue import WorkQueue
 from utils.adapters.url_input import UrlRefused, fetch_image_bytes
@@ -116,6 +117,12 @@ def show_sidebar(classifier: Classifier) -> str:
 def get_work_queue() -> WorkQueue:
     """One queue for the whole server: every session's decoding and model work takes turns."""
     return WorkQueue(INFERENCE_SLOTS)
+
+
+@st.cache_resource
+def get_session_sweeper() -> SessionSweeper:
+    """One per server: shuts down the sessions whose browsers left (ui/session_sweeper.py)."""
+    return SessionSweeper()
 
 
 def queued():
@@ -372,6 +379,7 @@ def show_batch(classifier: Classifier, items, preset_name: str):
 
 def main() -> None:
     st.set_page_config(page_title="Bone X-ray Classifier", page_icon="🦴", layout="wide")
+    get_session_sweeper().register_current()
     show_header()
     try:
         classifier = get_classifier(str(bundle_dir()))

@@ -135,10 +135,10 @@ class TreeMemory:
         self._thread.join()
 
 
-def ray_throughput(folder: Path, out: Path, workers: int) -> float:
+def ray_throughput(folder: Path, out: Path, workers: int, decode: str = "actor") -> float:
     paths = len(list(folder.glob("*.jpg")))
     start = time.perf_counter()
-    options = ray_batch.RayOptions(workers=workers, precision="int8")
+    options = ray_batch.RayOptions(workers=workers, precision="int8", decode=decode)
     ray_batch.run([str(folder)], out, options, log=lambda m: None)
     return paths / (time.perf_counter() - start)
 
@@ -151,6 +151,7 @@ def ray_figures(folder: Path, tmp: Path, memory_images: int) -> dict:
     try:
         for workers in (1, 2):
             figures[f"ray_ips_{workers}_workers"] = ray_throughput(folder, tmp / f"ray_{workers}", workers)
+        figures["ray_ips_1_workers_decode_tasks"] = ray_throughput(folder, tmp / "ray_tasks", 1, decode="tasks")
         small = io.BytesIO()
         Image.fromarray((synthetic_radiograph(512, 416, seed=3) * 255).astype(np.uint8)).save(
             small, format="JPEG", quality=90
@@ -245,6 +246,11 @@ def print_figures(figures: dict) -> None:
                 f"Ray, {workers} worker(s)                {figures[f'ray_ips_{workers}_workers']:8.2f} images/s "
                 f"({figures[f'ray_{workers}_vs_cli']:.0%} of the CLI; target >= 80%)"
             )
+    if "ray_tasks_vs_cli" in figures:
+        print(
+            f"Ray, 1 worker, decode in tasks       {figures['ray_ips_1_workers_decode_tasks']:8.2f} images/s "
+            f"({figures['ray_tasks_vs_cli']:.0%} of the CLI)"
+        )
     if "ray_memory_growth" in figures:
         counts = sorted(int(k.rsplit("_", 1)[1]) for k in figures if k.startswith("ray_peak_rss_mb_"))
         print(
