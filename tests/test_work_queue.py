@@ -33,10 +33,10 @@ def test_waiters_get_the_slot_in_the_order_they_came():
     holder.start()
     wait_until(lambda: queue.busy() == 1)
     waiters = []
-    for name in "abcde":
+    for count, name in enumerate("abcde", start=1):
         waiters.append(threading.Thread(target=take, args=(name,)))
         waiters[-1].start()
-        wait_until(lambda n=len(waiters): queue.waiting() == n)
+        wait_until(lambda expected=count: queue.waiting() == expected)
     release.set()
     for thread in [holder, *waiters]:
         thread.join(5)

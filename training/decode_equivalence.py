@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
+import cv2
 import numpy as np
 from PIL import Image
 from sklearn.metrics import roc_auc_score
@@ -40,7 +41,7 @@ from utils.core import preprocess as preprocessing
 from utils.core.bundle import DEFAULT_BUNDLE_DIR, load_bundle
 from utils.core.classifier import Classifier, Prediction, model_input_of, prepare_decoded
 from utils.core.decode import decode_image_bytes
-from utils.core.pixels import DecodedImage
+from utils.core.pixels import DecodedImage, InputError
 
 CRITERIA = {"auroc_delta": 0.005, "verdict_agreement": 0.99, "flag_agreement": 0.99}
 LARGE_SIDE = 2500
@@ -70,12 +71,17 @@ def reference_path() -> Iterator[None]:
 
 
 def as_large_jpeg(data: bytes) -> bytes:
-    """The film re-encoded at 5 megapixels (longer side LARGE_SIDE), as a modern detector writes."""
-    image = Image.open(io.BytesIO(data)).convert("L")
-    scale = LARGE_SIDE / max(image.size)
-    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
+    """The film re-encoded at 5 megapixels (longer side LARGE_SIDE), as a modern detector writes.
+    Read through the app's decoder, so that a truncated original is re-encoded as far as it goes."""
+    try:
+        pixels = decode_image_bytes(data).pixels
+    except InputError:
+        return data  # unreadable: both paths give the same error
+    scale = LARGE_SIDE / max(pixels.shape)
+    size = (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale))
+    large = np.clip(cv2.resize(pixels, size, interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=LARGE_QUALITY)
+    Image.fromarray(np.round(large * 255).astype(np.uint8)).save(buffer, format="JPEG", quality=LARGE_QUALITY)
     return buffer.getvalue()
 
 
@@ -254,6 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
         results = {name: measure_set(classifier, items, convert) for name, (items, _) in sets.items()}
         summary["forms"][form] = summarise_form(results, labels, presets)
         print(f"{form}: done", flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=1))  # each form as it is done
     summary["passed"] = all(block["passed"] for block in summary["forms"].values())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1))
