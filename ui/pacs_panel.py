@@ -7,6 +7,7 @@ import os
 import streamlit as st
 
 from ui.history import record_history
+from ui.settings import BATCH_SIZE
 from utils.adapters.pacs import (
     PacsConfig,
     PacsError,
@@ -17,8 +18,6 @@ from utils.adapters.pacs import (
     store_results,
 )
 from utils.core.classifier import Classifier
-
-BATCH_SIZE = 8
 
 
 def pacs_config():
