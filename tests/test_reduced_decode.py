@@ -1,5 +1,7 @@
-"""Decoding at reduced size: JPEGs decode at a DCT scale that still covers the working size,
-the model input barely moves, and lossless fast paths give the very same pixels."""
+"""Decoding at reduced size (the decoder's working_side option, measured by the decoding
+equivalence check and not shipped): JPEGs decode at a DCT scale that still covers the working
+size and the model input barely moves; serving decodes at full size; the lossless OpenCV PNG
+path gives the very same pixels."""
 
 from __future__ import annotations
 
@@ -14,13 +16,17 @@ from utils.core.decode import decode_image_bytes, draft_size, pil_to_gray
 from utils.core.preprocess import MAX_WORKING_SIDE, decode_for_model, preprocess
 
 
+def reduced(data: bytes):
+    return decode_image_bytes(data, working_side=MAX_WORKING_SIDE)
+
+
 @pytest.fixture(scope="module")
 def big_film() -> np.ndarray:
     return textured_radiograph(2500, 2000, seed=1)
 
 
 def test_a_large_jpeg_decodes_at_half_scale_and_keeps_the_working_size(big_film):
-    decoded = decode_for_model(jpeg_bytes(big_film))
+    decoded = reduced(jpeg_bytes(big_film))
     assert decoded.pixels.shape == (1250, 1000)
     assert max(decoded.pixels.shape) >= MAX_WORKING_SIDE
 
@@ -44,22 +50,27 @@ def test_draft_size_rounds_up():
 def test_the_model_input_barely_changes_with_reduced_decoding(big_film):
     data = jpeg_bytes(big_film)
     full = preprocess(decode_image_bytes(data).pixels).astype(int)
-    reduced = preprocess(decode_for_model(data).pixels).astype(int)
-    difference = np.abs(full - reduced)
+    small = preprocess(reduced(data).pixels).astype(int)
+    difference = np.abs(full - small)
     assert difference.mean() < 0.5  # grey levels of 255
     assert np.percentile(difference, 99) <= 3
 
 
 def test_small_jpegs_and_other_formats_decode_at_full_size(big_film):
     small = jpeg_bytes(big_film[:1500, :1200])  # under twice the working side: no DCT scale fits
-    assert decode_for_model(small).pixels.shape == (1500, 1200)
+    assert reduced(small).pixels.shape == (1500, 1200)
     png = png_bytes(np.round(big_film * 255).astype(np.uint8))
-    assert decode_for_model(png).pixels.shape == (2500, 2000)
+    assert reduced(png).pixels.shape == (2500, 2000)
+
+
+def test_serving_decodes_at_full_size(big_film):
+    """Reduced decoding failed the equivalence check, so the shipped path does not use it."""
+    assert decode_for_model(jpeg_bytes(big_film)).pixels.shape == (2500, 2000)
 
 
 def test_a_truncated_large_jpeg_is_still_flagged_at_reduced_size(big_film):
     data = jpeg_bytes(big_film)
-    decoded = decode_for_model(data[: int(len(data) * 0.6)])
+    decoded = reduced(data[: int(len(data) * 0.6)])
     assert decoded.incomplete is not None
     assert 16 <= decoded.pixels.shape[0] < 1250
     assert not np.allclose(decoded.pixels[-1, -16:], 128 / 255, atol=0.5 / 255)

@@ -1,12 +1,13 @@
 """Does decoding at reduced size change what the model says? The decoding equivalence check.
 
-Usage: python -m training.decode_equivalence [--bundle-dir model] [--precision int8]
-                                             [--out model/eval/decode_equivalence.json]
+Usage: python -m training.decode_equivalence [--candidate shipped|reduced] [--precision int8]
+                                             [--bundle-dir model] [--out FILE]
 
-Reference: the path before reduced decoding: every film decoded at full size and the contrast
-stretch computed in float64. Candidate: the shipped path (`utils.core.preprocess.
-decode_for_model`: JPEGs decoded at the smallest DCT scale that keeps the working size, the
-stretch in float32). Both go through the same classifier (temperature, presets, guard).
+Reference: the path before this change: every film decoded at full size and the contrast
+stretch computed in float64. Candidates: "shipped" (`utils.core.preprocess.decode_for_model`:
+full size, the stretch in float32, 8-bit grey PNGs through OpenCV) and "reduced" (JPEGs
+decoded at the smallest DCT scale that keeps the 1,024-px working side, then the same). Both
+sides go through the same classifier (temperature, presets, guard).
 
 Image sets: the test split, ../shared/data/knee_oai/ and ../shared/data/hbfmid_check/ (measured
 only, nothing fitted), each as stored and re-encoded as a 5-megapixel JPEG (longer side 2,500
@@ -85,13 +86,23 @@ def as_large_jpeg(data: bytes) -> bytes:
     return buffer.getvalue()
 
 
-def prepare_pair(name: str, data: bytes, size: int) -> tuple[Prediction, Prediction]:
+def reduced_decode(data: bytes) -> DecodedImage:
+    return decode_image_bytes(data, working_side=preprocessing.MAX_WORKING_SIDE)
+
+
+CANDIDATES: dict[str, Callable[[bytes], DecodedImage]] = {
+    "shipped": preprocessing.decode_for_model,
+    "reduced": reduced_decode,
+}
+
+
+def prepare_pair(name: str, data: bytes, size: int, candidate: str) -> tuple[Prediction, Prediction]:
     with reference_stretch():
         reference = prepare_decoded(name, lambda: decode_image_bytes(data), size)
-    return reference, prepare_decoded(name, lambda: preprocessing.decode_for_model(data), size)
+    return reference, prepare_decoded(name, lambda: CANDIDATES[candidate](data), size)
 
 
-def stability(data: bytes) -> dict[str, float]:
+def stability(data: bytes, candidate: str) -> dict[str, float]:
     """How far the border crop (as shares of the image) and the percentile range move."""
 
     def measure(decoded: DecodedImage) -> np.ndarray:
@@ -102,8 +113,7 @@ def stability(data: bytes) -> dict[str, float]:
         return np.array([rows.start / h, rows.stop / h, cols.start / w, cols.stop / w, low, high])
 
     full = measure(decode_image_bytes(data))
-    reduced = measure(preprocessing.decode_for_model(data))
-    delta = np.abs(full - reduced)
+    delta = np.abs(full - measure(CANDIDATES[candidate](data)))
     return {"crop_share": float(delta[:4].max()), "percentile": float(delta[4:].max())}
 
 
@@ -123,19 +133,21 @@ def decisions(classifier: Classifier, predictions: list[Prediction]) -> dict:
     }
 
 
-def measure_set(classifier: Classifier, items: list[tuple[str, bytes]], form: Callable[[bytes], bytes]) -> dict:
+def measure_set(
+    classifier: Classifier, items: list[tuple[str, bytes]], form: Callable[[bytes], bytes], candidate: str
+) -> dict:
     """Reference and candidate decisions for one set in one form, plus the input differences."""
     size = classifier.bundle.input_size
     references, candidates, moves, errors = [], [], [], []
     for name, data in items:
         data = form(data)
-        reference, candidate = prepare_pair(name, data, size)
-        if reference.error is not None or candidate.error is not None:
+        reference, other = prepare_pair(name, data, size, candidate)
+        if reference.error is not None or other.error is not None:
             errors.append(name)  # counted; both paths raise the same InputError for a bad file
             continue
         references.append(reference)
-        candidates.append(candidate)
-        moves.append(stability(data))
+        candidates.append(other)
+        moves.append(stability(data, candidate))
     same = [np.array_equal(r.model_input, c.model_input) for r, c in zip(references, candidates)]
     classify(classifier, references)
     # Identical inputs give identical outputs: only the changed ones run the model again.
@@ -232,7 +244,7 @@ def markdown(summary: dict) -> str:
                 f"{s['mean_abs_input_difference']:.3f} | {verdicts} | {s['flag_agreement']:.1%} | "
                 f"{s['max_crop_share_move']:.4f} | {s['max_percentile_move']:.4f} |"
             )
-    lines += ["", "| form | AUROC | reference | reduced decoding | difference |", "|---|---|---|---|---|"]
+    lines += ["", "| form | AUROC | reference | candidate | difference |", "|---|---|---|---|---|"]
     for form, block in summary["forms"].items():
         for name, pair in block["auroc"].items():
             lines.append(
@@ -249,15 +261,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
     parser.add_argument("--precision", default="int8", choices=("float32", "int8"))
+    parser.add_argument("--candidate", default="shipped", choices=tuple(CANDIDATES))
     parser.add_argument("--out", type=Path, default=DEFAULT_BUNDLE_DIR / "eval" / "decode_equivalence.json")
     args = parser.parse_args(argv)
     classifier = Classifier(load_bundle(args.bundle_dir, load_keras=False), precision=args.precision)
     presets = list(classifier.bundle.metadata["presets"])
     sets = image_sets(args.data_dir, args.split)
     labels = {name: set_labels for name, (_, set_labels) in sets.items()}
-    summary: dict = {"precision": args.precision, "criteria": CRITERIA, "forms": {}}
+    summary: dict = {"candidate": args.candidate, "precision": args.precision, "criteria": CRITERIA, "forms": {}}
     for form, convert in FORMS.items():
-        results = {name: measure_set(classifier, items, convert) for name, (items, _) in sets.items()}
+        results = {name: measure_set(classifier, items, convert, args.candidate) for name, (items, _) in sets.items()}
         summary["forms"][form] = summarise_form(results, labels, presets)
         print(f"{form}: done", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)

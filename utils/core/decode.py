@@ -65,8 +65,8 @@ def decode_image_bytes(data: bytes, working_side: int | None = None) -> DecodedI
 
     working_side: the longer side the caller shrinks the image to anyway. A decoder that can
     decode at a reduced size (JPEG's DCT scaling) then returns an image whose longer side is
-    still at least working_side, which skips most of the decoding work; None decodes at full
-    size.
+    still at least working_side, which skips most of the decoding work; None (what serving
+    uses: see utils.core.preprocess.decode_for_model) decodes at full size.
     """
     if not data:
         raise InputError("The file is empty. Give a JPEG, PNG or DICOM radiograph.")
