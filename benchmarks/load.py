@@ -152,7 +152,7 @@ async def session(browser, url: str, films: dict, deadline: float, index: int) -
     page = await context.new_page()
     page.on("pageerror", lambda error: log.errors.append(f"page error: {error}"))
     try:
-        await page.goto(url, wait_until="domcontentloaded")
+        await page.goto(url, wait_until="domcontentloaded", timeout=VERDICT_TIMEOUT_MS)
         await page.get_by_text(DISCLAIMER).wait_for(timeout=VERDICT_TIMEOUT_MS)
         kinds, verdicts, upload = list(films), 0, 0
         while time.perf_counter() < deadline:
