@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import unquote, urlsplit
 
 import streamlit as st
@@ -125,20 +127,21 @@ def get_session_sweeper() -> SessionSweeper:
     return SessionSweeper()
 
 
-def queued():
+@contextmanager
+def queued() -> Iterator[None]:
     """A slot of the server's work queue, telling the user how many are ahead while waiting."""
     note = st.empty()
 
     def waiting(ahead: int) -> None:
         note.caption(f"Other people's films are being classified; {ahead + 1} in the queue before yours.")
 
-    return get_work_queue().slot(on_wait=waiting), note
+    with get_work_queue().slot(on_wait=waiting):
+        note.empty()
+        yield
 
 
 def classify_chunk(classifier: Classifier, chunk, preset_name: str) -> list:
-    slot, note = queued()
-    with slot:
-        note.empty()
+    with queued():
         items = [(u.name, u.getvalue()) for u in chunk]
         return classifier.predict_many(items, preset=preset_name, batch_size=BATCH_SIZE)
 
@@ -178,9 +181,7 @@ def classify_url(classifier: Classifier, url: str, preset_name: str) -> tuple[st
         with st.spinner("Fetching the image..."):
             try:
                 data = fetch_image_bytes(url)
-                slot, note = queued()
-                with slot:
-                    note.empty()
+                with queued():
                     prediction = classifier.predict_bytes(url, data, preset=preset_name)
             except UrlRefused as exc:
                 prediction = Prediction(

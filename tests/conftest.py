@@ -8,12 +8,35 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.fixtures import png_bytes, synthetic_radiograph  # noqa: F401  (the tests import them from here)
+from benchmarks.fixtures import CHROMIUM, CHROMIUM_ARGS, png_bytes, synthetic_radiograph  # noqa: F401  (the tests import them from here)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BONE_XRAY_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def app(bundle_dir, monkeypatch):
+    """The Streamlit app after its first run, through AppTest (no browser)."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("BONE_XRAY_MODEL_DIR", str(bundle_dir))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+    at.run()
+    assert not at.exception
+    return at
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium through Playwright, one per test module (the browser tests)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield instance
+        instance.close()
 
 
 @pytest.fixture

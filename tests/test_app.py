@@ -14,15 +14,6 @@ from tests.dicom_fixtures import SECRET_PATIENT_NAME, dicom_bytes, make_dicom, r
 APP = str(REPO / "app.py")
 
 
-@pytest.fixture
-def app(bundle_dir, monkeypatch):
-    monkeypatch.setenv("BONE_XRAY_MODEL_DIR", str(bundle_dir))
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    assert not at.exception
-    return at
-
-
 def all_text(at) -> str:
     parts = [m.value for m in at.markdown] + [e.value for e in at.error] + [w.value for w in at.warning] + \
         [c.value for c in at.caption] + [i.value for i in at.info]

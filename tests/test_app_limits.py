@@ -4,21 +4,8 @@ in a sentence, and the app goes on working."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
-from streamlit.testing.v1 import AppTest
 
-from tests.conftest import REPO, png_bytes, synthetic_radiograph
-
-APP = str(REPO / "app.py")
-
-
-@pytest.fixture
-def app(bundle_dir, monkeypatch):
-    monkeypatch.setenv("BONE_XRAY_MODEL_DIR", str(bundle_dir))
-    at = AppTest.from_file(APP, default_timeout=300)
-    at.run()
-    assert not at.exception
-    return at
+from tests.conftest import png_bytes, synthetic_radiograph
 
 
 def films(count: int) -> list[tuple[str, bytes, str]]:

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks.fixtures import CHROMIUM, CHROMIUM_ARGS, free_port, wait_healthy
+from benchmarks.fixtures import CHROMIUM, free_port, wait_healthy
 from tests.conftest import REPO, png_bytes, synthetic_radiograph
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
@@ -46,16 +46,6 @@ def server(bundle_dir, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
     with streamlit_app(env, log_path) as url:
         yield url, log_path
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield instance
-        instance.close()
 
 
 def open_app(browser, url: str):

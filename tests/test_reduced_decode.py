@@ -1,7 +1,7 @@
 """Decoding at reduced size (the decoder's working_side option, measured by the decoding
 equivalence check and not shipped): JPEGs decode at a DCT scale that still covers the working
-size and the model input barely moves; serving decodes at full size; the lossless OpenCV PNG
-path gives the very same pixels."""
+size and the model input barely moves; serving decodes at full size; grey PNGs keep Pillow's
+pixels and their orientation."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def test_a_truncated_large_jpeg_is_still_flagged_at_reduced_size(big_film):
     assert not np.allclose(decoded.pixels[-1, -16:], 128 / 255, atol=0.5 / 255)
 
 
-def test_the_opencv_grey_png_path_gives_pillows_pixels(big_film):
+def test_a_grey_png_gives_pillows_pixels(big_film):
     grey = np.round(big_film * 255).astype(np.uint8)
     data = png_bytes(grey)
     pillow = pil_to_gray(Image.open(io.BytesIO(data)), [])

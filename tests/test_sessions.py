@@ -19,7 +19,7 @@ import numpy as np
 import psutil
 import pytest
 
-from benchmarks.fixtures import CHROMIUM, CHROMIUM_ARGS, free_port, jpeg_bytes, textured_radiograph, wait_healthy
+from benchmarks.fixtures import CHROMIUM, free_port, jpeg_bytes, textured_radiograph, wait_healthy
 from tests.conftest import REPO, png_bytes, synthetic_radiograph
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
@@ -54,16 +54,6 @@ def app_server(tmp_path, model_dir, *extra_args: str, port: int | None = None):
             except subprocess.TimeoutExpired:
                 process.kill()
         log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield instance
-        instance.close()
 
 
 def open_page(context, url: str):

@@ -5,9 +5,9 @@ Usage: python -m training.decode_equivalence [--candidate shipped|reduced] [--pr
 
 Reference: the path before this change: every film decoded at full size and the contrast
 stretch computed in float64. Candidates: "shipped" (`utils.core.preprocess.decode_for_model`:
-full size, the stretch in float32, 8-bit grey PNGs through OpenCV) and "reduced" (JPEGs
-decoded at the smallest DCT scale that keeps the 1,024-px working side, then the same). Both
-sides go through the same classifier (temperature, presets, guard).
+full size, the stretch in float32) and "reduced" (JPEGs decoded at the smallest DCT scale that
+keeps the 1,024-px working side, then the same). Both sides go through the same classifier
+(temperature, presets, guard).
 
 Image sets: the test split, ../shared/data/knee_oai/ and ../shared/data/hbfmid_check/ (measured
 only, nothing fitted), each as stored and re-encoded as a 5-megapixel JPEG (longer side 2,500
