@@ -11,6 +11,7 @@ import streamlit as st
 
 from ui.history import pretty, record_history, show_history
 from ui.pacs_panel import show_pacs
+from ui.pdf_download import pdf_download
 from ui.session_sweeper import SessionSweeper
 from ui.settings import BATCH_FILE_LIMIT, BATCH_SIZE, INFERENCE_SLOTS
 from ui.work_queue import WorkQueue
@@ -209,16 +210,17 @@ def report_entries(classifier: Classifier, items, preset: dict) -> list[dict]:
     ]
 
 
-def pdf_bytes(classifier: Classifier, items, preset_name: str):
-    """A callable for st.download_button: the PDF is built only when asked for. The reference
-    is read now, while the script runs: the callable runs outside the session's context."""
+def pdf_report(classifier: Classifier, items, preset_name: str, label: str, file_name: str) -> None:
+    """The PDF report of `items`, built only when asked for (ui/pdf_download.py)."""
     reference = st.session_state.get("reference", "")
 
     def build() -> bytes:
         preset = classifier.bundle.preset(preset_name)
         return build_pdf(report_entries(classifier, items, preset), classifier.bundle.metadata, preset_name, reference)
 
-    return build
+    key = items[0][0] if len(items) == 1 else "batch"
+    made_for = (tuple(file_id for file_id, _ in items), preset_name, reference)
+    pdf_download(label, key, made_for, build, file_name)
 
 
 def show_name(name: str) -> None:
@@ -307,13 +309,8 @@ def show_single(classifier: Classifier, file_id: str, prediction, preset_name: s
         for warning in prediction.warnings:
             if warning != prediction.not_xray:
                 st.caption(f"Note: {warning}")
-        st.download_button(
-            "PDF report for this image",
-            pdf_bytes(classifier, [(file_id, prediction)], preset_name),
-            file_name="bone-xray-report.pdf",
-            mime="application/pdf",
-            key=f"pdf_{file_id}",
-            on_click="ignore",
+        pdf_report(
+            classifier, [(file_id, prediction)], preset_name, "PDF report for this image", "bone-xray-report.pdf"
         )
 
 
@@ -364,12 +361,8 @@ def show_batch(classifier: Classifier, items, preset_name: str):
             on_click="ignore",
         )
     with col_pdf:
-        st.download_button(
-            f"PDF report for all {len(items)} images",
-            pdf_bytes(classifier, items, preset_name),
-            file_name="bone-xray-batch-report.pdf",
-            mime="application/pdf",
-            on_click="ignore",
+        pdf_report(
+            classifier, items, preset_name, f"PDF report for all {len(items)} images", "bone-xray-batch-report.pdf"
         )
     selected = event.selection.rows if event is not None else []
     if selected and selected[0] < len(rows):

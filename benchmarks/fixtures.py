@@ -9,8 +9,10 @@ from __future__ import annotations
 import io
 import shutil
 import socket
+import struct
 import time
 import urllib.request
+import zlib
 
 import cv2
 import numpy as np
@@ -158,3 +160,14 @@ def wait_healthy(url: str, process, timeout: float = 120) -> None:
         except OSError:
             time.sleep(0.5)
     raise TimeoutError("streamlit did not become healthy")
+
+
+def decompression_bomb() -> bytes:
+    """A valid PNG header announcing 30,000 x 30,000 pixels (900 megapixels)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 30_000, 30_000, 8, 0, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body

@@ -1,6 +1,7 @@
 """Load benchmark: N people using one app server at once, in real browsers.
 
-Usage: python -m benchmarks.load [--sessions 1 5 10 20] [--seconds 300] [--app-commit REV]
+Usage: python -m benchmarks.load [--sessions 1 5 10 20] [--minutes 5 | --seconds 300]
+                                [--hostile] [--app-commit REV]
        (needs Debian chromium, as the browser tests do)
 
 For each N, one `streamlit run app.py` serves N browser contexts (separate cookies: separate
@@ -11,6 +12,10 @@ downloads the PDF. It reports, per N: uploads, upload-to-verdict median and 95th
 (all films, and per film kind), errors (a verdict or message that never came, a page error)
 and dropped sessions, and the server's peak RSS and its change over the last 3 minutes
 (sampled every 0.5 s, the server and its children).
+
+--hostile runs each level twice: as above, then beside one more session that uploads, in
+turn, a 95 MiB file that is no image and a decompression bomb (each in a fresh session, waiting
+for its sentence), and prints the ordinary sessions' median against the first run's.
 
 --app-commit REV serves the app as it was at that commit (a temporary git worktree, the same
 Python environment), so that a change is measured against what it replaced on the same
@@ -41,6 +46,7 @@ from pydicom import dcmwrite
 from benchmarks.fixtures import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    decompression_bomb,
     free_port,
     jpeg_bytes,
     make_dicom,
@@ -54,6 +60,7 @@ DISCLAIMER = "Not a medical device and not for diagnosis"
 BROKEN_MESSAGE = "not an image this app can read"
 VERDICT_TIMEOUT_MS = 600_000
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+JUNK_MIB = 95  # under the app's 100 MB upload limit, so the server has to read it
 
 
 def film_mix() -> dict[str, tuple[str, str, bytes]]:
@@ -118,9 +125,32 @@ class ServerMemory:
         }
 
 
+def describe(exc: Exception) -> str:
+    """The error's first line and what it was waiting for (Playwright names the locator in its call log)."""
+    lines = str(exc).splitlines() or [""]
+    waited = next((line.strip() for line in lines if "waiting for" in line), "")
+    return f"{type(exc).__name__}: {lines[0][:160]} {waited[:160]}".strip()
+
+
+async def remove_uploads(page) -> None:
+    """Take the films out of the uploader, as a user does before the next one (it keeps
+    every file given, so the next upload would otherwise turn the page into a batch table)."""
+    chips = page.locator("[data-testid='stFileChip']")
+    while await chips.count():
+        left = await chips.count()
+        await page.locator("[data-testid='stFileChipDeleteBtn']").first.click()
+        await page.wait_for_function(
+            "n => document.querySelectorAll(\"[data-testid='stFileChip']\").length < n",
+            arg=left,
+            timeout=VERDICT_TIMEOUT_MS,
+        )
+    await until_idle(page)
+
+
 async def one_upload(page, name: str, film: tuple[str, str, bytes], count: int) -> None:
     """Upload one film and wait for what it brings: the history grows, or the error shows."""
     suffix, mime, data = film
+    await remove_uploads(page)
     await page.locator("input[type=file]").set_input_files({"name": name, "mimeType": mime, "buffer": data})
     if data.startswith(b"this is not an image"):
         await page.get_by_text(BROKEN_MESSAGE).first.wait_for(timeout=VERDICT_TIMEOUT_MS)
@@ -136,11 +166,15 @@ async def until_idle(page) -> None:
 
 
 async def heatmap_and_pdf(page) -> None:
+    """Turn the heatmap off (it starts on), then build and download the PDF. The next click
+    waits until the rerun has removed the opacity slider, so that it lands on the new page."""
     await until_idle(page)
     await page.get_by_text("Show heatmap").first.click()
+    await page.get_by_text("Heatmap opacity").first.wait_for(state="detached", timeout=VERDICT_TIMEOUT_MS)
     await until_idle(page)
+    await page.get_by_text("PDF report for this image", exact=True).first.click()  # builds the report
     async with page.expect_download(timeout=VERDICT_TIMEOUT_MS) as download:
-        await page.get_by_text("PDF report for this image").first.click()
+        await page.get_by_text("Download PDF report for this image").first.click(timeout=VERDICT_TIMEOUT_MS)
     path = await (await download.value).path()
     if not Path(path).read_bytes().startswith(b"%PDF"):
         raise RuntimeError("the PDF download is not a PDF")
@@ -166,13 +200,45 @@ async def session(browser, url: str, films: dict, deadline: float, index: int) -
                 if kind != "broken":
                     await heatmap_and_pdf(page)
             except Exception as exc:  # a timeout or a lost page: counted, and the session goes on
-                log.errors.append(f"{kind}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+                log.errors.append(f"{kind}: {describe(exc)}")
                 if page.is_closed():
                     log.dropped = True
                     break
                 await page.reload()
                 await page.get_by_text(DISCLAIMER).wait_for(timeout=VERDICT_TIMEOUT_MS)
                 verdicts = 0  # a reload starts a new Streamlit session: its history is empty
+    finally:
+        await context.close()
+    return log
+
+
+def hostile_uploads(folder: Path) -> list[tuple[object, str]]:
+    """[(what set_input_files takes, the sentence the app answers with)]: the attacker's files."""
+    junk = folder / "huge.png"
+    junk.write_bytes(os.urandom(JUNK_MIB * 2**20))
+    bomb = {"name": "bomb.png", "mimeType": "image/png", "buffer": decompression_bomb()}
+    return [(str(junk), BROKEN_MESSAGE), (bomb, "more than 60 megapixels")]
+
+
+async def hostile_session(browser, url: str, attacks: list, deadline: float) -> SessionLog:
+    """Uploads each attack in turn, each in a fresh session, until the deadline."""
+    log = SessionLog()
+    context = await browser.new_context()
+    page = await context.new_page()
+    try:
+        for turn in range(10**6):
+            if time.perf_counter() >= deadline:
+                break
+            attack, sentence = attacks[turn % len(attacks)]
+            started = time.perf_counter()
+            try:
+                await page.goto(url, wait_until="domcontentloaded", timeout=VERDICT_TIMEOUT_MS)
+                await page.get_by_text(DISCLAIMER).wait_for(timeout=VERDICT_TIMEOUT_MS)
+                await page.locator("input[type=file]").set_input_files(attack)
+                await page.get_by_text(sentence).filter(visible=True).first.wait_for(timeout=VERDICT_TIMEOUT_MS)
+                log.latencies.setdefault(sentence, []).append(time.perf_counter() - started)
+            except Exception as exc:  # the sentence never came: counted, and the attacker goes on
+                log.errors.append(f"attack {turn}: {describe(exc)}")
     finally:
         await context.close()
     return log
@@ -200,15 +266,18 @@ def start_server(port: int, log_file, app_dir: Path) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=app_dir, stdout=log_file, stderr=subprocess.STDOUT, env=env)
 
 
-async def run_sessions(url: str, films: dict, sessions: int, seconds: float) -> list[SessionLog]:
+async def run_sessions(url: str, films: dict, sessions: int, seconds: float, attacks: list | None) -> tuple:
+    """(the ordinary sessions' logs, the attacker's log or None)."""
     from playwright.async_api import async_playwright  # noqa: PLC0415  (a browser only when this benchmark runs)
 
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         deadline = time.perf_counter() + seconds
-        logs = await asyncio.gather(*(session(browser, url, films, deadline, i) for i in range(sessions)))
+        ordinary = [session(browser, url, films, deadline, i) for i in range(sessions)]
+        hostile = [hostile_session(browser, url, attacks, deadline)] if attacks else []
+        logs = await asyncio.gather(*ordinary, *hostile)
         await browser.close()
-    return list(logs)
+    return list(logs[:sessions]), (logs[sessions] if attacks else None)
 
 
 def level_figures(logs: list[SessionLog], memory: dict[str, float]) -> dict:
@@ -233,7 +302,8 @@ def level_figures(logs: list[SessionLog], memory: dict[str, float]) -> dict:
     }
 
 
-def measure_level(sessions: int, seconds: float, films: dict, app_dir: Path) -> dict:
+def measure_level(sessions: int, seconds: float, films: dict, app_dir: Path, attacks: list | None = None) -> dict:
+    """One server, `sessions` people (and an attacker when `attacks` are given) for `seconds`."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.NamedTemporaryFile("w+", suffix=".log") as log_file:
@@ -241,8 +311,10 @@ def measure_level(sessions: int, seconds: float, films: dict, app_dir: Path) -> 
         try:
             wait_healthy(url, server)
             with ServerMemory(server.pid) as memory:
-                logs = asyncio.run(run_sessions(url, films, sessions, seconds))
+                logs, hostile = asyncio.run(run_sessions(url, films, sessions, seconds, attacks))
             figures = level_figures(logs, memory.figures())
+            if hostile is not None:
+                figures["hostile"] = {"attacks": sum(map(len, hostile.latencies.values())), "errors": hostile.errors}
         finally:
             server.terminate()
             server.wait(timeout=60)
@@ -272,18 +344,37 @@ def print_table(results: dict[int, dict], commit: str | None) -> None:
         print(f"N={n} median/p95 by film: {kinds}")
 
 
+def print_hostile(results: dict[int, dict], beside_attacker: dict[int, dict]) -> None:
+    print("| sessions | median alone | median beside the attacker | ratio | attacks answered | attacker errors |")
+    print("|---|---|---|---|---|---|")
+    for n, r in beside_attacker.items():
+        alone, hostile = results[n]["median_s"], r["hostile"]
+        print(
+            f"| {n} | {alone:.2f} | {r['median_s']:.2f} | {r['median_s'] / alone:.2f} | {hostile['attacks']} | "
+            f"{len(hostile['errors'])} (ordinary sessions: {r['errors']} errors, {r['dropped_sessions']} dropped) |"
+        )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 5, 10, 20])
-    parser.add_argument("--seconds", type=float, default=300.0, help="how long each level runs")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--seconds", type=float, default=300.0, help="how long each level runs")
+    length.add_argument("--minutes", type=float, help="the same, in minutes")
+    parser.add_argument("--hostile", action="store_true", help="run each level again beside an attacker")
     parser.add_argument("--app-commit", help="serve the app as it was at this git commit")
     args = parser.parse_args(argv)
+    seconds = args.minutes * 60 if args.minutes else args.seconds
     films = film_mix()
-    with app_checkout(args.app_commit) as app_dir:
-        results = {n: measure_level(n, args.seconds, films, app_dir) for n in args.sessions}
+    with app_checkout(args.app_commit) as app_dir, tempfile.TemporaryDirectory() as scratch:
+        results = {n: measure_level(n, seconds, films, app_dir) for n in args.sessions}
+        attacks = hostile_uploads(Path(scratch)) if args.hostile else None
+        beside = {n: measure_level(n, seconds, films, app_dir, attacks) for n in args.sessions} if attacks else {}
     print_table(results, args.app_commit)
-    print(json.dumps(results))
-    return results
+    if beside:
+        print_hostile(results, beside)
+    print(json.dumps({"alone": results, "beside_attacker": beside}))
+    return {"alone": results, "beside_attacker": beside}
 
 
 if __name__ == "__main__":

@@ -73,7 +73,8 @@ def shared_data() -> Path:
 
 
 # Markers by module (pytest.ini lists them): the fast subset leaves out the real servers.
-MODULE_MARKERS = {"test_browser": ("browser",), "test_sessions": ("browser",), "test_pacs": ("pacs",), "test_pacs_app": ("pacs",),
+MODULE_MARKERS = {"test_browser": ("browser",), "test_sessions": ("browser",), "test_load": ("browser",),
+                  "test_pacs": ("pacs",), "test_pacs_app": ("pacs",),
                   "test_ray_batch": ("ray",)}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 
 import numpy as np
@@ -93,8 +94,8 @@ def test_many_files_give_a_table_downloads_and_history(app):
     table = app.dataframe[0].value
     assert list(table["file"]) == [f[0] for f in files]
     assert list(table["verdict"])[-1] == "not classified"
-    labels = [b.proto.label for b in app.get("download_button")]
-    assert "Download table (CSV)" in labels and "PDF report for all 4 images" in labels
+    assert [b.proto.label for b in app.get("download_button")] == ["Download table (CSV)"]
+    assert "PDF report for all 4 images" in [b.label for b in app.button]  # built only when asked for
     assert len(verdicts(app)) == 1  # the first row opens in the single-image view
     assert any(h.value == "This session (3)" for h in app.sidebar.header)
 
@@ -106,6 +107,30 @@ def test_many_files_give_a_table_downloads_and_history(app):
     app.sidebar.button[0].click()
     app.run()
     assert any(h.value == "This session (0)" for h in app.sidebar.header)
+
+
+def test_pdf_report_is_built_when_asked_and_dropped_when_the_preset_changes(app):
+    from pypdf import PdfReader
+
+    from ui.pdf_download import READY
+
+    files = [(f"img{i}.png", png_bytes((synthetic_radiograph(seed=50 + i) * 255).astype(np.uint8)), "image/png")
+             for i in range(2)]
+    app.file_uploader[0].set_value(files)
+    app.run()
+    assert READY not in app.session_state
+    app.button(key="build_batch").click()
+    app.run()
+    assert not app.exception
+    downloads = [b.proto.label for b in app.get("download_button")]
+    assert "Download PDF report for all 2 images" in downloads
+    assert "PDF report for all 2 images" not in [b.label for b in app.button]  # the download took its place
+    report = app.session_state[READY]["data"]
+    assert len(PdfReader(io.BytesIO(report)).pages) == 2
+    app.sidebar.radio[0].set_value("fracture_sensitive")
+    app.run()
+    assert "Download PDF report for all 2 images" not in [b.proto.label for b in app.get("download_button")]
+    assert "PDF report for all 2 images" in [b.label for b in app.button]  # built for the other preset: stale
 
 
 def test_bad_file_gets_a_message_and_the_app_keeps_working(app):

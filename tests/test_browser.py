@@ -224,8 +224,9 @@ def test_batch_upload_csv_and_pdf_downloads(server, browser, tmp_path):
     assert [r["path"] for r in rows] == [f["name"] for f in files]
     assert all(r["label"] in ("healthy", "fractured", "beyond_repair") for r in rows)
 
+    page.get_by_text("PDF report for all 3 images", exact=True).click()
     with page.expect_download(timeout=180_000) as download_info:
-        page.get_by_text("PDF report for all 3 images").click()
+        page.get_by_text("Download PDF report for all 3 images").click(timeout=180_000)
     assert len(PdfReader(download_info.value.path()).pages) == 3
     page.close()
 
@@ -289,8 +290,9 @@ def test_the_typed_reference_reaches_the_pdf_for_one_film_and_a_batch(server, br
     page = open_with_reference()
     upload_synthetic(page, seed=12)
     page.get_by_text("PDF report for this image").wait_for(timeout=120_000)
+    page.get_by_text("PDF report for this image", exact=True).click()
     with page.expect_download(timeout=120_000) as download_info:
-        page.get_by_text("PDF report for this image").click()
+        page.get_by_text("Download PDF report for this image").click(timeout=120_000)
     text = PdfReader(download_info.value.path()).pages[0].extract_text()
     assert f"Study / patient reference: {reference}" in text
     page.close()
@@ -299,8 +301,9 @@ def test_the_typed_reference_reaches_the_pdf_for_one_film_and_a_batch(server, br
               "buffer": png_bytes((synthetic_radiograph(seed=40 + i) * 255).astype(np.uint8))} for i in range(2)]
     page.locator("input[type=file]").set_input_files(files)
     page.get_by_text("PDF report for all 2 images").wait_for(timeout=180_000)
+    page.get_by_text("PDF report for all 2 images", exact=True).click()
     with page.expect_download(timeout=180_000) as download_info:
-        page.get_by_text("PDF report for all 2 images").click()
+        page.get_by_text("Download PDF report for all 2 images").click(timeout=180_000)
     pages = PdfReader(download_info.value.path()).pages
     assert len(pages) == 2 and all(f"Study / patient reference: {reference}" in p.extract_text() for p in pages)
     page.close()

@@ -19,7 +19,14 @@ import numpy as np
 import psutil
 import pytest
 
-from benchmarks.fixtures import CHROMIUM, free_port, jpeg_bytes, textured_radiograph, wait_healthy
+from benchmarks.fixtures import (
+    CHROMIUM,
+    decompression_bomb,
+    free_port,
+    jpeg_bytes,
+    textured_radiograph,
+    wait_healthy,
+)
 from tests.conftest import REPO, png_bytes, synthetic_radiograph
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
@@ -78,8 +85,9 @@ def upload_and_wait(page, files) -> None:
 def pdf_text(page, label: str) -> str:
     from pypdf import PdfReader
 
+    page.get_by_text(label, exact=True).first.click()  # builds the report; its download button then takes its place
     with page.expect_download(timeout=180_000) as download:
-        page.get_by_text(label).first.click()
+        page.get_by_text(f"Download {label}").first.click(timeout=180_000)
     return "\n".join(p.extract_text() for p in PdfReader(download.value.path()).pages)
 
 
@@ -217,18 +225,6 @@ def test_a_client_that_leaves_mid_batch_frees_the_server(tmp_path, bundle_dir, b
         other = browser.new_context()
         upload_and_wait(open_page(other, url), film("next_person.png", seed=45))
         other.close()
-
-
-def decompression_bomb() -> bytes:
-    """A valid PNG header announcing 30,000 x 30,000 pixels (900 megapixels)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", 30_000, 30_000, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
 
 
 def test_hostile_uploads_beside_a_normal_user(tmp_path, bundle_dir, browser):

@@ -251,7 +251,7 @@ def test_the_app_classifies_a_pasted_url_and_explains_a_refusal(server, monkeypa
     app.run()
     assert not app.exception
     assert len([m for m in app.markdown if m.value.startswith("### Verdict")]) == 1
-    assert any(b.proto.label == "PDF report for this image" for b in app.get("download_button"))
+    assert any(b.label == "PDF report for this image" for b in app.button)
     assert any(h.value == "This session (1)" for h in app.sidebar.header)
 
     box = next(t for t in app.text_input if t.label.endswith("paste an image URL"))
