@@ -150,8 +150,8 @@ async def remove_uploads(page) -> None:
 async def one_upload(page, name: str, film: tuple[str, str, bytes], count: int) -> None:
     """Upload one film and wait for what it brings: the history grows, or the error shows."""
     suffix, mime, data = film
-    await remove_uploads(page)
-    await page.locator("input[type=file]").set_input_files({"name": name, "mimeType": mime, "buffer": data})
+    film_file = {"name": name, "mimeType": mime, "buffer": data}
+    await page.locator("input[type=file]").set_input_files(film_file, timeout=VERDICT_TIMEOUT_MS)
     if data.startswith(b"this is not an image"):
         await page.get_by_text(BROKEN_MESSAGE).first.wait_for(timeout=VERDICT_TIMEOUT_MS)
     else:
@@ -192,8 +192,9 @@ async def session(browser, url: str, films: dict, deadline: float, index: int) -
         while time.perf_counter() < deadline:
             kind = kinds[(index + upload) % len(kinds)]
             upload += 1
-            started = time.perf_counter()
             try:
+                await remove_uploads(page)  # not timed: the user's own click, before the next film
+                started = time.perf_counter()
                 verdicts += kind != "broken"
                 await one_upload(page, f"s{index:02d}_u{upload:03d}_{kind}.{films[kind][0]}", films[kind], verdicts)
                 log.latencies.setdefault(kind, []).append(time.perf_counter() - started)
@@ -234,7 +235,7 @@ async def hostile_session(browser, url: str, attacks: list, deadline: float) -> 
             try:
                 await page.goto(url, wait_until="domcontentloaded", timeout=VERDICT_TIMEOUT_MS)
                 await page.get_by_text(DISCLAIMER).wait_for(timeout=VERDICT_TIMEOUT_MS)
-                await page.locator("input[type=file]").set_input_files(attack)
+                await page.locator("input[type=file]").set_input_files(attack, timeout=VERDICT_TIMEOUT_MS)
                 await page.get_by_text(sentence).filter(visible=True).first.wait_for(timeout=VERDICT_TIMEOUT_MS)
                 log.latencies.setdefault(sentence, []).append(time.perf_counter() - started)
             except Exception as exc:  # the sentence never came: counted, and the attacker goes on
