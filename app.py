@@ -100,7 +100,7 @@ def show_sidebar(classifier: Classifier) -> str:
             f"**{metadata['name']}** v{metadata['version']}  \n"
             f"sha256 `{metadata['sha256'][:12]}`  \n"
             f"TensorFlow {metadata['software']['tensorflow']}, trained {metadata['training']['date']}  \n"
-            f"runs on {'LiteRT' if classifier.engine.name == 'litert' else 'Keras'}"
+            f"runs on {'LiteRT' if classifier.engine.name == 'litert' else 'Keras'}, {classifier.precision} engine"
         )
         test = metadata["metrics"]["test"]
         overall = test["overall"]["point"]

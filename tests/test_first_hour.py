@@ -120,6 +120,33 @@ def test_one_setting_chooses_the_engine_for_every_path(monkeypatch, bundle_dir):
         serving_precision(metadata)
 
 
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+def test_the_apps_engine_setting_works_both_ways(precision, bundle_dir, tmp_path, capsys, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from utils.core.bundle import read_metadata
+
+    if precision == "int8" and not read_metadata(bundle_dir).get("runtime_int8"):
+        pytest.skip("the bundle ships no int8 engine")
+    monkeypatch.setenv("BONE_XRAY_MODEL_DIR", str(bundle_dir))
+    monkeypatch.setenv("BONE_XRAY_PRECISION", precision)
+    st.cache_resource.clear()  # the model is loaded once per server: a new setting needs a new server
+    data = png_bytes((synthetic_radiograph(seed=14) * 255).astype(np.uint8))
+    (tmp_path / "film.png").write_bytes(data)
+    command = ["predict", str(tmp_path / "film.png"), "--model-dir", str(bundle_dir), "--precision", precision]
+    assert cli.main(command) == 0
+    record = json.loads(capsys.readouterr().out)
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    assert any(f"{precision} engine" in m.value for m in at.sidebar.markdown)
+    at.file_uploader[0].upload("film.png", data, "image/png")
+    at.run()
+    assert not at.exception
+    assert app_probabilities(at) == {c: f"{record['probabilities'][c]:.1%}" for c in CLASSES}
+    st.cache_resource.clear()  # later tests get the default engine again
+
+
 class AlwaysUnfamiliar:
     """A guard that finds every film unlike the training films (as the distance guard does
     for many real films from other hospitals)."""
