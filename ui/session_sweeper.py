@@ -62,6 +62,8 @@ class SessionSweeper:
                     del self._sessions[sid]
             for session in gone.values():
                 session.shutdown()  # drops its uploaded files and its images
+            if gone:
+                print(f"bone-xray: shut down {len(gone)} session(s) whose browsers left", flush=True)
             return len(gone)
         except Exception as exc:
             self._give_up(exc)
