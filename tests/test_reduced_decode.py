@@ -93,3 +93,21 @@ def test_a_grey_png_with_an_orientation_tag_is_still_turned():
     pixels = decode_image_bytes(buffer.getvalue()).pixels
     assert pixels.shape == (60, 40)
     assert pixels[:10].mean() == 1.0  # the band is now on top
+
+
+def test_the_decoding_table_goes_into_the_model_card_once_before_the_int8_section(tmp_path):
+    from training.decode_equivalence import CARD_MARKER, CARD_NEXT, write_card_section
+
+    sets = {"test": {"images": 3, "identical_inputs": 1.0, "mean_abs_input_difference": 0.0,
+                     "verdict_agreement": {"balanced": 1.0}, "flag_agreement": 1.0,
+                     "max_crop_share_move": 0.0, "max_percentile_move": 0.0}}
+    summary = {"candidate": "reduced", "precision": "float32", "passed": False,
+               "forms": {"as stored": {"sets": sets, "auroc": {"test": {"reference": 0.9, "candidate": 0.9}},
+                                       "auroc_delta": {"test": 0.0}}}}
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text(f"# Model card\n\n## Data\n\ntext\n\n{CARD_NEXT}\n\nint8 table\n")
+    write_card_section(card, summary)
+    write_card_section(card, summary)  # a rerun replaces the section, it does not add a second
+    text = card.read_text()
+    assert text.count(CARD_MARKER) == 1 and text.index("## Data") < text.index(CARD_MARKER) < text.index(CARD_NEXT)
+    assert "failed, so serving does not use it" in text and text.endswith("int8 table\n")

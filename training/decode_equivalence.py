@@ -255,6 +255,34 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+CARD_MARKER = "## Decoding: the equivalence check"
+CARD_NEXT = "## Faster engine: the equivalence check"
+
+
+def card_section(summary: dict) -> str:
+    candidate = summary.get("candidate", "reduced")
+    verdict = "passed" if summary["passed"] else "failed, so serving does not use it"
+    return (
+        f"{CARD_MARKER}\n\nDecoding candidate `{candidate}` against the decoding before it, "
+        f"{summary['precision']} engine, judged like the int8 engine on the test split, `knee_oai/` and "
+        "`hbfmid_check/`, as stored and re-encoded as 5-megapixel JPEGs (the image columns compare the model "
+        f"inputs): {verdict}. `python -m training.decode_equivalence --candidate {candidate} "
+        f"--precision {summary['precision']}`.\n\n{markdown(summary)}\n\n"
+    )
+
+
+def write_card_section(card: Path, summary: dict) -> None:
+    """Put the section in the model card, before the int8 engine's (which that check rewrites to the end)."""
+    text = card.read_text()
+    if CARD_MARKER in text:
+        start = text.index(CARD_MARKER)
+        end = text.find("\n## ", start + len(CARD_MARKER))
+        text = text[:start] + (text[end + 1 :] if end >= 0 else "")
+    at = text.find(CARD_NEXT)
+    at = at if at >= 0 else len(text)
+    card.write_text(text[:at] + card_section(summary) + text[at:])
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle-dir", type=Path, default=DEFAULT_BUNDLE_DIR)
@@ -263,7 +291,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--precision", default="int8", choices=("float32", "int8"))
     parser.add_argument("--candidate", default="shipped", choices=tuple(CANDIDATES))
     parser.add_argument("--out", type=Path, default=DEFAULT_BUNDLE_DIR / "eval" / "decode_equivalence.json")
+    parser.add_argument("--card-from", type=Path, help="only write this stored result's table into the model card")
     args = parser.parse_args(argv)
+    if args.card_from:
+        stored = json.loads(args.card_from.read_text())
+        write_card_section(args.bundle_dir / "MODEL_CARD.md", stored)
+        return stored
     classifier = Classifier(load_bundle(args.bundle_dir, load_keras=False), precision=args.precision)
     presets = list(classifier.bundle.metadata["presets"])
     sets = image_sets(args.data_dir, args.split)

@@ -226,8 +226,9 @@ def write_bundle(bundle_dir: Path, candidate: Path, name: str, results: dict, ta
     if marker in text:
         text = text[: text.index(marker)].rstrip() + "\n\n"
     card.write_text(
-        text + f"{marker}\n\n`{INT8_FILE}` ({name}) passed and is used by `--precision int8` "
-        f"(CLI and Ray). The app stays float32.\n\n" + table
+        text + f"{marker}\n\n`{INT8_FILE}` ({name}) passed and is the default engine of every serving path "
+        "(app, CLI, PACS, Ray) on this bundle; `BONE_XRAY_PRECISION=float32` or `--precision float32` chooses "
+        "the float32 one.\n\n" + table
     )
 
 
