@@ -136,8 +136,7 @@ async def remove_uploads(page) -> None:
     """Take the films out of the uploader, as a user does before the next one (it keeps
     every file given, so the next upload would otherwise turn the page into a batch table)."""
     chips = page.locator("[data-testid='stFileChip']")
-    while await chips.count():
-        left = await chips.count()
+    while left := await chips.count():
         await page.locator("[data-testid='stFileChipDeleteBtn']").first.click()
         await page.wait_for_function(
             "n => document.querySelectorAll(\"[data-testid='stFileChip']\").length < n",
@@ -227,9 +226,8 @@ async def hostile_session(browser, url: str, attacks: list, deadline: float) -> 
     context = await browser.new_context()
     page = await context.new_page()
     try:
-        for turn in range(10**6):
-            if time.perf_counter() >= deadline:
-                break
+        turn = 0
+        while time.perf_counter() < deadline:
             attack, sentence = attacks[turn % len(attacks)]
             started = time.perf_counter()
             try:
@@ -240,6 +238,7 @@ async def hostile_session(browser, url: str, attacks: list, deadline: float) -> 
                 log.latencies.setdefault(sentence, []).append(time.perf_counter() - started)
             except Exception as exc:  # the sentence never came: counted, and the attacker goes on
                 log.errors.append(f"attack {turn}: {describe(exc)}")
+            turn += 1
     finally:
         await context.close()
     return log

@@ -19,14 +19,8 @@ import numpy as np
 import psutil
 import pytest
 
-from benchmarks.fixtures import (
-    CHROMIUM,
-    decompression_bomb,
-    free_port,
-    jpeg_bytes,
-    textured_radiograph,
-    wait_healthy,
-)
+from benchmarks.fixtures import CHROMIUM, free_port, jpeg_bytes, textured_radiograph, wait_healthy
+from benchmarks.load import hostile_uploads
 from tests.conftest import REPO, png_bytes, synthetic_radiograph
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
@@ -231,14 +225,11 @@ def test_hostile_uploads_beside_a_normal_user(tmp_path, bundle_dir, browser):
     """A 95 MiB file that is no image (under the 100 MB upload limit) and a decompression bomb,
     each uploaded while someone else works: each gets its sentence, the other person still
     gets verdicts."""
-    junk = tmp_path / "huge.png"
-    junk.write_bytes(os.urandom(95 * 2**20))
-    bomb = {"name": "bomb.png", "mimeType": "image/png", "buffer": decompression_bomb()}
+    attacks = hostile_uploads(tmp_path)  # the load benchmark's: (file, the sentence it gets)
     with app_server(tmp_path, bundle_dir) as (url, process, _):
         attacker, person = browser.new_context(), browser.new_context()
         hostile, normal = open_page(attacker, url), open_page(person, url)
-        for attack, message, seed in ((str(junk), "not an image this app can read", 46),
-                                      (bomb, "more than 60 megapixels", 48)):
+        for (attack, message), seed in zip(attacks, (46, 48), strict=True):
             hostile.locator("input[type=file]").set_input_files(attack)
             upload_and_wait(normal, film(f"ordinary_film_{seed}.png", seed=seed))
             assert f"ordinary_film_{seed}" in normal.inner_text("body")

@@ -260,7 +260,7 @@ CARD_NEXT = "## Faster engine: the equivalence check"
 
 
 def card_section(summary: dict) -> str:
-    candidate = summary.get("candidate", "reduced")
+    candidate = summary["candidate"]
     verdict = "passed" if summary["passed"] else "failed, so serving does not use it"
     return (
         f"{CARD_MARKER}\n\nDecoding candidate `{candidate}` against the decoding before it, "

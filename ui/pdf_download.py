@@ -20,16 +20,17 @@ READY = "pdf_report_ready"
 
 
 def pdf_download(label: str, key: str, made_for: Hashable, build: Callable[[], bytes], file_name: str) -> None:
-    """`label` builds the report (`build()`, with a spinner); once built for `made_for`, a
-    download button for it stands in the button's place."""
+    """`label` builds the report (`build()`, with a spinner); once built for `made_for` (which
+    names its films, so a single film's report and a batch's never match), a download button
+    for it stands in the button's place. `key` names the two widgets."""
     ready = st.session_state.get(READY)
     slot = st.empty()
-    if not (ready and ready["key"] == key and ready["made_for"] == made_for):
+    if not (ready and ready["made_for"] == made_for):
         if not slot.button(label, key=f"build_{key}"):
             return
         st.session_state.pop(READY, None)  # the old report is let go before the new one is built
         with st.spinner("Building the PDF report..."):
-            ready = {"key": key, "made_for": made_for, "data": build()}
+            ready = {"made_for": made_for, "data": build()}
         st.session_state[READY] = ready
     slot.download_button(
         f"Download {label}",
