@@ -206,3 +206,24 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path):
         assert np.linalg.norm(a - b) <= 1e-3 * max(np.linalg.norm(a), 1e-12)
     x = np.random.default_rng(2).random((2, SMALL, SMALL, 3)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(straight(x)), np.asarray(resumed(x)), rtol=1e-4, atol=1e-5)
+
+
+def test_a_run_from_a_trained_model_scores_it_first_and_keeps_it_unless_an_epoch_beats_it(tmp_path):
+    """--init-from: the starting model is epoch 0 of the history; with a learning rate of 0 no
+    epoch can beat it, so the run ends with the very weights it started from."""
+    from training.finetune import fit
+    from training.model import build_two_stage_classifier
+
+    data = {"train": tiny_data(seed=0), "val": tiny_data(n=8, seed=1)}
+    model = build_two_stage_classifier(None, size=SMALL, seed=3, dropout=0.0)
+    x = np.random.default_rng(2).random((2, SMALL, SMALL, 3)).astype(np.float32)
+    before = np.asarray(model(x))
+    args = run_args(tmp_path / "from_trained")
+    args.lr, args.init_from = 0.0, tmp_path / "trained.keras"
+    result = fit(model, data, args, log=lambda m: None)
+
+    history = result["state"]["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert history[1]["score"] == pytest.approx(history[0]["score"])
+    assert result["state"]["best_epoch"] == 0
+    np.testing.assert_allclose(np.asarray(model(x)), before, rtol=1e-5, atol=1e-6)

@@ -24,7 +24,10 @@
 Writes <out>/model.keras (no optimizer state), val_logits.npz and train_summary.json, the files
 the later pipeline steps (evaluate, trust, litert, export) read.
 
-Usage: python -m training.finetune [--out artifacts/finetune] [--epochs 8] [--quick]
+`--init-from MODEL.keras` starts from a trained two-stage model instead (deeper fine-tuning of the
+shipped one, with `--frozen-until input` for every layer); that model is scored as epoch 0.
+
+Usage: python -m training.finetune [--out artifacts/finetune] [--epochs 8] [--init-from M] [--quick]
 """
 
 from __future__ import annotations
@@ -79,6 +82,13 @@ def parse_args(argv=None):
         choices=("inception_v3", "efficientnet_lite2", "small_cnn"),
         default="inception_v3",
         help="the shipped InceptionV3, or the comparison's others",
+    )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        help="start from this trained two-stage .keras model (the shipped bundle's, say) instead of "
+        "the backbone's pretrained weights; it is scored first as epoch 0, so the selection keeps it "
+        "unless an epoch beats it",
     )
     parser.add_argument("--cut", default=DEFAULT_CUT)
     parser.add_argument("--frozen-until", default=DEFAULT_FROZEN_UNTIL)
@@ -397,6 +407,9 @@ def fit(model, data: dict, args, log=print) -> dict:
         state = json.loads((out / "state.json").read_text())
         trainer.restore(out)
         log(f"resumed after epoch {state['epoch']} (weights and optimizer state)")
+    elif getattr(args, "init_from", None):
+        save_epoch(trainer, out, state, {**score_epoch(trainer, data, val_targets), "epoch": 0}, 0.0)
+        log(json.dumps(state["history"][-1]))
     earlier_seconds = state["wall_seconds"]
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         t0 = time.time()
@@ -602,6 +615,8 @@ def run(args: argparse.Namespace) -> dict:
         size=data["train"]["images"].shape[1],
         backbone=args.backbone,
     )
+    if getattr(args, "init_from", None):
+        model.set_weights(keras.saving.load_model(args.init_from, compile=False).get_weights())
     result = fit(model, data, args, log)
     if result.get("stopped"):
         return {}
