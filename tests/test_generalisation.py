@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 from tests.conftest import synthetic_radiograph
-from training.augment import add_collimation, box_free_matrix, box_free_view, remap_intensity, stretch_matrix, warp
+from training.augment import (
+    CLASSIC_AUGMENTATION,
+    add_collimation,
+    box_free_matrix,
+    box_free_view,
+    random_view,
+    remap_intensity,
+    stretch_matrix,
+    warp,
+)
 
 SIZE = 128
 
@@ -32,6 +41,21 @@ def test_a_box_free_close_up_never_overlaps_a_box(seed):
     assert abs(np.linalg.det(matrix[:, :2])) > 1.8 ** 2 * 0.99
     view = box_free_view(image, mask, np.random.default_rng(seed))
     assert view is not None and view.shape == image.shape and view.dtype == np.uint8
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_classic_ablation_draws_none_of_the_source_framings(seed):
+    """--augmentation classic: no stretch, collimation or intensity network, while the views
+    keep their boxes and the box-free close-ups still work."""
+    image, mask = film_and_box(seed % 3)
+    rng = np.random.default_rng(seed)
+    assert np.array_equal(stretch_matrix(SIZE, rng, CLASSIC_AUGMENTATION), np.eye(3))
+    assert np.array_equal(add_collimation(image, rng, CLASSIC_AUGMENTATION), image)
+    assert np.array_equal(remap_intensity(image, rng, CLASSIC_AUGMENTATION), image)
+    view, view_mask = random_view(image, mask, np.random.default_rng(seed), CLASSIC_AUGMENTATION)
+    assert view.shape == image.shape and view_mask is not None and view_mask.sum() >= 0.5 * mask.sum()
+    free = box_free_view(image, mask, np.random.default_rng(seed), CLASSIC_AUGMENTATION)
+    assert free is not None and free.shape == image.shape
 
 
 def test_a_film_covered_by_its_box_gives_no_box_free_view():

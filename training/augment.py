@@ -42,6 +42,20 @@ LIVE_AUGMENTATION = {
 }
 
 
+# The ablation of the domain-generalisation transforms: the same views without the framings the
+# unseen-source checks revealed (aspect stretch, tight crop from 224 px, collimation) and without
+# the random intensity network. The tight-crop geometry stays (probability 0), because the
+# box-free close-ups are drawn with it.
+CLASSIC_AUGMENTATION = {
+    **LIVE_AUGMENTATION,
+    "stretch": None,
+    "tight_crop": {**LIVE_AUGMENTATION["tight_crop"], "p": 0.0},
+    "collimation": None,
+    "intensity_network": None,
+}
+AUGMENTATIONS = {"live": LIVE_AUGMENTATION, "classic": CLASSIC_AUGMENTATION}
+
+
 def affine_matrix(size: int, rng: np.random.Generator, params: dict = LIVE_AUGMENTATION) -> np.ndarray:
     """A 2x3 matrix: rotation and zoom about a point near the centre, with flips."""
     angle = rng.uniform(-params["rotation_deg"], params["rotation_deg"])

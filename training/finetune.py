@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from training.augment import LIVE_AUGMENTATION, box_free_view, random_view
+from training.augment import AUGMENTATIONS, LIVE_AUGMENTATION, box_free_view, random_view
 from training.backbones import efficientnet_lite2_weights
 from training.boxes import MIN_CELL_COVERAGE, box_masks, cell_targets
 from training.calibrate import youden_threshold
@@ -112,6 +112,13 @@ def parse_args(argv=None):
         default=0.5,
         help="each epoch, this share of the boxed FracAtlas fractures comes back once more as a "
         "close-up that shows no box, taught as 'no fracture visible' (0: off)",
+    )
+    parser.add_argument(
+        "--augmentation",
+        choices=tuple(AUGMENTATIONS),
+        default="live",
+        help="live: every transform; classic: without the aspect stretch, the tight crop from 224 px, "
+        "collimation and the random intensity network (the ablation of those)",
     )
     parser.add_argument(
         "--mixstyle",
@@ -460,7 +467,7 @@ def train_epoch(
         seeds = [[args.seed, epoch, b, j] for j in range(len(batch))]
         x, cells, map_weight, shows = make_batch(
             train["images"], train["masks"], batch, train["labels"], plan.clinical, trainer.grid, seeds,
-            box_free=box_free[part],
+            AUGMENTATIONS[getattr(args, "augmentation", "live")], box_free[part],
         )  # fmt: skip
         targets = stage_targets(
             train["labels"][batch], plan.clinical[batch], severe_weight, getattr(args, "web_fracture_weight", 0.0),
@@ -637,7 +644,9 @@ def run(args: argparse.Namespace) -> dict:
         "severe_weight": result["severe_weight"],
         "positive_cell_weight": POSITIVE_CELL_WEIGHT,
         "min_cell_coverage": MIN_CELL_COVERAGE,
-        "augmentation": {k: (list(v) if isinstance(v, tuple) else v) for k, v in LIVE_AUGMENTATION.items()},
+        "augmentation": {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in AUGMENTATIONS[args.augmentation].items()
+        },
         "input_size": int(data["train"]["images"].shape[1]),
         "serving_input_size": INPUT_SIZE,
         "wall_seconds": result["wall_seconds"],
