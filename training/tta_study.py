@@ -43,13 +43,15 @@ def view(images: np.ndarray, name: str) -> np.ndarray:
     return images
 
 
-def p_any_fracture_by_view(model, images: np.ndarray, batch: int = 32) -> dict[str, tuple[np.ndarray, float]]:
+def p_any_fracture_by_view(
+    model, images: np.ndarray, batch: int = 32, views: tuple[str, ...] = VARIANTS["flip_zoom"]
+) -> dict[str, tuple[np.ndarray, float]]:
     """{view: (P(any fracture), ms per image)}: each distinct view runs once, and a variant
     averages the views it names (so its cost is the sum of theirs)."""
 
     forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     result = {}
-    for name in VARIANTS["flip_zoom"]:
+    for name in views:
         started = time.perf_counter()
         images_of_view = view(images, name)
         logits = [
@@ -96,10 +98,9 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> dict:
-    parser = run_step_parser(__doc__.splitlines()[0], out=False)
-    parser.add_argument("--knees", type=int, default=400, help="knee films used (a fixed first subset)")
-    args = parser.parse_args(argv)
+def study_films(args) -> tuple[dict, dict]:
+    """(FracAtlas validation films with their fracture flags, the unseen-source checks with the
+    first `args.knees` knees): what the TTA and ensemble studies score."""
     rows = [r for r in read_split(args.split) if r["split"] == "val" and r["source"] == "fracatlas"]
     val = {
         "images": build_image_cache(rows, args.data_dir, args.cache_dir),
@@ -107,6 +108,14 @@ def main(argv=None) -> dict:
     }
     checks = check_images(args.data_dir, args.cache_dir)
     checks["knee_oai"] = {k: v[: args.knees] for k, v in checks["knee_oai"].items()}
+    return val, checks
+
+
+def main(argv=None) -> dict:
+    parser = run_step_parser(__doc__.splitlines()[0], out=False)
+    parser.add_argument("--knees", type=int, default=400, help="knee films used (a fixed first subset)")
+    args = parser.parse_args(argv)
+    val, checks = study_films(args)
     model = keras.saving.load_model(args.run / "model.keras", compile=False)
     result = study(model, val, checks)
     (args.run / "tta.json").write_text(json.dumps(result, indent=1))
