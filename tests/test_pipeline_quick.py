@@ -91,6 +91,15 @@ def test_quick_pipeline_produces_a_loadable_bundle(tmp_path):
     assert prediction.error is None
     assert abs(sum(prediction.probabilities.values()) - 1) < 1e-6
 
+    # A finished run is measured and exported again without training another epoch.
+    run_dir = tmp_path / "runs" / "finetune_random_quick"
+    pipeline.main(["--quick", "--from-run", str(run_dir), "--version", "9.1.0", "--data-dir", str(data),
+                   "--split", str(tmp_path / "split.csv"), "--cache-dir", str(tmp_path / "cache"),
+                   "--bundle-dir", str(tmp_path / "again")])
+    again = json.loads((tmp_path / "again" / "metadata.json").read_text())
+    assert again["version"] == "9.1.0" and again["sha256"] == metadata["sha256"]
+    assert json.loads((run_dir / "state.json").read_text())["history"] == state["history"]
+
 
 def test_image_cache_at_a_study_size_keeps_its_own_file(tmp_path):
     from training.features import build_image_cache

@@ -10,7 +10,9 @@ training.offsource_report; measured only) -> convert to LiteRT and compare with
 Keras on the test split (training.litert) -> export model/. Re-running resumes from the caches
 and checkpoints.
 
-Usage: python -m training.pipeline [--quick] [--control] [--bundle-dir model] [training options]
+Usage: python -m training.pipeline [--quick] [--control] [--bundle-dir model] [--version V] [training options]
+       python -m training.pipeline --from-run artifacts/RUN [--bundle-dir DIR] [--version V]
+           (every step after training, on a study's finished run)
 
 Options it does not know (e.g. --epochs 4 --lr 2e-4) go to the training step's parser
 (training.finetune, or training.train with --recipe cached); every step is a function call.
@@ -62,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--control", action="store_true", help="also train the random-init control")
     parser.add_argument("--quick", action="store_true", help="tiny subset end to end, for tests")
+    parser.add_argument(
+        "--from-run",
+        type=Path,
+        help="skip training: evaluate, measure and export this finished run (a study's folder, say)",
+    )
+    parser.add_argument("--version", default="1.0.0", help="the bundle's version in metadata.json")
     return parser
 
 
@@ -77,17 +85,19 @@ def main(argv=None) -> None:
     suffix = ("_quick" if args.quick else "") + "".join(train_options).replace("--", "_")
     trainer = finetune if args.recipe == "finetune" else train
     prefix = "finetune" if args.recipe == "finetune" else "run"
-    runs = [(args.init, args.runs_dir / f"{prefix}_{args.init}{suffix}")]
+    runs = [(args.init, args.from_run or args.runs_dir / f"{prefix}_{args.init}{suffix}")]
     if args.control and args.init != "random":
         runs.append(("random", args.runs_dir / f"{prefix}_random{suffix}"))
     for init, run_dir in runs:
-        # The options the pipeline does not know are the training step's: its parser reads them.
-        trainer.run(trainer.parse_args(common + train_options + ["--init", init, "--out", str(run_dir)]))
+        if run_dir != args.from_run:
+            # The options the pipeline does not know are the training step's: its parser reads them.
+            trainer.run(trainer.parse_args(common + train_options + ["--init", init, "--out", str(run_dir)]))
         print(evaluate.markdown_report(evaluate.evaluate(step_args(args, run_dir), run_dir / "eval")))
     main_run = runs[0][1]
     measure(args, main_run)
     command = "python -m training.pipeline " + " ".join(a for a in (argv or sys.argv[1:]))
-    export.export(main_run, args.bundle_dir, command.strip(), runs[1][1] if len(runs) > 1 else None)
+    control = runs[1][1] if len(runs) > 1 else None
+    export.export(main_run, args.bundle_dir, command.strip(), control, args.version)
     print(f"bundle written to {args.bundle_dir} in {time.time() - started:.0f} s")
 
 
