@@ -161,6 +161,9 @@ def build_metadata(
             "source_sha256": NSFWJS_TGZ_SHA256 if args["init"] == "nsfwjs" else None,
             "note": "npm package nsfwjs (MIT): InceptionV3 whose layers up to about mixed6 "
             "keep ImageNet weights; converted by training/pretrained.py",
+            "fine_tuned_from": starting_bundle(
+                None if args.get("init_from") in (None, "None") else args["init_from"], summary.get("init_from_sha256")
+            ),
         },
         "training": training_metadata(summary, command),
         "data": {
@@ -190,6 +193,25 @@ def build_metadata(
     return metadata
 
 
+def starting_bundle(init_from: str | None, trained_from_sha256: str | None = None) -> dict | None:
+    """The bundle a run was fine-tuned from (its file, version and sha256), read from the
+    metadata.json beside it; None for runs that started from the pretrained weights. When the
+    run recorded the hash it started from, that bundle must still be the one at the path."""
+    if not init_from:
+        return None
+    path = Path(init_from)
+    metadata_path = path.parent / METADATA_FILE
+    recorded = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
+    if recorded.get("model_file") != path.name:
+        raise ValueError(f"{metadata_path} does not describe {path.name}: which model did the run start from?")
+    if trained_from_sha256 and recorded.get("sha256") != trained_from_sha256:
+        raise ValueError(
+            f"{path} is no longer the model the run started from (sha256 {trained_from_sha256[:16]}...); "
+            "restore that bundle before exporting."
+        )
+    return {"file": path.name, "version": recorded["version"], "sha256": recorded["sha256"]}
+
+
 def architecture_metadata(args: dict, summary: dict, model_path: Path) -> dict:
     """The network: backbone, where it is cut and frozen, its head and size."""
     return {
@@ -212,6 +234,9 @@ def training_metadata(summary: dict, command: str) -> dict:
         "date": dt.date.today().isoformat(),
         "best_epoch": summary["best_epoch"],
         "epochs_run": len(summary["history"]),
+        "epochs_trained": sum(1 for h in summary["history"] if h["epoch"] >= 1),
+        # Runs scored with the unseen-source checks were chosen on the combined selection score.
+        "selection": "offsource" if "offsource_auroc" in val_best else "validation",
         "val_macro_auroc": summary["best_val_macro_auroc"],
         "val_balanced_accuracy_at_best": val_best["balanced_accuracy"],
         "train_counts": dict(zip(CLASSES, summary["train_counts"])),
@@ -287,17 +312,67 @@ def model_section(metadata: dict, features_note: str, control_time: str) -> str:
 - the three class probabilities are composed from the two stages (they sum to 1), then
   calibrated by one temperature.
 
-Initialisation: {metadata["initialisation"]["source"]} (sha256
-`{str(metadata["initialisation"]["source_sha256"])[:16]}...`); layers up to `{arch["frozen_until"]}` frozen
-(BatchNorm statistics too), mixed6, mixed7 and the heads fine-tuned with AdamW (cosine schedule)
+{initialisation_sentence(metadata)}; {trained_layers_sentence(arch["frozen_until"])} with AdamW (cosine schedule)
 on **live augmentation**, drawn fresh at every step for every class: rotation +-{aug["rotation_deg"]:.0f} deg,
 flips, zoom from {zoom_out:.1f}x (zoom-out) to {zoom_in:.1f}x (close-ups that show part of the
 film, redrawn when the fracture box would leave the view), downscaling to {low_side}-{high_side} px and
 back, gamma, contrast, brightness, blur or sharpening, noise, JPEG re-compression, burned-in
-text, L/R markers and rulers (`training/augment.py`). Each epoch sees every fracture image and
-a fresh draw of the healthy films. Best epoch {training["best_epoch"]} of {training["epochs_run"]} by the validation
-score (mean of the FracAtlas healthy-vs-fracture AUROC and the severity AUROC among fractures;
-validation macro-AUROC at that epoch {training["val_macro_auroc"]:.3f}). {timing}"""
+text, L/R markers and rulers (`training/augment.py`){framings_sentence(aug)}. Each epoch sees every
+fracture image and a fresh draw of the healthy films. Best of {epochs_trained(training)} epochs: epoch
+{training["best_epoch"]} {selection_sentence(training)} (validation macro-AUROC at that epoch
+{training["val_macro_auroc"]:.3f}). {timing}"""
+
+
+def initialisation_sentence(metadata: dict) -> str:
+    """Where the weights started: a bundle fine-tuned further, or the pretrained source."""
+    init = metadata["initialisation"]
+    start = init.get("fine_tuned_from")
+    pretrained = f"{init['source']} (sha256 `{str(init['source_sha256'])[:16]}...`)"
+    if not start:
+        return f"Initialisation: {pretrained}"
+    return (
+        f"Initialisation: model {start['version']} (`{start['file']}`, sha256 `{start['sha256'][:16]}...`), "
+        f"itself started from {pretrained}"
+    )
+
+
+def trained_layers_sentence(frozen_until: str) -> str:
+    if frozen_until == "input":
+        return "every layer fine-tuned (BatchNorm statistics kept frozen, since batches are small)"
+    return f"layers up to `{frozen_until}` frozen (BatchNorm statistics too), the rest and the heads fine-tuned"
+
+
+def framings_sentence(aug: dict) -> str:
+    """The source framings (aspect stretch, tight crop from 224 px, collimation, intensity network)."""
+    on = [
+        name
+        for name, key in (
+            ("aspect stretch", "stretch"),
+            ("tight crop from 224 px", "tight_crop"),
+            ("collimation borders", "collimation"),
+            ("random intensity network", "intensity_network"),
+        )
+        if aug.get(key) and aug[key].get("p", 1.0) > 0
+    ]
+    return "; with the source framings: " + ", ".join(on) if on else "; without the source framings"
+
+
+def selection_sentence(training: dict) -> str:
+    if training.get("selection") == "offsource":
+        return (
+            "by the selection score: the mean of the FracAtlas validation healthy-vs-fracture AUROC, the "
+            "severity AUROC among fractures, the off-source AUROC and the worse healthy check's share below "
+            "the validation threshold (`training.offsource.selection_score`)"
+        )
+    return (
+        "by the validation score (mean of the FracAtlas healthy-vs-fracture AUROC and the severity AUROC "
+        "among fractures)"
+    )
+
+
+def epochs_trained(training: dict) -> int:
+    """Epochs of training (older metadata counted the starting checkpoint's evaluation too)."""
+    return training.get("epochs_trained", training["epochs_run"])
 
 
 def comparison_section(metadata: dict) -> str:

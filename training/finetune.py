@@ -56,6 +56,7 @@ from training.pretrained import (
     pretrained_weights_path,
 )
 from training.train import quick_subset
+from utils.core.bundle import sha256_of
 from utils.core.inference import softmax, to_model_input
 from utils.core.preprocess import INPUT_SIZE
 
@@ -651,6 +652,8 @@ def run(args: argparse.Namespace) -> dict:
         "serving_input_size": INPUT_SIZE,
         "wall_seconds": result["wall_seconds"],
         "features_from_cache": False,
+        # The starting bundle's file may be replaced later; its hash says which model it was.
+        "init_from_sha256": sha256_of(Path(args.init_from)) if getattr(args, "init_from", None) else None,
     }
     (args.out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=float))
     log(
