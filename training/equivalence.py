@@ -186,8 +186,9 @@ def markdown(results: dict, n: dict) -> str:
         def flags(block):
             return f"{min(list(block['uncertain_agreement'].values()) + [block['not_xray_agreement']]):.1%}"
 
-        failed = ", ".join(k for k, v in r["passes"].items() if not v)
-        verdict = "yes" if r["passed"] else "no: " + failed
+        if a:  # the reference row has nothing to pass
+            failed = ", ".join(k for k, v in r["passes"].items() if not v)
+            verdict = "yes" if r["passed"] else "no: " + failed
         lines.append(
             f"| {name} | {r['timing_ms_per_image']['batch_1']:.1f} | {r['timing_ms_per_image']['batch_8']:.1f} | "
             f"{r['binary_auroc_test']:.4f} | {r['binary_auroc_test_fracatlas']:.4f} | {r['ece_test']:.3f} | "
@@ -201,6 +202,33 @@ def markdown(results: dict, n: dict) -> str:
 
 def summary(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "decisions"}
+
+
+CARD_MARKER = "## Faster engine: the equivalence check"
+
+
+def write_card_section(bundle_dir: Path, body: str) -> None:
+    """Replace (or append) the model card's equivalence section."""
+    card = bundle_dir / "MODEL_CARD.md"
+    text = card.read_text()
+    if CARD_MARKER in text:
+        text = text[: text.index(CARD_MARKER)].rstrip() + "\n\n"
+    card.write_text(text + f"{CARD_MARKER}\n\n" + body)
+
+
+def write_float32_only(bundle_dir: Path, table: str) -> None:
+    """No candidate passed: the bundle keeps no int8 engine (an older one belongs to another
+    model) and its card shows the table that says why."""
+    (bundle_dir / INT8_FILE).unlink(missing_ok=True)
+    metadata_path = bundle_dir / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata.pop("runtime_int8", None)
+    metadata_path.write_text(json.dumps(metadata, indent=1, default=float) + "\n")
+    write_card_section(
+        bundle_dir,
+        "No int8 candidate passed, so every serving path (app, CLI, PACS, Ray) runs the float32 LiteRT "
+        "engine (`serving.tflite`); `--precision int8` is refused for this bundle.\n\n" + table,
+    )
 
 
 def write_bundle(bundle_dir: Path, candidate: Path, name: str, results: dict, table: str) -> None:
@@ -220,15 +248,11 @@ def write_bundle(bundle_dir: Path, candidate: Path, name: str, results: dict, ta
         "command": "python -m training.equivalence --write",
     }
     metadata_path.write_text(json.dumps(metadata, indent=1, default=float) + "\n")
-    card = bundle_dir / "MODEL_CARD.md"
-    text = card.read_text()
-    marker = "## Faster engine: the equivalence check"
-    if marker in text:
-        text = text[: text.index(marker)].rstrip() + "\n\n"
-    card.write_text(
-        text + f"{marker}\n\n`{INT8_FILE}` ({name}) passed and is the default engine of every serving path "
+    write_card_section(
+        bundle_dir,
+        f"`{INT8_FILE}` ({name}) passed and is the default engine of every serving path "
         "(app, CLI, PACS, Ray) on this bundle; `BONE_XRAY_PRECISION=float32` or `--precision float32` chooses "
-        "the float32 one.\n\n" + table
+        "the float32 one.\n\n" + table,
     )
 
 
@@ -268,7 +292,8 @@ def main(argv=None) -> dict:
             write_bundle(args.bundle_dir, files[best], best, results, table)
             print(f"wrote {best} to {args.bundle_dir / INT8_FILE}")
         elif args.write:
-            print("no candidate passed: nothing written")
+            write_float32_only(args.bundle_dir, table)
+            print(f"no candidate passed: {args.bundle_dir} serves float32 only")
     return results
 
 
