@@ -38,9 +38,12 @@ def test_no_passing_candidate_leaves_a_float32_bundle_whose_card_says_why(tmp_pa
     (tmp_path / INT8_FILE).write_bytes(b"an older model's int8 engine")
     (tmp_path / "metadata.json").write_text(json.dumps({"version": "2.1.0", "runtime_int8": {"file": INT8_FILE}}))
     (tmp_path / "MODEL_CARD.md").write_text(f"# Card\n\n{CARD_MARKER}\n\nThe old engine passed.\n")
-    write_float32_only(tmp_path, "| the table |\n")
+    results = {"float32 (shipped)": engine_result(None), "int8": engine_result(False)}
+    write_float32_only(tmp_path, results, "| the table |\n")
     assert not (tmp_path / INT8_FILE).exists()
-    assert "runtime_int8" not in json.loads((tmp_path / "metadata.json").read_text())
+    metadata = json.loads((tmp_path / "metadata.json").read_text())
+    assert "runtime_int8" not in metadata
+    assert metadata["int8_check"]["passed"] is False and not metadata["int8_check"]["equivalence"]["int8"]["passed"]
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert card.count(CARD_MARKER) == 1 and "The old engine passed" not in card
     assert "No int8 candidate passed" in card and card.endswith("| the table |\n")

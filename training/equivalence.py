@@ -216,13 +216,19 @@ def write_card_section(bundle_dir: Path, body: str) -> None:
     card.write_text(text + f"{CARD_MARKER}\n\n" + body)
 
 
-def write_float32_only(bundle_dir: Path, table: str) -> None:
+def write_float32_only(bundle_dir: Path, results: dict, table: str) -> None:
     """No candidate passed: the bundle keeps no int8 engine (an older one belongs to another
-    model) and its card shows the table that says why."""
+    model); its metadata (int8_check) and card keep the figures that say why."""
     (bundle_dir / INT8_FILE).unlink(missing_ok=True)
     metadata_path = bundle_dir / "metadata.json"
     metadata = json.loads(metadata_path.read_text())
     metadata.pop("runtime_int8", None)
+    metadata["int8_check"] = {
+        "passed": False,
+        "criteria": CRITERIA,
+        "equivalence": {k: summary(v) for k, v in results.items()},
+        "command": "python -m training.equivalence --write",
+    }
     metadata_path.write_text(json.dumps(metadata, indent=1, default=float) + "\n")
     write_card_section(
         bundle_dir,
@@ -237,6 +243,7 @@ def write_bundle(bundle_dir: Path, candidate: Path, name: str, results: dict, ta
     metadata_path = bundle_dir / "metadata.json"
     metadata = json.loads(metadata_path.read_text())
     chosen = results[name]
+    metadata.pop("int8_check", None)
     metadata["runtime_int8"] = {
         "file": INT8_FILE,
         "sha256": sha256_of(target),
@@ -292,7 +299,7 @@ def main(argv=None) -> dict:
             write_bundle(args.bundle_dir, files[best], best, results, table)
             print(f"wrote {best} to {args.bundle_dir / INT8_FILE}")
         elif args.write:
-            write_float32_only(args.bundle_dir, table)
+            write_float32_only(args.bundle_dir, results, table)
             print(f"no candidate passed: {args.bundle_dir} serves float32 only")
     return results
 
