@@ -118,6 +118,10 @@ def test_one_setting_chooses_the_engine_for_every_path(monkeypatch, bundle_dir):
     monkeypatch.setenv("BONE_XRAY_PRECISION", "fp4")
     with pytest.raises(ModelBundleError, match="not an engine"):
         serving_precision(metadata)
+    # A bundle whose int8 candidate failed its check: asking for int8 is refused with a sentence.
+    monkeypatch.setenv("BONE_XRAY_PRECISION", "int8")
+    with pytest.raises(ModelBundleError, match="ships no int8 engine"):
+        serving_precision({k: v for k, v in metadata.items() if k != "runtime_int8"})
 
 
 @pytest.mark.parametrize("precision", ["float32", "int8"])

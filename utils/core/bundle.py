@@ -130,6 +130,11 @@ def serving_precision(metadata: dict[str, Any]) -> str:
     if chosen:
         if chosen not in ("float32", *FASTER_PRECISIONS):
             raise ModelBundleError(f"{PRECISION_VARIABLE}={chosen!r} is not an engine; use float32 or int8.")
+        if chosen == "int8" and not metadata.get("runtime_int8"):
+            raise ModelBundleError(
+                f"{PRECISION_VARIABLE}=int8, but this model bundle ships no int8 engine (see its model card's "
+                "equivalence check); unset it or use float32."
+            )
         return chosen
 
     return "int8" if metadata.get("runtime_int8") and litert_available() else "float32"
