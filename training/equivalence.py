@@ -212,8 +212,8 @@ def write_card_section(bundle_dir: Path, body: str) -> None:
     card = bundle_dir / "MODEL_CARD.md"
     text = card.read_text()
     if CARD_MARKER in text:
-        text = text[: text.index(CARD_MARKER)].rstrip() + "\n\n"
-    card.write_text(text + f"{CARD_MARKER}\n\n" + body)
+        text = text[: text.index(CARD_MARKER)]
+    card.write_text(text.rstrip() + f"\n\n{CARD_MARKER}\n\n" + body)
 
 
 def write_float32_only(bundle_dir: Path, results: dict, table: str) -> None:
