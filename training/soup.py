@@ -1,0 +1,62 @@
+"""A model soup: one model whose weights are the mean of several runs' weights (Wortsman et al.,
+"Model soups", ICML 2022). Runs fine-tuned from the same starting model at a low learning rate
+usually sit in one basin, so their mean can keep an ensemble's gain at the cost of one model.
+
+Usage: python -m training.soup --runs artifacts/A artifacts/B [...] --out artifacts/soup
+Writes <out>/model.keras (no optimizer state). Measure it like any member:
+python -m training.ensemble_study --runs artifacts/A artifacts/soup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+
+
+def average_weights(weight_lists: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """The element-wise mean of models' weights, given in the same order and shapes."""
+    if len(weight_lists) < 2:
+        raise ValueError("a soup needs at least two models")
+    shapes = [[w.shape for w in weights] for weights in weight_lists]
+    if any(s != shapes[0] for s in shapes[1:]):
+        raise ValueError("the models differ in architecture: their weights do not line up")
+    return [np.mean(np.stack(group), axis=0).astype(group[0].dtype) for group in zip(*weight_lists)]
+
+
+def starting_models(runs: list[Path]) -> set[str | None]:
+    """The starting model each run recorded (its sha256, or its path for older runs)."""
+    starts = set()
+    for run in runs:
+        args = json.loads((run / "train_summary.json").read_text())
+        starts.add(args.get("init_from_sha256") or args["args"].get("init_from"))
+    return starts
+
+
+def make_soup(runs: list[Path], out: Path) -> Path:
+    """Average the runs' model.keras into out/model.keras; refuses runs from different starts."""
+    if len(starting_models(runs)) != 1:
+        raise ValueError("the runs started from different models; their mean is not one basin")
+    models = [keras.saving.load_model(run / "model.keras", compile=False) for run in runs]
+    soup = models[0]
+    soup.set_weights(average_weights([m.get_weights() for m in models]))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "model.keras"
+    soup.save(path, include_optimizer=False)
+    (out / "soup.json").write_text(json.dumps({"runs": [str(r) for r in runs]}, indent=1))
+    return path
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, nargs="+", required=True, help="run folders holding model.keras")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    print(make_soup(args.runs, args.out))
+
+
+if __name__ == "__main__":
+    main()
