@@ -4,7 +4,9 @@ usually sit in one basin, so their mean can keep an ensemble's gain at the cost 
 
 Usage: python -m training.soup --runs artifacts/A artifacts/B [...] --out artifacts/soup
 Writes <out>/model.keras (no optimizer state). Measure it like any member:
-python -m training.ensemble_study --runs artifacts/A artifacts/soup.
+python -m training.ensemble_study --runs artifacts/A artifacts/soup, and its validation score
+(the FracAtlas and severity AUROCs that every run was compared on) with
+python -m training.soup --score artifacts/A artifacts/soup.
 """
 
 from __future__ import annotations
@@ -15,6 +17,12 @@ from pathlib import Path
 
 import keras
 import numpy as np
+
+from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split
+from training.features import build_image_cache
+from training.finetune import validation_scores
+from training.pretrained import default_cache_dir
+from utils.core.inference import to_model_input
 
 
 def average_weights(weight_lists: list[list[np.ndarray]]) -> list[np.ndarray]:
@@ -50,11 +58,33 @@ def make_soup(runs: list[Path], out: Path) -> Path:
     return path
 
 
+def validation_score(run: Path, batch_size: int = 16) -> dict:
+    """training.finetune's validation scores of run/model.keras (validation split only)."""
+    rows = [r for r in read_split(DEFAULT_SPLIT_FILE) if r["split"] == "val"]
+    images = build_image_cache(rows, default_data_dir(), default_cache_dir())
+    model = keras.saving.load_model(run / "model.keras", compile=False)
+    logits = np.concatenate(
+        [
+            np.asarray(model(to_model_input(images[i : i + batch_size, ..., None]), training=False))
+            for i in range(0, len(images), batch_size)
+        ]
+    )
+    labels = np.array([CLASSES.index(r["label"]) for r in rows])
+    return validation_scores(labels, np.array([r["source"] for r in rows]), logits)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, nargs="+", required=True, help="run folders holding model.keras")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--runs", type=Path, nargs="+", help="run folders holding model.keras")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--score", type=Path, nargs="+", help="print these runs' validation scores instead")
     args = parser.parse_args(argv)
+    if args.score:
+        for run in args.score:
+            print(run, json.dumps(validation_score(run)))
+        return
+    if not args.runs or not args.out:
+        parser.error("--runs and --out make a soup (or --score RUN to measure one)")
     print(make_soup(args.runs, args.out))
 
 
