@@ -10,7 +10,8 @@ Two checks, cheapest first:
      under their shared covariance (Lee et al., 2018). It measures "unlike the training
      films", so real films from other hospitals trip it too; its message says so.
 
-The fitted statistics live beside the model (`radiograph_guard.npz`, or `ood_guard.npz` in older bundles; its sha256 in metadata.json).
+The fitted statistics live beside the model (`radiograph_guard.npz`, or `ood_guard.npz` in older
+bundles; its sha256 in metadata.json).
 """
 
 from __future__ import annotations
