@@ -216,20 +216,25 @@ def write_card_section(bundle_dir: Path, body: str) -> None:
     card.write_text(text.rstrip() + f"\n\n{CARD_MARKER}\n\n" + body)
 
 
-def write_float32_only(bundle_dir: Path, results: dict, table: str) -> None:
-    """No candidate passed: the bundle keeps no int8 engine (an older one belongs to another
-    model); its metadata (int8_check) and card keep the figures that say why."""
-    (bundle_dir / INT8_FILE).unlink(missing_ok=True)
+def record_check(bundle_dir: Path, key: str, entry: dict, results: dict, stale: str) -> None:
+    """metadata[key] = entry plus the check's figures; the other outcome's key (stale) goes."""
     metadata_path = bundle_dir / "metadata.json"
     metadata = json.loads(metadata_path.read_text())
-    metadata.pop("runtime_int8", None)
-    metadata["int8_check"] = {
-        "passed": False,
+    metadata.pop(stale, None)
+    metadata[key] = {
+        **entry,
         "criteria": CRITERIA,
         "equivalence": {k: summary(v) for k, v in results.items()},
         "command": "python -m training.equivalence --write",
     }
     metadata_path.write_text(json.dumps(metadata, indent=1, default=float) + "\n")
+
+
+def write_float32_only(bundle_dir: Path, results: dict, table: str) -> None:
+    """No candidate passed: the bundle keeps no int8 engine (an older one belongs to another
+    model); its metadata (int8_check) and card keep the figures that say why."""
+    (bundle_dir / INT8_FILE).unlink(missing_ok=True)
+    record_check(bundle_dir, "int8_check", {"passed": False}, results, stale="runtime_int8")
     write_card_section(
         bundle_dir,
         "No int8 candidate passed, so every serving path (app, CLI, PACS, Ray) runs the float32 LiteRT "
@@ -240,21 +245,14 @@ def write_float32_only(bundle_dir: Path, results: dict, table: str) -> None:
 def write_bundle(bundle_dir: Path, candidate: Path, name: str, results: dict, table: str) -> None:
     target = bundle_dir / INT8_FILE
     shutil.copyfile(candidate, target)
-    metadata_path = bundle_dir / "metadata.json"
-    metadata = json.loads(metadata_path.read_text())
-    chosen = results[name]
-    metadata.pop("int8_check", None)
-    metadata["runtime_int8"] = {
+    engine = {
         "file": INT8_FILE,
         "sha256": sha256_of(target),
         "format": f"LiteRT flatbuffer, {name}",
         "engine": "ai-edge-litert (XNNPACK); --precision int8 in the CLI and Ray",
-        "temperature": chosen["temperature"],
-        "criteria": CRITERIA,
-        "equivalence": {k: summary(v) for k, v in results.items()},
-        "command": "python -m training.equivalence --write",
+        "temperature": results[name]["temperature"],
     }
-    metadata_path.write_text(json.dumps(metadata, indent=1, default=float) + "\n")
+    record_check(bundle_dir, "runtime_int8", engine, results, stale="int8_check")
     write_card_section(
         bundle_dir,
         f"`{INT8_FILE}` ({name}) passed and is the default engine of every serving path "
