@@ -4,8 +4,8 @@ usually sit in one basin, so their mean can keep an ensemble's gain at the cost 
 
 Usage: python -m training.soup --runs artifacts/A artifacts/B [...] --out artifacts/soup
 Writes <out>/model.keras (no optimizer state). Measure it like any member:
-python -m training.ensemble_study --runs artifacts/A artifacts/soup, and its validation score
-(the FracAtlas and severity AUROCs that every run was compared on) with
+python -m training.ensemble_study --runs artifacts/A artifacts/soup, and the figures a training
+epoch is chosen on (validation scores, unseen-source figures, selection score) with
 python -m training.soup --score artifacts/A artifacts/soup.
 """
 
@@ -18,11 +18,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from training.calibrate import youden_threshold
 from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split
 from training.features import build_image_cache
 from training.finetune import validation_scores
+from training.offsource import FRACTURE_SOURCE, check_images, epoch_figures, selection_score
 from training.pretrained import default_cache_dir
-from utils.core.inference import to_model_input
+from utils.core.inference import softmax, to_model_input
 
 
 def average_weights(weight_lists: list[list[np.ndarray]]) -> list[np.ndarray]:
@@ -58,30 +60,51 @@ def make_soup(runs: list[Path], out: Path) -> Path:
     return path
 
 
-def validation_score(run: Path, batch_size: int = 16) -> dict:
-    """training.finetune's validation scores of run/model.keras (validation split only)."""
-    rows = [r for r in read_split(DEFAULT_SPLIT_FILE) if r["split"] == "val"]
-    images = build_image_cache(rows, default_data_dir(), default_cache_dir())
-    model = keras.saving.load_model(run / "model.keras", compile=False)
-    logits = np.concatenate(
+def log_probabilities(model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """The model's class log-probabilities (N, 3) of clean (N, S, S) uint8 images."""
+    return np.concatenate(
         [
             np.asarray(model(to_model_input(images[i : i + batch_size, ..., None]), training=False))
             for i in range(0, len(images), batch_size)
         ]
     )
+
+
+def selection_row(run: Path, knees: int = 400) -> dict:
+    """The figures a training epoch is chosen on, for run/model.keras: the validation scores,
+    the unseen-source figures at the validation threshold (the first `knees` knees, as in
+    training) and training.offsource.selection_score. The checks are measured, never fitted."""
+    rows = [r for r in read_split(DEFAULT_SPLIT_FILE) if r["split"] == "val"]
+    images = build_image_cache(rows, default_data_dir(), default_cache_dir())
+    model = keras.saving.load_model(run / "model.keras", compile=False)
+    log_probs = log_probabilities(model, images)
     labels = np.array([CLASSES.index(r["label"]) for r in rows])
-    return validation_scores(labels, np.array([r["source"] for r in rows]), logits)
+    sources = np.array([r["source"] for r in rows])
+    row = validation_scores(labels, sources, log_probs)
+    checks = check_images(default_data_dir(), default_cache_dir())
+    if FRACTURE_SOURCE not in checks:  # no checks beside the data: the validation score alone
+        return row
+    if "knee_oai" in checks:
+        checks["knee_oai"] = {k: v[:knees] for k, v in checks["knee_oai"].items()}
+    fa = sources == "fracatlas"
+    p_any = 1.0 - softmax(log_probs)[:, 0]
+    threshold = youden_threshold(labels[fa] != CLASSES.index("healthy"), p_any[fa])
+    p_checks = {name: 1.0 - softmax(log_probabilities(model, c["images"]))[:, 0] for name, c in checks.items()}
+    figures = epoch_figures(p_checks, {name: c["labels"] for name, c in checks.items()}, threshold)
+    row.update(figures, val_fracture_threshold=threshold, val_only_score=row["score"])
+    row["score"] = selection_score(row, figures)
+    return row
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, nargs="+", help="run folders holding model.keras")
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--score", type=Path, nargs="+", help="print these runs' validation scores instead")
+    parser.add_argument("--score", type=Path, nargs="+", help="print the figures an epoch is chosen on, instead")
     args = parser.parse_args(argv)
     if args.score:
         for run in args.score:
-            print(run, json.dumps(validation_score(run)))
+            print(run, json.dumps(selection_row(run)), flush=True)
         return
     if not args.runs or not args.out:
         parser.error("--runs and --out make a soup (or --score RUN to measure one)")
