@@ -7,9 +7,11 @@ Usage: python -m benchmarks.batch [--images 200] [--cli-images 96] [--memory-ima
 1. CLI path (read, decode, preprocess, classify, decoding overlapped with the model) over
    2,000 x 2,500 JPEGs that compress like real films (benchmarks.fixtures.textured_radiograph),
    images per second, --runs times in turn: the path before this change
-   (training.decode_equivalence.reference_path) against the shipped path, with the int8 and
-   the float32 engine, and batch 1; median and spread, and the ratio within each run.
-2. Ray Data (`--engine ray`, int8) on the same folder with 1 and 2 workers, on a local
+   (training.decode_equivalence.reference_path) against the shipped path, with each engine
+   the bundle ships (int8 only when it passed the equivalence check), and batch 1; median and
+   spread, and the ratio within each run. "Shipped" is the engine every serving path runs
+   (utils.core.bundle.serving_precision).
+2. Ray Data (`--engine ray`, the shipped engine) on the same folder with 1 and 2 workers, on a local
    cluster started beforehand (the cluster's start is not counted; the actors' model
    loading is).
 3. Ray's memory: the peak RSS of the driver and every Ray process, sampled every 0.2 s, over
@@ -40,7 +42,7 @@ from benchmarks.fixtures import jpeg_bytes, synthetic_radiograph, textured_radio
 from training.decode_equivalence import reference_path
 from utils.adapters import ray_batch
 from utils.cli import expand_paths, predict_paths
-from utils.core.bundle import load_bundle
+from utils.core.bundle import load_bundle, serving_precision
 from utils.core.classifier import Classifier
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -81,19 +83,23 @@ print(json.dumps({"rows": rows, "rss_before_upload": before,
 
 def cli_figures(bundle, folder: Path, runs: int) -> dict:
     """Images/s of the CLI's paths, `runs` times each in turn, so that a busy spell of the
-    machine hits all of them: the path before this change (int8, decode overlapped),
-    the shipped path with each engine, and batch 1. Ratios are taken within each run."""
-    engines = {"int8": Classifier(bundle, precision="int8"), "float32": Classifier(bundle)}
-    cli_throughput(engines["int8"], folder, 8)  # warm-up: caches, thread pools
+    machine hits all of them: the path before this change (shipped engine, decode
+    overlapped), the shipped path with each engine the bundle ships, and batch 1. Ratios are
+    taken within each run."""
+    shipped = serving_precision(bundle.metadata)
+    engines = {precision: Classifier(bundle, precision=precision) for precision in bundle.litert_paths}
+    engines.setdefault(shipped, Classifier(bundle, precision=shipped))
+    cli_throughput(engines[shipped], folder, 8)  # warm-up: caches, thread pools
     rows: dict[str, list[float]] = {}
     for _ in range(runs):
         with reference_path():
-            rows.setdefault("cli_ips_int8_before", []).append(cli_throughput(engines["int8"], folder, 8))
-        rows.setdefault("cli_ips_int8", []).append(cli_throughput(engines["int8"], folder, 8))
-        rows.setdefault("cli_ips_float32", []).append(cli_throughput(engines["float32"], folder, 8))
-        rows.setdefault("cli_ips_int8_batch1", []).append(cli_throughput(engines["int8"], folder, 1))
-    rows["cli_speedup"] = [a / b for a, b in zip(rows["cli_ips_int8"], rows["cli_ips_int8_before"])]
-    figures: dict = {f"{k}_runs": v for k, v in rows.items()}
+            rows.setdefault("cli_ips_before", []).append(cli_throughput(engines[shipped], folder, 8))
+        for precision, classifier in engines.items():
+            rows.setdefault(f"cli_ips_{precision}", []).append(cli_throughput(classifier, folder, 8))
+        rows.setdefault("cli_ips_batch1", []).append(cli_throughput(engines[shipped], folder, 1))
+    rows["cli_ips_shipped"] = rows[f"cli_ips_{shipped}"]
+    rows["cli_speedup"] = [a / b for a, b in zip(rows["cli_ips_shipped"], rows["cli_ips_before"])]
+    figures: dict = {"shipped_precision": shipped, **{f"{k}_runs": v for k, v in rows.items()}}
     figures.update({k: float(np.median(v)) for k, v in rows.items()})
     return figures
 
@@ -135,23 +141,25 @@ class TreeMemory:
         self._thread.join()
 
 
-def ray_throughput(folder: Path, out: Path, workers: int, decode: str = "actor") -> float:
+def ray_throughput(folder: Path, out: Path, workers: int, precision: str, decode: str = "actor") -> float:
     paths = len(list(folder.glob("*.jpg")))
     start = time.perf_counter()
-    options = ray_batch.RayOptions(workers=workers, precision="int8", decode=decode)
+    options = ray_batch.RayOptions(workers=workers, precision=precision, decode=decode)
     ray_batch.run([str(folder)], out, options, log=lambda m: None)
     return paths / (time.perf_counter() - start)
 
 
-def ray_figures(folder: Path, tmp: Path, memory_images: int) -> dict:
+def ray_figures(folder: Path, tmp: Path, memory_images: int, precision: str) -> dict:
     import ray  # noqa: PLC0415  (Ray is optional (requirements-scale.txt))
 
     figures = {}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
         for workers in (1, 2):
-            figures[f"ray_ips_{workers}_workers"] = ray_throughput(folder, tmp / f"ray_{workers}", workers)
-        figures["ray_ips_1_workers_decode_tasks"] = ray_throughput(folder, tmp / "ray_tasks", 1, decode="tasks")
+            figures[f"ray_ips_{workers}_workers"] = ray_throughput(folder, tmp / f"ray_{workers}", workers, precision)
+        figures["ray_ips_1_workers_decode_tasks"] = ray_throughput(
+            folder, tmp / "ray_tasks", 1, precision, decode="tasks"
+        )
         small = io.BytesIO()
         Image.fromarray((synthetic_radiograph(512, 416, seed=3) * 255).astype(np.uint8)).save(
             small, format="JPEG", quality=90
@@ -163,7 +171,7 @@ def ray_figures(folder: Path, tmp: Path, memory_images: int) -> dict:
                 (films / f"f{i:05d}.jpg").write_bytes(small.getvalue())
             start = time.perf_counter()
             with TreeMemory() as memory:
-                options = ray_batch.RayOptions(workers=1, precision="int8")
+                options = ray_batch.RayOptions(workers=1, precision=precision)
                 ray_batch.run([str(films)], tmp / f"out_{count}", options, log=lambda m: None)
             figures[f"ray_peak_rss_mb_{count}"] = memory.peak / 2**20
             figures[f"ray_seconds_{count}"] = time.perf_counter() - start
@@ -199,10 +207,10 @@ def main(argv=None) -> dict:
         bundle = load_bundle(load_keras=False)
         figures.update(cli_figures(bundle, cli_folder, args.runs))
         if not args.skip_ray:
-            figures.update(ray_figures(cli_folder, folder, args.memory_images))
+            figures.update(ray_figures(cli_folder, folder, args.memory_images, figures["shipped_precision"]))
             for workers in (1, 2):
-                figures[f"ray_{workers}_vs_cli"] = figures[f"ray_ips_{workers}_workers"] / figures["cli_ips_int8"]
-            figures["ray_tasks_vs_cli"] = figures["ray_ips_1_workers_decode_tasks"] / figures["cli_ips_int8"]
+                figures[f"ray_{workers}_vs_cli"] = figures[f"ray_ips_{workers}_workers"] / figures["cli_ips_shipped"]
+            figures["ray_tasks_vs_cli"] = figures["ray_ips_1_workers_decode_tasks"] / figures["cli_ips_shipped"]
         if args.skip_app:
             print_figures(figures)
             return figures
@@ -236,10 +244,13 @@ def spread(figures: dict, key: str) -> str:
 
 def print_figures(figures: dict) -> None:
     print(f"{figures['cores']} cores, {figures['image']}: median images/s (min-max over runs)")
-    print(f"CLI int8, the path before (float64 stretch){spread(figures, 'cli_ips_int8_before')}")
-    print(f"CLI int8, shipped path (the default)    {spread(figures, 'cli_ips_int8')}")
-    print(f"CLI float32, shipped path               {spread(figures, 'cli_ips_float32')}")
-    print(f"CLI int8, shipped path, batch 1         {spread(figures, 'cli_ips_int8_batch1')}")
+    shipped = figures["shipped_precision"]
+    print(f"CLI {shipped}, the path before (float64 stretch){spread(figures, 'cli_ips_before')}")
+    for precision in ("int8", "float32"):
+        if f"cli_ips_{precision}" in figures:
+            default = " (the default)" if precision == shipped else ""
+            print(f"CLI {precision}, shipped path{default:14s}  {spread(figures, f'cli_ips_{precision}')}")
+    print(f"CLI {shipped}, shipped path, batch 1      {spread(figures, 'cli_ips_batch1')}")
     print(f"shipped / before, within each run       {spread(figures, 'cli_speedup')}  (target >= 2x, >= 31 images/s)")
     for workers in (1, 2):
         if f"ray_ips_{workers}_workers" in figures:
