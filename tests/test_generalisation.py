@@ -150,6 +150,32 @@ def test_off_source_auroc_is_the_worst_healthy_source():
     assert selection_score(val, None) == pytest.approx(0.85)
 
 
+def test_a_candidate_is_scored_at_its_own_validation_threshold():
+    from training.finetune import with_selection_score
+
+    # Validation: 3 healthy and 3 fractured FracAtlas films, P(any fracture) 0.1-0.3 against
+    # 0.6-0.8: the Youden threshold is the lowest fracture's, 0.6; a web film does not count.
+    p_any = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8, 0.05])
+    log_probs = np.log(np.stack([1 - p_any, p_any * 0.9, p_any * 0.1], axis=1))
+    labels = np.array([0, 0, 0, 1, 1, 2, 1])
+    sources = np.array(["fracatlas"] * 6 + ["bone_break"])
+    p_checks = {"hbfmid_check": np.array([0.9, 0.65]), "knee_oai": np.array([0.1, 0.5, 0.95]),
+                "wrist_check": np.array([0.2, 0.4])}
+    check_labels = {"hbfmid_check": ["fractured", "fractured"], "knee_oai": ["healthy"] * 3,
+                    "wrist_check": ["healthy"] * 2}
+    val = {"fracatlas_auroc": 0.9, "severity_auroc": 0.7, "score": 0.8}
+    row = with_selection_score(dict(val), labels, sources, log_probs, p_checks, check_labels)
+    assert row["val_fracture_threshold"] == pytest.approx(0.6)
+    assert row["knee_oai_below_threshold"] == pytest.approx(2 / 3)  # 0.95 is above it
+    assert row["wrist_check_below_threshold"] == 1.0
+    assert row["offsource_auroc"] == pytest.approx(4 / 6)  # knees: 0.95 outranks both fractures
+    assert row["val_only_score"] == 0.8
+    assert row["hbfmid_recall_at_threshold"] == 1.0
+    assert row["score"] == pytest.approx((0.9 + 0.7 + 4 / 6 + 2 / 3) / 4)
+    alone = with_selection_score(dict(val), labels, sources, log_probs, {}, {})
+    assert alone["score"] == pytest.approx(0.8) and "offsource_auroc" not in alone
+
+
 TWO_STAGE = {"rule": "two_stage", "fracture_threshold": 0.4, "fracture_band": 0.5,
              "severity_threshold": 0.6, "severity_margin": 0.5}
 

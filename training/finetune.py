@@ -529,14 +529,29 @@ def score_epoch(trainer: Trainer, data: dict, val_targets: dict) -> dict:
     val = data["val"]
     log_probs, cell_logits = trainer.predict(val["images"])
     scores = validation_scores(val["labels"], val["sources"], log_probs, cell_logits, val_targets)
+    checks = data.get("checks") or {}
+    p_checks = {name: 1.0 - softmax(trainer.predict(c["images"])[0])[:, 0] for name, c in checks.items()}
+    check_labels = {name: c["labels"] for name, c in checks.items()}
+    return with_selection_score(scores, val["labels"], val["sources"], log_probs, p_checks, check_labels)
+
+
+def with_selection_score(  # noqa: PLR0913  (named in pyproject.toml)
+    scores: dict,
+    labels: np.ndarray,
+    sources: np.ndarray,
+    log_probs: np.ndarray,
+    p_checks: dict[str, np.ndarray],
+    check_labels: dict[str, list[str]],
+) -> dict:
+    """validation_scores' dict plus, when there are checks, their figures at the FracAtlas
+    validation threshold, and the selection score (training.offsource.selection_score) that
+    every epoch and candidate is chosen on; `val_only_score` keeps the validation score."""
     figures = None
-    if data.get("checks"):
+    if p_checks:
         p_any = 1.0 - softmax(log_probs)[:, 0]
-        fa = val["sources"] == "fracatlas"
-        threshold = youden_threshold(val["labels"][fa] != HEALTHY, p_any[fa])
-        checks = data["checks"]
-        p_check = {name: 1.0 - softmax(trainer.predict(c["images"])[0])[:, 0] for name, c in checks.items()}
-        figures = epoch_figures(p_check, {name: c["labels"] for name, c in checks.items()}, threshold)
+        fa = sources == "fracatlas"
+        threshold = youden_threshold(labels[fa] != HEALTHY, p_any[fa])
+        figures = epoch_figures(p_checks, check_labels, threshold)
         scores.update(figures, val_fracture_threshold=threshold)
     scores["val_only_score"] = scores["score"]
     scores["score"] = selection_score(scores, figures)

@@ -18,11 +18,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from training.calibrate import youden_threshold
 from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split
 from training.features import build_image_cache
-from training.finetune import validation_scores
-from training.offsource import FRACTURE_SOURCE, check_images, epoch_figures, selection_score
+from training.finetune import validation_scores, with_selection_score
+from training.offsource import FRACTURE_SOURCE, check_images
 from training.pretrained import default_cache_dir
 from utils.core.inference import softmax, to_model_input
 
@@ -80,20 +79,16 @@ def selection_row(run: Path, knees: int = 400) -> dict:
     log_probs = log_probabilities(model, images)
     labels = np.array([CLASSES.index(r["label"]) for r in rows])
     sources = np.array([r["source"] for r in rows])
-    row = validation_scores(labels, sources, log_probs)
     checks = check_images(default_data_dir(), default_cache_dir())
-    if FRACTURE_SOURCE not in checks:  # no checks beside the data: the validation score alone
-        return row
+    if FRACTURE_SOURCE not in checks:  # the off-source figures need its fractures: validation alone
+        checks = {}
     if "knee_oai" in checks:
         checks["knee_oai"] = {k: v[:knees] for k, v in checks["knee_oai"].items()}
-    fa = sources == "fracatlas"
-    p_any = 1.0 - softmax(log_probs)[:, 0]
-    threshold = youden_threshold(labels[fa] != CLASSES.index("healthy"), p_any[fa])
     p_checks = {name: 1.0 - softmax(log_probabilities(model, c["images"]))[:, 0] for name, c in checks.items()}
-    figures = epoch_figures(p_checks, {name: c["labels"] for name, c in checks.items()}, threshold)
-    row.update(figures, val_fracture_threshold=threshold, val_only_score=row["score"])
-    row["score"] = selection_score(row, figures)
-    return row
+    check_labels = {name: c["labels"] for name, c in checks.items()}
+    return with_selection_score(
+        validation_scores(labels, sources, log_probs), labels, sources, log_probs, p_checks, check_labels
+    )
 
 
 def main(argv=None) -> None:
