@@ -176,6 +176,18 @@ def test_a_candidate_is_scored_at_its_own_validation_threshold():
     assert alone["score"] == pytest.approx(0.8) and "offsource_auroc" not in alone
 
 
+def test_only_the_first_knees_are_scored_and_the_loaded_checks_stay_whole():
+    from training.offsource import first_knees
+
+    checks = {"knee_oai": {"images": np.arange(5), "labels": ["healthy"] * 5},
+              "wrist_check": {"images": np.arange(3), "labels": ["healthy"] * 3}}
+    subset = first_knees(checks, 2)
+    assert subset["knee_oai"]["images"].tolist() == [0, 1] and subset["knee_oai"]["labels"] == ["healthy"] * 2
+    assert subset["wrist_check"] is checks["wrist_check"]
+    assert len(checks["knee_oai"]["images"]) == 5
+    assert first_knees({"wrist_check": checks["wrist_check"]}, 2) == {"wrist_check": checks["wrist_check"]}
+
+
 TWO_STAGE = {"rule": "two_stage", "fracture_threshold": 0.4, "fracture_band": 0.5,
              "severity_threshold": 0.6, "severity_margin": 0.5}
 

@@ -50,7 +50,7 @@ from training.calibrate import youden_threshold
 from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split, run_logger
 from training.features import build_image_cache
 from training.model import DEFAULT_CUT, DEFAULT_FROZEN_UNTIL, build_two_stage_classifier, training_view
-from training.offsource import check_images, check_rows, epoch_figures, selection_score
+from training.offsource import check_images, check_rows, epoch_figures, first_knees, selection_score
 from training.pretrained import (
     default_cache_dir,
     pretrained_weights_path,
@@ -604,9 +604,7 @@ def load_data(args, log=print) -> tuple[dict, list[dict]]:
             "masks": {position[i]: m for i, m in masks.items() if i in position},
         }
     knees = 12 if args.quick else getattr(args, "check_knees", 400)
-    checks = check_images(args.data_dir, args.cache_dir, limit_per_source=None)
-    if "knee_oai" in checks:  # a fixed subset of the knees keeps the per-epoch check short
-        checks["knee_oai"] = {k: v[:knees] for k, v in checks["knee_oai"].items()}
+    checks = first_knees(check_images(args.data_dir, args.cache_dir, limit_per_source=None), knees)
     if args.quick:
         checks = {name: {k: v[:12] for k, v in c.items()} for name, c in checks.items()}
     if "hbfmid_check" in checks:

@@ -63,6 +63,14 @@ def check_images(
     return out
 
 
+def first_knees(checks: dict[str, dict], count: int) -> dict[str, dict]:
+    """The checks with only the first `count` knee films: a fixed subset keeps per-epoch and
+    per-candidate scoring short, and every study the same."""
+    if "knee_oai" not in checks:
+        return checks
+    return {**checks, "knee_oai": {k: v[:count] for k, v in checks["knee_oai"].items()}}
+
+
 def offsource_aurocs(p_fracture: dict[str, np.ndarray], labels: dict[str, list[str]]) -> dict[str, float]:
     """AUROC of P(any fracture): hbfmid_check's fractured films against each healthy source, the
     worst of them (`offsource_auroc`, what selection uses), and against all healthy films pooled

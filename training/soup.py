@@ -19,11 +19,12 @@ import keras
 import numpy as np
 
 from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split
+from training.evaluate import model_logits
 from training.features import build_image_cache
 from training.finetune import validation_scores, with_selection_score
-from training.offsource import FRACTURE_SOURCE, check_images
+from training.offsource import FRACTURE_SOURCE, check_images, first_knees
 from training.pretrained import default_cache_dir
-from utils.core.inference import softmax, to_model_input
+from utils.core.inference import softmax
 
 
 def average_weights(weight_lists: list[list[np.ndarray]]) -> list[np.ndarray]:
@@ -59,35 +60,36 @@ def make_soup(runs: list[Path], out: Path) -> Path:
     return path
 
 
-def log_probabilities(model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """The model's class log-probabilities (N, 3) of clean (N, S, S) uint8 images."""
-    return np.concatenate(
-        [
-            np.asarray(model(to_model_input(images[i : i + batch_size, ..., None]), training=False))
-            for i in range(0, len(images), batch_size)
-        ]
-    )
-
-
-def selection_row(run: Path, knees: int = 400) -> dict:
-    """The figures a training epoch is chosen on, for run/model.keras: the validation scores,
-    the unseen-source figures at the validation threshold (the first `knees` knees, as in
-    training) and training.offsource.selection_score. The checks are measured, never fitted."""
+def selection_films(knees: int = 400) -> dict:
+    """What a candidate is scored on: the validation split (images, labels, sources) and the
+    unseen-source checks with the first `knees` knees, as in training; none when
+    hbfmid_check, whose fractures the off-source figures need, is absent."""
     rows = [r for r in read_split(DEFAULT_SPLIT_FILE) if r["split"] == "val"]
-    images = build_image_cache(rows, default_data_dir(), default_cache_dir())
-    model = keras.saving.load_model(run / "model.keras", compile=False)
-    log_probs = log_probabilities(model, images)
-    labels = np.array([CLASSES.index(r["label"]) for r in rows])
-    sources = np.array([r["source"] for r in rows])
     checks = check_images(default_data_dir(), default_cache_dir())
-    if FRACTURE_SOURCE not in checks:  # the off-source figures need its fractures: validation alone
-        checks = {}
-    if "knee_oai" in checks:
-        checks["knee_oai"] = {k: v[:knees] for k, v in checks["knee_oai"].items()}
-    p_checks = {name: 1.0 - softmax(log_probabilities(model, c["images"]))[:, 0] for name, c in checks.items()}
-    check_labels = {name: c["labels"] for name, c in checks.items()}
+    return {
+        "images": build_image_cache(rows, default_data_dir(), default_cache_dir()),
+        "labels": np.array([CLASSES.index(r["label"]) for r in rows]),
+        "sources": np.array([r["source"] for r in rows]),
+        "checks": first_knees(checks, knees) if FRACTURE_SOURCE in checks else {},
+    }
+
+
+def selection_row(run: Path, films: dict) -> dict:
+    """The figures a training epoch is chosen on, for run/model.keras: the validation scores,
+    the unseen-source figures at the validation threshold and training.offsource.selection_score.
+    The checks are measured, never fitted."""
+    model = keras.saving.load_model(run / "model.keras", compile=False)
+    log_probs = model_logits(model, films["images"])
+    checks = films["checks"]
+    p_checks = {name: 1.0 - softmax(model_logits(model, c["images"]))[:, 0] for name, c in checks.items()}
+    labels, sources = films["labels"], films["sources"]
     return with_selection_score(
-        validation_scores(labels, sources, log_probs), labels, sources, log_probs, p_checks, check_labels
+        validation_scores(labels, sources, log_probs),
+        labels,
+        sources,
+        log_probs,
+        p_checks,
+        {name: c["labels"] for name, c in checks.items()},
     )
 
 
@@ -98,8 +100,9 @@ def main(argv=None) -> None:
     parser.add_argument("--score", type=Path, nargs="+", help="print the figures an epoch is chosen on, instead")
     args = parser.parse_args(argv)
     if args.score:
+        films = selection_films()
         for run in args.score:
-            print(run, json.dumps(selection_row(run)), flush=True)
+            print(run, json.dumps(selection_row(run, films)), flush=True)
         return
     if not args.runs or not args.out:
         parser.error("--runs and --out make a soup (or --score RUN to measure one)")

@@ -23,7 +23,7 @@ from sklearn.metrics import roc_auc_score
 
 from training.data import CLASSES, read_split, run_step_parser
 from training.features import build_image_cache
-from training.offsource import check_images, offsource_aurocs
+from training.offsource import check_images, first_knees, offsource_aurocs
 from utils.core.inference import softmax, to_model_input
 
 ZOOM_OUT = 0.85
@@ -106,9 +106,7 @@ def study_films(args) -> tuple[dict, dict]:
         "images": build_image_cache(rows, args.data_dir, args.cache_dir),
         "fractured": np.array([CLASSES.index(r["label"]) > 0 for r in rows]),
     }
-    checks = check_images(args.data_dir, args.cache_dir)
-    checks["knee_oai"] = {k: v[: args.knees] for k, v in checks["knee_oai"].items()}
-    return val, checks
+    return val, first_knees(check_images(args.data_dir, args.cache_dir), args.knees)
 
 
 def main(argv=None) -> dict:
