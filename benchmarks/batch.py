@@ -41,7 +41,7 @@ from PIL import Image
 from benchmarks.fixtures import jpeg_bytes, synthetic_radiograph, textured_radiograph
 from training.decode_equivalence import reference_path
 from utils.adapters import ray_batch
-from utils.cli import expand_paths, predict_paths
+from utils.cli import Request, expand_paths, predict_paths
 from utils.core.bundle import load_bundle, serving_precision
 from utils.core.classifier import Classifier
 
@@ -108,7 +108,7 @@ def cli_throughput(classifier, folder: Path, batch_size: int, decode_workers: in
     """The CLI's own read-decode-classify loop with a loaded model (model loading excluded)."""
     paths = expand_paths([str(folder)])
     start = time.perf_counter()
-    predictions = list(predict_paths(classifier, paths, "balanced", batch_size, decode_workers=decode_workers))
+    predictions = list(predict_paths(classifier, paths, Request("balanced", batch_size), decode_workers=decode_workers))
     assert all(p.label for p in predictions)
     return len(paths) / (time.perf_counter() - start)
 

@@ -59,11 +59,11 @@ def test_colour_photo_is_flagged_as_not_an_xray(app):
     app.run()
     assert not app.exception
     assert any("Not a bone radiograph?" in e.value and "colour photo" in e.value for e in app.error)
-    assert verdicts(app) == ["### Verdict: :gray[:material/help: NOT A RADIOGRAPH? NEEDS REVIEW]"]
-    assert any("holiday.png: not a radiograph? (uncertain)" in m.value for m in app.sidebar.markdown)
+    assert verdicts(app) == ["### Verdict: :gray[NOT A RADIOGRAPH]"]
+    assert any("holiday.png: **not a radiograph**" in m.value for m in app.sidebar.markdown)
     app.sidebar.radio[0].set_value("fracture_sensitive")  # no preset turns it into a confident verdict
     app.run()
-    assert verdicts(app) == ["### Verdict: :gray[:material/help: NOT A RADIOGRAPH? NEEDS REVIEW]"]
+    assert verdicts(app) == ["### Verdict: :gray[NOT A RADIOGRAPH]"]
 
 
 def test_heatmap_opacity_and_class_controls(app):
@@ -179,4 +179,40 @@ def test_model_card_page_renders_card_and_plots(bundle_dir, monkeypatch):
     text = "\n".join(m.value for m in at.markdown)
     assert "Model card" in text and "beyond_repair" in text and "CC BY 4.0" in text
     assert "Pointing game" in text and "Not-an-X-ray guard" in text and "test coverage" in text
-    assert len(at.get("image")) == 6  # confusion, ROC, reliability, guard distances, pointing game, examples
+    # confusion, ROC, reliability, guard distances, pointing game, examples, risk-coverage
+    assert len(at.get("image")) == 7
+
+
+def test_the_patient_choice_reconsiders_a_classified_film(app):
+    data = png_bytes((synthetic_radiograph(seed=3) * 255).astype(np.uint8))
+    app.file_uploader[0].upload("x.png", data, "image/png")
+    app.run()
+    patient = next(r for r in app.sidebar.radio if r.label == "Patient")
+    assert patient.value == "unknown"
+    patient.set_value("child")
+    app.run()
+    assert not app.exception
+    assert verdicts(app)[0].split("[")[1].startswith(("NEEDS REVIEW", "NOT A RADIOGRAPH"))
+    assert any("Children's films are outside what this model was validated on" in w.value for w in app.warning)
+    assert any("healthy:" in p.proto.text for p in app.get("progress"))  # the probabilities are kept
+
+
+def test_a_colour_photo_in_a_batch_is_not_a_radiograph_in_the_table_csv_and_history(app):
+    from tests.test_guard import colourful_photo, rgb_png
+    from utils.report import records_to_csv
+
+    files = [("holiday.png", rgb_png(colourful_photo()), "image/png"),
+             ("film.png", png_bytes((synthetic_radiograph(seed=4) * 255).astype(np.uint8)), "image/png")]
+    app.file_uploader[0].set_value(files)
+    app.run()
+    assert not app.exception
+    table = app.dataframe[0].value
+    assert list(table["verdict"])[0] == "not a radiograph"
+    assert "does not look like a bone radiograph" in list(table["needs review because"])[0]
+    history = " ".join(m.value for m in app.sidebar.markdown)
+    assert "holiday.png: **not a radiograph** (leans to" in history and "balanced preset" in history
+    results = app.session_state["results"]
+    prediction = next(p for p in results.values() if p.name == "holiday.png")
+    assert prediction.verdict.kind == "not_a_radiograph"
+    csv_text = records_to_csv([prediction.as_record()]).decode()
+    assert ",not_a_radiograph,not_a_radiograph" in csv_text

@@ -116,6 +116,22 @@ def test_an_image_url_in_the_browser(server, browser, image_server):
     page.close()
 
 
+def test_the_patient_choice_makes_a_childs_film_need_review(server, browser):
+    url, _ = server
+    page = open_app(browser, url)
+    sidebar = page.locator("[data-testid=stSidebar]")
+    for answer in ("Not given", "Adult", "Child (under 18)"):
+        sidebar.get_by_text(answer, exact=True).wait_for(timeout=60_000)
+    sidebar.get_by_text("Child (under 18)", exact=True).click()
+    upload_synthetic(page, seed=9)
+    page.get_by_text("Verdict:").first.wait_for(timeout=120_000)
+    page.get_by_text("children's films are outside what this model was validated on").first.wait_for(timeout=60_000)
+    body = page.inner_text("body")
+    assert "NEEDS REVIEW" in body or "NOT A RADIOGRAPH" in body
+    assert "healthy:" in body and "beyond repair:" in body  # the probabilities are still shown
+    page.close()
+
+
 def test_not_an_xray_warning_in_the_browser(server, browser):
     from tests.test_guard import colourful_photo, rgb_png
 
@@ -124,7 +140,7 @@ def test_not_an_xray_warning_in_the_browser(server, browser):
     page.locator("input[type=file]").set_input_files(
         {"name": "holiday.png", "mimeType": "image/png", "buffer": rgb_png(colourful_photo())})
     page.get_by_text("Not a bone radiograph?").first.wait_for(timeout=120_000)
-    assert "NOT A RADIOGRAPH? NEEDS REVIEW" in page.inner_text("body")
+    assert "Verdict: NOT A RADIOGRAPH" in page.inner_text("body")
     page.close()
 
 

@@ -36,11 +36,17 @@ def test_jsonl_contract_and_exit_0(folder, capsys, bundle_dir):
     assert code == 0
     assert [r["path"] for r in records] == [str(folder / "a.png"), str(folder / "sub" / "b_no_extension")]
     for record in records:
-        assert set(record) == {"path", "label", "probabilities", "uncertain", "not_xray", "warnings", "error"}
+        assert set(record) == {"path", "label", "probabilities", "uncertain", "not_xray", "warnings", "error", "verdict",
+                               "review_reasons"}
         assert record["label"] in CLASSES and record["error"] is None
         assert set(record["probabilities"]) == set(CLASSES)
         assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
         assert isinstance(record["uncertain"], bool) and isinstance(record["warnings"], list)
+        assert record["uncertain"] == bool(record["review_reasons"])
+        if record["uncertain"]:  # a synthetic film may look like no radiograph to the guard
+            assert record["verdict"] in ("needs_review", "not_a_radiograph")
+        else:
+            assert record["verdict"] == record["label"]
 
 
 def test_failures_give_exit_1_and_the_rest_is_still_predicted(folder, capsys, bundle_dir):

@@ -42,7 +42,8 @@ def test_a_truncated_film_never_gets_a_confident_verdict(make, classifier):
     assert prediction.error is None and prediction.incomplete and prediction.failed
     assert any("truncated" in w and "part of the film is missing" in w for w in prediction.warnings)
     for preset in ("balanced", "fracture_sensitive"):
-        assert prediction.verdict(classifier.bundle.preset(preset))[1] is True
+        verdict = prediction.decide(classifier.bundle.preset(preset))
+        assert verdict.kind in ("needs_review", "not_a_radiograph") and "incomplete_image" in verdict.reasons
     assert prediction.as_record()["uncertain"] is True
 
 
@@ -183,10 +184,10 @@ def test_a_film_unlike_the_training_films_is_not_called_not_a_radiograph(bundle_
         at.run()
         assert not at.exception
         verdict = next(m.value for m in at.markdown if m.value.startswith("### Verdict"))
-        assert "UNLIKE THE TRAINING FILMS" in verdict and "NOT A RADIOGRAPH" not in verdict
-        assert any("Unlike the films the model was trained on" in w.value for w in at.warning)
+        assert "NEEDS REVIEW" in verdict and "NOT A RADIOGRAPH" not in verdict
+        assert any("unlike the films the model was validated on" in w.value for w in at.warning)
         assert not any("Not a bone radiograph" in e.value for e in at.error)
-        assert any("unlike the training films" in m.value for m in at.sidebar.markdown)
+        assert any("needs review" in m.value for m in at.sidebar.markdown)
     finally:
         st.cache_resource.clear()
 
@@ -198,7 +199,7 @@ def test_the_pdf_lays_out_the_model_hash_on_its_own_line():
 
     sha = "ab" * 32
     entry = {"name": "film.png", "label": "healthy", "probabilities": dict(zip(CLASSES, (0.8, 0.15, 0.05))),
-             "uncertain": False, "not_xray": False, "warnings": [], "error": None, "model_input": None, "overlay": None}
+             "verdict": "healthy", "review_reasons": [], "uncertain": False, "not_xray": False, "warnings": [], "error": None, "model_input": None, "overlay": None}
     text = PdfReader(io.BytesIO(build_pdf([entry], {"name": "bone-xray", "version": "9.9.9", "sha256": sha},
                                           "balanced"))).pages[0].extract_text()
     lines = text.splitlines()

@@ -89,7 +89,8 @@ def test_classifier_flags_a_colour_photo_as_uncertain(classifier):
     assert record["not_xray"] is True and record["uncertain"] is True
     # Whatever preset the user switches to afterwards, the verdict stays uncertain.
     for name in classifier.bundle.metadata["presets"]:
-        assert prediction.verdict(classifier.bundle.preset(name))[1] is True
+        verdict = prediction.decide(classifier.bundle.preset(name))
+        assert verdict.kind == "not_a_radiograph" and verdict.reasons[0] == "not_a_radiograph"
 
 
 def test_bundled_guard_flags_generated_non_radiographs(classifier):

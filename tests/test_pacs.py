@@ -39,6 +39,7 @@ from utils.adapters.pacs import (
     run_study,
     study_filters,
 )
+from utils.core.review import reason_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHI = (PATIENT_NAME, PATIENT_NAME.split("^")[0], PATIENT_ID)
@@ -119,6 +120,8 @@ def sr_entries(sr) -> dict[str, dict]:
                         values[name] = float(child.MeasuredValueSequence[0].NumericValue)
                     elif child.ValueType == "CODE":
                         values[name] = child.ConceptCodeSequence[0].CodeMeaning
+                    elif child.ValueType == "TEXT" and name == "Reason the verdict needs review":
+                        values.setdefault(name, []).append(child.TextValue)
                     elif child.ValueType == "TEXT":
                         values[name] = child.TextValue
                 entries[source] = values
@@ -197,7 +200,10 @@ def test_the_sr_reports_every_film_with_the_cli_probabilities(round_trip, orthan
     for uid, values in entries.items():
         for name, meaning in meanings.items():
             assert values[meaning] == pytest.approx(records[uid]["probabilities"][name], abs=1e-9)
-        assert values["Finding"].lower().replace(" ", "_") == records[uid]["label"]
+        assert values["Finding"].lower().replace(" ", "_") == records[uid]["verdict"]
+        assert values["Class the model leans to"].lower().replace(" ", "_") == records[uid]["label"]
+        assert values.get("Reason the verdict needs review", []) == [
+            reason_text(r) for r in records[uid]["review_reasons"]]
         assert values["Uncertain verdict"] == ("Yes" if records[uid]["uncertain"] else "No")
         assert values["Not like a radiograph"] == ("Yes" if records[uid]["not_xray"] else "No")
     text = sr.to_json()
@@ -410,7 +416,26 @@ def test_the_result_objects_keep_only_their_inputs(classifier):
     source = film(study, generate_uid(), 1)
     record = {"study_instance_uid": study.StudyInstanceUID, "series_instance_uid": source.SeriesInstanceUID,
               "sop_instance_uid": source.SOPInstanceUID, "label": None, "probabilities": None,
-              "uncertain": False, "not_xray": False}
+              "uncertain": False, "not_xray": False, "verdict": None, "review_reasons": []}
     sr = build_results_sr([(record, source.SOPClassUID)], source, classifier.bundle.metadata)
     assert sr_entries(sr)[source.SOPInstanceUID]["Finding"] == "Not classified"
     assert sr.SOPInstanceUID != source.SOPInstanceUID and sr.StudyInstanceUID == study.StudyInstanceUID
+
+
+def test_a_childs_film_and_a_chest_film_need_review_from_their_headers(orthanc, classifier):
+    study = new_study(accession="ACC-REVIEW")
+    study.PatientBirthDate = "20161203"  # ten years before the study date: a child
+    series = generate_uid()
+    child = film(study, series, 1, seed=31)
+    chest = film(study, series, 2, seed=32)
+    chest.BodyPartExamined = "CHEST"
+    upload(orthanc, [child, chest])
+    options = StudyOptions("balanced", population="adult")  # the header's age wins over the user's answer
+    records = {item.record()["sop_instance_uid"]: item.record()
+               for item in StudyStream(orthanc.client(), classifier, study.StudyInstanceUID, options)}
+    for source in (child, chest):
+        record = records[source.SOPInstanceUID]
+        assert "child" in record["review_reasons"] and record["uncertain"] is True
+        assert record["verdict"] in ("needs_review", "not_a_radiograph") and record["probabilities"]
+    assert "body_part" in records[chest.SOPInstanceUID]["review_reasons"]
+    assert "body_part" not in records[child.SOPInstanceUID]["review_reasons"]

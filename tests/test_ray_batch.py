@@ -163,3 +163,21 @@ def test_the_app_and_the_local_cli_never_import_ray(archive):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ray" not in (REPO / "requirements.txt").read_text().lower().replace("array", "")
     assert "ray" in (REPO / "requirements-scale.txt").read_text()
+
+
+def test_ray_follows_the_review_rules_of_the_local_cli(local_ray, tmp_path):
+    from tests.test_review import dicom_film
+    from utils.cli import main
+
+    folder = tmp_path / "films"
+    folder.mkdir()
+    (folder / "child.dcm").write_bytes(dicom_film(PatientAge="009Y"))
+    (folder / "adult.dcm").write_bytes(dicom_film(PatientAge="040Y", seed=4))
+    (folder / "unknown.png").write_bytes(png_bytes((synthetic_radiograph(seed=6) * 255).astype(np.uint8)))
+    local = local_records([str(folder), "--population", "child"], tmp_path)
+    main(["predict", str(folder), "--engine", "ray", "--output", str(tmp_path / "ray_out"), "--population", "child"])
+    records = ray_records(tmp_path / "ray_out")
+    assert_same_records(local, records)
+    reasons = {r["path"].rsplit("/", 1)[-1]: r["review_reasons"] for r in records}
+    assert "child" in reasons["child.dcm"] and "child" in reasons["unknown.png"]
+    assert "child" not in reasons["adult.dcm"]  # the header's age wins over --population

@@ -10,9 +10,11 @@ from pypdf import PdfReader
 
 from utils.report import CSV_COLUMNS, build_pdf, records_to_csv
 
-RECORD = {"path": "a.png", "label": "fractured", "uncertain": False, "warnings": ["note"], "error": None,
+RECORD = {"path": "a.png", "label": "fractured", "verdict": "fractured", "review_reasons": [], "uncertain": False,
+          "warnings": ["note"], "error": None,
           "probabilities": {"healthy": 0.2, "fractured": 0.7, "beyond_repair": 0.1}}
-FAILED = {"path": "b.png", "label": None, "uncertain": False, "warnings": [], "error": "Bad file.",
+FAILED = {"path": "b.png", "label": None, "verdict": None, "review_reasons": [], "uncertain": False, "warnings": [],
+          "error": "Bad file.",
           "probabilities": None}
 
 

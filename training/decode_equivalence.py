@@ -123,13 +123,18 @@ def classify(classifier: Classifier, predictions: list[Prediction], batch: int =
         classifier.complete(ready[i : i + batch])
 
 
+def verdict_key(verdict) -> str:
+    """The label and whether it is marked uncertain, as one comparable string."""
+    return str((verdict.label, verdict.uncertain))
+
+
 def decisions(classifier: Classifier, predictions: list[Prediction]) -> dict:
     presets = classifier.bundle.metadata["presets"]
     return {
         "p_fracture": np.array([1.0 - p.probabilities["healthy"] for p in predictions]),
         "not_xray": np.array([p.not_xray is not None for p in predictions]),
         # The verdict a user sees: the label and whether it is marked uncertain.
-        **{name: np.array([str(p.verdict(preset)) for p in predictions]) for name, preset in presets.items()},
+        **{name: np.array([verdict_key(p.decide(preset)) for p in predictions]) for name, preset in presets.items()},
     }
 
 

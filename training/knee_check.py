@@ -45,7 +45,8 @@ def summarise(predictions, preset: dict) -> dict:
         if p.error:
             outcome["error"] += 1
             continue
-        label, uncertain = p.verdict(preset)
+        verdict = p.decide(preset)
+        label, uncertain = verdict.label, verdict.uncertain
         labels[label] += 1
         if uncertain:
             outcome["uncertain_or_flagged"] += 1

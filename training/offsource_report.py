@@ -62,7 +62,8 @@ def outcome_shares(predictions, preset: dict) -> dict:
         if p.error:
             counts["error"] += 1
             continue
-        label, uncertain = p.verdict(preset)
+        verdict = p.decide(preset)
+        label, uncertain = verdict.label, verdict.uncertain
         counts["uncertain"] += uncertain
         counts["healthy_confident"] += label == "healthy" and not uncertain
         counts["fracture_confident"] += label != "healthy" and not uncertain

@@ -7,7 +7,7 @@ import datetime as dt
 import streamlit as st
 
 from ui import settings
-from utils.core.verdict import verdict_style
+from utils.core.verdict import verdict_words
 
 
 def pretty(label: str) -> str:
@@ -20,11 +20,12 @@ def clear_history() -> None:
 
 
 def history_verdict(entry: dict) -> str:
-    if entry.get("flag") == "unfamiliar":
-        return "unlike the training films (uncertain)"
-    if entry.get("not_xray"):
-        return "not a radiograph? (uncertain)"
-    return f"**{pretty(entry['label'])}**" + (" (uncertain)" if entry.get("uncertain") else "")
+    """The verdict as it was given, with the preset that gave it (a later preset change does
+    not rewrite the history)."""
+    words = f"**{verdict_words(entry['verdict'])}**"
+    if entry["verdict"] != entry["label"]:
+        words += f" (leans to {pretty(entry['label'])})"
+    return f"{words}, {pretty(entry['preset'])} preset"
 
 
 def show_history(box) -> None:
@@ -45,19 +46,20 @@ def show_history(box) -> None:
             st.caption("Verdicts of this session appear here; nothing is kept after you leave.")
 
 
-def record_history(name: str, prediction) -> None:
+def record_history(name: str, prediction, preset_name: str) -> None:
     """Add a verdict; a session keeps at most HISTORY_LIMIT (ui.settings), dropping the oldest."""
-    if prediction.label:
+    verdict = prediction.verdict
+    if verdict is not None:
         history = st.session_state.setdefault("history", [])
         st.session_state["history_total"] = st.session_state.get("history_total", len(history)) + 1
         history.append(
             {
                 "time": dt.datetime.now().strftime("%H:%M:%S"),
                 "name": name,
-                "label": prediction.label,
-                "uncertain": prediction.uncertain,
-                "not_xray": prediction.not_xray is not None,
-                "flag": verdict_style(prediction.label, prediction.uncertain, prediction.not_xray).kind,
+                "label": verdict.label,
+                "verdict": verdict.kind,
+                "review_reasons": list(verdict.reasons),
+                "preset": preset_name,
             }
         )
         del history[: -settings.HISTORY_LIMIT]

@@ -7,6 +7,7 @@ import os
 import streamlit as st
 
 from ui.history import record_history
+from ui.patient import current_population
 from ui.settings import BATCH_SIZE
 from utils.adapters.pacs import (
     PacsConfig,
@@ -85,7 +86,8 @@ def classify_pacs_study(config, classifier: Classifier, preset_name: str) -> Non
     bar = st.progress(0.0, text="Listing the study's radiographs...")
     kept = []
     try:
-        stream = StudyStream(connect(config), classifier, uid, StudyOptions(preset_name, BATCH_SIZE))
+        options = StudyOptions(preset_name, BATCH_SIZE, population=current_population())
+        stream = StudyStream(connect(config), classifier, uid, options)
         for item in stream:
             kept.append(item)
             bar.progress(len(kept) / max(len(stream), 1), text=f"Classified {len(kept)} of {len(stream)}")
@@ -95,7 +97,7 @@ def classify_pacs_study(config, classifier: Classifier, preset_name: str) -> Non
     finally:
         bar.empty()
     for item in kept:
-        record_history(f"PACS image {item.ref.sop_uid[-12:]}", item.prediction)
+        record_history(f"PACS image {item.ref.sop_uid[-12:]}", item.prediction, preset_name)
     state.update(study=uid, items=kept, run=stream.run, stored=None)
 
 

@@ -2,18 +2,23 @@
 
     python -m utils.cli predict PATH|URL [PATH|URL ...] [--format jsonl|csv] [--output FILE]
                                 [--preset balanced|fracture_sensitive] [--batch-size N]
+                                [--population adult|child|unknown]
                                 [--heatmaps DIR] [--report report.pdf] [--reference TEXT]
 
     python -m utils.cli pacs --server URL (--study UID | --patient-id ID | --accession N | --since YYYYMMDD)
                              [--store] [--format jsonl|csv] [--output FILE] [--preset ...] [--batch-size N]
+                             [--population adult|child|unknown]
 
 Folders are searched recursively; http(s) URLs are fetched under utils.adapters.url_input's rules
-(the record's path is the URL). One record per input: path, label, probabilities,
-uncertain, not_xray (the not-an-X-ray guard fired; uncertain is then true and a warning says
-why), warnings, error; `pacs` records add the study, series and SOP instance UIDs, and
+(the record's path is the URL). One record per input: path, label (the class the model leans
+to), probabilities, uncertain, not_xray (the not-an-X-ray guard fired), warnings, error,
+verdict (healthy, fractured, beyond_repair, needs_review or not_a_radiograph; null when the
+input could not be read) and review_reasons (why a reader must decide; uncertain is true
+exactly when there is one). --population says who the films are of; a DICOM header's age
+wins over it. `pacs` records add the study, series and SOP instance UIDs, and
 --store writes a DICOM SR and Secondary Captures into each study (see utils.adapters.pacs).
 Exit status: 0 every input predicted, 1 some failed or were
-incomplete (a truncated file: its record is uncertain, with the reason in its warnings; the rest
+incomplete (a truncated file: its record needs review, with the reason in its warnings; the rest
 are still predicted), 2 usage error.
 """
 
@@ -25,6 +30,7 @@ import json
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +40,7 @@ from tqdm import tqdm
 from utils.adapters.inputs import expand_paths, prepare_path
 from utils.core.bundle import METADATA_FILE, ModelBundleError, bundle_dir, load_bundle, serving_precision
 from utils.core.classifier import Classifier, Prediction
+from utils.core.intended_use import POPULATIONS
 from utils.core.record import CSV_COLUMNS, csv_row
 from utils.report import build_pdf, report_entry
 
@@ -47,22 +54,36 @@ DECODE_WORKERS = 2  # threads reading and decoding the next batch while the mode
 PACS_COLUMNS = ("study_instance_uid", "series_instance_uid", "sop_instance_uid")
 
 
+@dataclass(frozen=True)
+class Request:
+    """How a batch of paths is classified: the decision preset, the batch size, and what the
+    user said of the patients (a DICOM header's age wins over it)."""
+
+    preset: str = "balanced"
+    batch_size: int = 8
+    population: str = "unknown"
+
+
 def predict_paths(
     classifier,
     paths: list[Path | str],
-    preset: str,
-    batch_size: int,
+    request: Request,
     progress=None,
     decode_workers: int = DECODE_WORKERS,
 ) -> Iterator:
     """Yield one Prediction per path, in order. The next batch is read and decoded in a thread
     pool while the model runs on this one, so decoding and inference overlap (both release
     the GIL in their native code); at most two batches are in memory."""
+    batch_size, preset = request.batch_size, request.preset
     chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     size = classifier.bundle.input_size
+
+    def prepare(path: Path | str) -> Prediction:
+        return prepare_path(path, size, request.population)
+
     if decode_workers < 1:  # no overlap: read, decode, classify one batch after the other
         for chunk in chunks:
-            prepared = [prepare_path(path, size) for path in chunk]
+            prepared = [prepare(path) for path in chunk]
             classifier.complete([p for p in prepared if p.error is None], preset)
             yield from prepared
             if progress is not None:
@@ -71,7 +92,7 @@ def predict_paths(
     with ThreadPoolExecutor(max_workers=decode_workers) as pool:
 
         def submit(chunk):
-            return [pool.submit(prepare_path, path, size) for path in chunk]
+            return [pool.submit(prepare, path) for path in chunk]
 
         pending = submit(chunks[0]) if chunks else []
         for index in range(len(chunks)):
@@ -172,6 +193,7 @@ def run_ray(args) -> int:
             model_dir=args.model_dir,
             precision=args.precision,
             decode=args.ray_decode,
+            population=args.population,
         )
         summary = ray_batch.run(args.paths, args.output, options, log=lambda m: print(m, file=sys.stderr))
     except (ModelBundleError, ValueError) as exc:
@@ -244,6 +266,7 @@ def add_predict_command(commands: Any) -> None:
         "exact engine (default: $BONE_XRAY_PRECISION, as for the app)",
     )
     predict.add_argument("--preset", choices=("balanced", "fracture_sensitive"), default="balanced")
+    add_population_option(predict)
     predict.add_argument("--batch-size", type=int, default=8)
     predict.add_argument("--model-dir", type=Path, help="model bundle folder (default: model/)")
     predict.add_argument(
@@ -254,6 +277,16 @@ def add_predict_command(commands: Any) -> None:
     )
     predict.add_argument("--report", type=Path, metavar="PDF", help="write a PDF report, one page per image")
     predict.add_argument("--reference", default="", help="study/patient reference printed in the PDF")
+
+
+def add_population_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--population",
+        choices=POPULATIONS,
+        default="unknown",
+        help="who the films are of: adult, child (under 18) or unknown (default). The model was validated "
+        "on adults only: a child's film always needs review. A DICOM header's age wins over this",
+    )
 
 
 def add_pacs_command(commands: Any) -> None:
@@ -277,6 +310,7 @@ def add_pacs_command(commands: Any) -> None:
     pacs.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     pacs.add_argument("--output", type=Path, help="write here instead of stdout")
     pacs.add_argument("--preset", choices=("balanced", "fracture_sensitive"), default="balanced")
+    add_population_option(pacs)
     pacs.add_argument("--batch-size", type=int, default=8)
     pacs.add_argument("--model-dir", type=Path, help="model bundle folder (default: model/)")
 
@@ -297,7 +331,7 @@ def run_pacs(args: argparse.Namespace, classifier: Classifier) -> int:
     if not studies:
         print("error: no study on the PACS matches the selector", file=sys.stderr)
         return 1
-    options = StudyOptions(args.preset, args.batch_size, args.store)
+    options = StudyOptions(args.preset, args.batch_size, args.store, args.population)
     handle = open(args.output, "w", newline="") if args.output else sys.stdout
     outputs = Outputs(classifier, args.format, handle, None, False, extra_columns=PACS_COLUMNS)
     status = 0
@@ -388,7 +422,8 @@ def run_predict(args: argparse.Namespace) -> int:
     handle = open(args.output, "w", newline="") if args.output else sys.stdout
     outputs = Outputs(classifier, args.format, handle, args.heatmaps, args.report is not None)
     try:
-        for prediction in predict_paths(classifier, paths, args.preset, args.batch_size, progress):
+        request = Request(args.preset, args.batch_size, args.population)
+        for prediction in predict_paths(classifier, paths, request, progress):
             outputs.add(prediction)
     finally:
         progress.close()

@@ -11,10 +11,10 @@ import numpy as np
 from PIL import Image
 
 from utils.core.classifier import Prediction
-from utils.core.guard import record_flag
 from utils.core.heatmap import heatmap_caption
 from utils.core.inference import CLASSES
 from utils.core.record import CSV_COLUMNS, csv_row
+from utils.core.review import decision_basis_of, reason_text
 from utils.core.verdict import verdict_style
 
 DISCLAIMER = (
@@ -49,8 +49,9 @@ def _png_image(array: np.ndarray):
 def build_pdf(
     entries: list[dict], metadata: dict, preset_name: str, reference: str = "", created: dt.datetime | None = None
 ) -> bytes:
-    """One page per entry. An entry: name, label, probabilities, uncertain, warnings, error,
-    model_input ((S, S) uint8 or None) and overlay ((S, S, 3) uint8 heatmap overlay or None)."""
+    """One page per entry. An entry: a record (name, label, verdict, review_reasons,
+    probabilities, warnings, error), model_input ((S, S) uint8 or None) and overlay ((S, S, 3)
+    uint8 heatmap overlay or None)."""
     from fpdf import FPDF  # noqa: PLC0415  (fpdf2 adds about 0.3 s to every start; only a report needs it)
 
     created = created or dt.datetime.now(dt.UTC)
@@ -87,18 +88,7 @@ def build_pdf(
         if entry.get("error"):
             pdf.multi_cell(0, 7, _latin1(f"Not classified: {entry['error']}"), new_x="LMARGIN", new_y="NEXT")
         else:
-            style = verdict_style(entry["label"], bool(entry.get("uncertain")), record_flag(entry))
-            lean = "" if style.kind == entry["label"] else f" (the model leans to {entry['label'].replace('_', ' ')})"
-            pdf.set_text_color(*style.pdf_rgb)
-            pdf.cell(0, 8, _latin1(f"Verdict: {style.pdf_mark} {style.word}{lean}"), new_x="LMARGIN", new_y="NEXT")
-            pdf.set_text_color(0, 0, 0)
-            pdf.set_font("Helvetica", "", 11)
-            for cls in CLASSES:
-                p = entry["probabilities"][cls]
-                pdf.cell(45, 7, cls.replace("_", " "))
-                pdf.cell(20, 7, f"{p:.1%}")
-                pdf.set_fill_color(76, 155, 232)
-                pdf.cell(max(0.1, 100 * p), 5, "", fill=True, new_x="LMARGIN", new_y="NEXT")
+            write_verdict(pdf, entry)
         pdf.set_font("Helvetica", "", 9)
         for warning in entry.get("warnings") or []:
             pdf.multi_cell(0, 5, _latin1(f"Note: {warning}"), new_x="LMARGIN", new_y="NEXT")
@@ -106,3 +96,30 @@ def build_pdf(
         pdf.set_font("Helvetica", "B", 9)
         pdf.multi_cell(0, 5, DISCLAIMER, new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
+
+
+def verdict_heading(entry: dict[str, Any]) -> str:
+    """ "Verdict: WORD (P(...) n%)" for a class; for a film that needs review, the class the
+    model leans to instead."""
+    style = verdict_style(entry["verdict"])
+    basis, value = decision_basis_of(entry["label"], entry["probabilities"])
+    if style.kind == entry["label"]:
+        return f"Verdict: {style.word} ({basis} {value:.0%})"
+    return f"Verdict: {style.word} (the model leans to {entry['label'].replace('_', ' ')}, {basis} {value:.0%})"
+
+
+def write_verdict(pdf: Any, entry: dict[str, Any]) -> None:
+    """The verdict line in its colour, the reasons a reader must decide, then the probabilities."""
+    pdf.set_text_color(*verdict_style(entry["verdict"]).pdf_rgb)
+    pdf.multi_cell(0, 8, _latin1(verdict_heading(entry)), new_x="LMARGIN", new_y="NEXT")
+    pdf.set_text_color(0, 0, 0)
+    pdf.set_font("Helvetica", "", 10)
+    for reason in entry.get("review_reasons") or ():
+        pdf.multi_cell(0, 5, _latin1(f"Needs review: {reason_text(reason)}."), new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", "", 11)
+    for cls in CLASSES:
+        p = entry["probabilities"][cls]
+        pdf.cell(45, 7, cls.replace("_", " "))
+        pdf.cell(20, 7, f"{p:.1%}")
+        pdf.set_fill_color(76, 155, 232)
+        pdf.cell(max(0.1, 100 * p), 5, "", fill=True, new_x="LMARGIN", new_y="NEXT")

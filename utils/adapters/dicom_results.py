@@ -1,9 +1,9 @@
 """The classifier's results as new DICOM objects, built with highdicom's typed constructors:
 
 - one Comprehensive SR per study (TID 1500 Measurement Report): a measurement group per image
-  with its source reference, the verdict, the three probabilities, the uncertain and
-  not-an-X-ray flags and the model's name, version and sha256, plus the not-for-diagnosis
-  statement;
+  with its source reference, the verdict, the class the model leans to, the three
+  probabilities, the uncertain and not-an-X-ray flags, each review reason as text, and the
+  model's name, version and sha256, plus the not-for-diagnosis statement;
 - one Secondary Capture per classified film: the heatmap overlay with the verdict and
   "NOT FOR DIAGNOSIS" burnt in, in a new series that keeps the source's patient and study.
 
@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from utils.core.guard import record_flag
+from utils.core.review import decision_basis_of, reason_text
 from utils.core.verdict import verdict_style
 
 NOT_FOR_DIAGNOSIS = (
@@ -48,10 +48,14 @@ VERDICT_CODES = {
     "healthy": code("BXC-V0", "Healthy"),
     "fractured": code("BXC-V1", "Fractured"),
     "beyond_repair": code("BXC-V2", "Beyond repair"),
+    "needs_review": code("BXC-V3", "Needs review"),
+    "not_a_radiograph": code("BXC-V4", "Not a radiograph"),
     None: code("BXC-V9", "Not classified"),
 }
 UNCERTAIN = code("BXC-F1", "Uncertain verdict")
 NOT_XRAY = code("BXC-F2", "Not like a radiograph")
+LEANS_TO = code("BXC-F3", "Class the model leans to")
+REVIEW_REASON = code("BXC-F4", "Reason the verdict needs review")
 
 
 def coding_schemes() -> list:
@@ -90,17 +94,23 @@ def image_group(index: int, record: dict, sop_class_uid: str, model: dict):
         if name in probabilities
     ]
     evaluations = [
-        hd.sr.QualitativeEvaluation(codes.DCM.Finding, VERDICT_CODES[record.get("label")]),
+        hd.sr.QualitativeEvaluation(codes.DCM.Finding, VERDICT_CODES[record.get("verdict")]),
+        hd.sr.QualitativeEvaluation(LEANS_TO, VERDICT_CODES[record.get("label")]),
         hd.sr.QualitativeEvaluation(UNCERTAIN, yes_no(bool(record.get("uncertain")))),
         hd.sr.QualitativeEvaluation(NOT_XRAY, yes_no(bool(record.get("not_xray")))),
     ]
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"Image {index + 1}"),
         algorithm_id=algorithm_id,
         source_images=[hd.sr.SourceImageForMeasurementGroup(sop_class_uid, record["sop_instance_uid"])],
         measurements=measurements or None,
         qualitative_evaluations=evaluations,
     )
+    for reason in record.get("review_reasons") or ():
+        group[0].ContentSequence.append(
+            hd.sr.TextContentItem(name=REVIEW_REASON, value=reason_text(reason), relationship_type="CONTAINS")
+        )
+    return group
 
 
 IDENTITY_KEYWORDS = (
@@ -201,13 +211,19 @@ def burn_in(overlay_rgb: np.ndarray, lines: list[str]) -> np.ndarray:
 
 
 def verdict_lines(record: dict) -> list[str]:
-    """The verdict's word, then the probability of the most likely class."""
-    style = verdict_style(record.get("label"), bool(record.get("uncertain")), record_flag(record))
+    """The verdict's word, then the probability its decision was made on, or why it needs review."""
+    kind = record.get("verdict")
+    if kind is None:
+        return ["NOT CLASSIFIED"]
+    lines = [verdict_style(kind).word]
+    reasons = record.get("review_reasons") or ()
+    if reasons:
+        lines.append(reason_text(reasons[0]).split(" (")[0])
     probabilities = record.get("probabilities") or {}
-    if not probabilities:
-        return [style.word]
-    top = max(probabilities, key=lambda name: probabilities[name])
-    return [style.word, f"P({top.replace('_', ' ')}) = {probabilities[top]:.0%}"]
+    if probabilities and record.get("label"):
+        basis, value = decision_basis_of(record["label"], probabilities)
+        lines.append(f"{basis} = {value:.0%}")
+    return lines
 
 
 def build_secondary_capture(

@@ -55,9 +55,9 @@ def read_input(path: Path | str) -> bytes:
         raise InputError(f"The file cannot be read ({exc.strerror or exc}).") from None
 
 
-def prepare_path(path: Path | str, input_size: int):
+def prepare_path(path: Path | str, input_size: int, population: str = "unknown") -> Prediction:
     """Read and decode one input into a Prediction (model input, or its error)."""
     try:
-        return prepare_input(str(path), read_input(path), input_size)
+        return prepare_input(str(path), read_input(path), input_size, population)
     except InputError as exc:
         return Prediction(name=str(path), error=str(exc))

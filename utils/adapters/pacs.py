@@ -302,7 +302,9 @@ def classify_instances(
         predictions: list[Prediction] = []
         headers: dict[str, Dataset] = {}
         for ref in chunk:
-            predictions.append(retrieve_and_prepare(client, ref, classifier.bundle.input_size, headers))
+            predictions.append(
+                retrieve_and_prepare(client, ref, (classifier.bundle.input_size, options.population), headers)
+            )
         classifier.complete([p for p in predictions if p.error is None], options.preset)
         for ref, prediction in zip(chunk, predictions):
             if prediction.error:
@@ -311,17 +313,18 @@ def classify_instances(
 
 
 def retrieve_and_prepare(
-    client: DICOMwebClient, ref: InstanceRef, input_size: int, headers: dict[str, Dataset]
+    client: DICOMwebClient, ref: InstanceRef, prepare_with: tuple[int, str], headers: dict[str, Dataset]
 ) -> Prediction:
-    """One instance retrieved and prepared for the model; its header (without pixels) goes
-    into headers, for the result objects."""
+    """One instance retrieved and prepared for the model (prepare_with: the input size and
+    the user's population); its header (without pixels) goes into headers, for the result objects."""
+    input_size, population = prepare_with
     try:
         dataset = retrieve(client, ref)
     except PacsError as exc:
         return Prediction(name=ref.path, error=str(exc))
     except Exception as exc:  # a body the DICOM parser rejects
         return Prediction(name=ref.path, error=f"The instance could not be read ({type(exc).__name__}).")
-    prediction = prepare_decoded(ref.path, lambda: decode_dataset(dataset), input_size)
+    prediction = prepare_decoded(ref.path, lambda: decode_dataset(dataset), input_size, population)
     headers[ref.path] = header_only(dataset)
     return prediction
 
@@ -450,12 +453,14 @@ def store_results(client, study_uid: str, items: list[Classified], model: dict) 
 
 @dataclass(frozen=True)
 class StudyOptions:
-    """How a study is classified: the decision preset, the batch size, and whether the result
-    objects (an SR, Secondary Captures) are written back to the study as it goes."""
+    """How a study is classified: the decision preset, the batch size, whether the result
+    objects (an SR, Secondary Captures) are written back to the study as it goes, and what the
+    user said of the patient (each film's own header age wins over it)."""
 
     preset: str = "balanced"
     batch_size: int = 8
     store_results: bool = False
+    population: str = "unknown"
 
 
 class StudyStream:

@@ -145,18 +145,27 @@ def display_path(read_as: str, roots: list[tuple[str, str]]) -> str:
     return read_as
 
 
+FACT_FIELDS = ("image_size", "age_years", "body_part", "population")
+
+
 def decode_batch(
-    batch: dict[str, np.ndarray], roots: list[tuple[str, str]], input_size: int, max_bytes: int
+    batch: dict[str, np.ndarray],
+    roots: list[tuple[str, str]],
+    input_size: int,
+    max_bytes: int,
+    population: str = "unknown",
 ) -> dict[str, np.ndarray]:
-    """map_batches task: bytes -> model inputs (the local path's prepare_input)."""
-    out: dict[str, list[Any]] = {k: [] for k in ("path", "model_input", "warnings", "not_xray", "error", "incomplete")}
+    """map_batches task: bytes -> model inputs (the local path's prepare_input), with what the
+    film says of its intended use (size, header age and body part) and the user's population."""
+    columns = ("path", "model_input", "warnings", "not_xray", "error", "incomplete", "facts")
+    out: dict[str, list[Any]] = {k: [] for k in columns}
     for read_as, data in zip(batch["path"], batch["bytes"]):
         path = display_path(str(read_as), roots)
         if len(data) > max_bytes:
-            prediction = prepare_input(path, b"", input_size)
+            prediction = prepare_input(path, b"", input_size, population)
             prediction.error = f"The file is larger than {max_bytes // 2**20} MB."
         else:
-            prediction = prepare_input(path, bytes(data), input_size)
+            prediction = prepare_input(path, bytes(data), input_size, population)
         out["path"].append(path)
         out["model_input"].append(
             prediction.model_input
@@ -167,6 +176,7 @@ def decode_batch(
         out["not_xray"].append(prediction.not_xray or "")
         out["error"].append(prediction.error or "")
         out["incomplete"].append(prediction.incomplete or "")
+        out["facts"].append(json.dumps({k: getattr(prediction, k) for k in FACT_FIELDS}))
     return {
         "path": np.array(out["path"], dtype=object),
         "model_input": np.stack(out["model_input"]),
@@ -174,6 +184,7 @@ def decode_batch(
         "not_xray": np.array(out["not_xray"], dtype=object),
         "error": np.array(out["error"], dtype=object),
         "incomplete": np.array(out["incomplete"], dtype=object),
+        "facts": np.array(out["facts"], dtype=object),
     }
 
 
@@ -185,6 +196,7 @@ class DecodeInActor:
     input_size: int
     max_bytes: int
     threads: int
+    population: str = "unknown"
 
 
 class ClassifyBatch:
@@ -207,7 +219,9 @@ class ClassifyBatch:
         parts = [
             {"path": batch["path"][i : i + 1], "bytes": batch["bytes"][i : i + 1]} for i in range(len(batch["path"]))
         ]
-        done = list(self.pool.map(lambda part: decode_batch(part, d.roots, d.input_size, d.max_bytes), parts))
+        done = list(
+            self.pool.map(lambda part: decode_batch(part, d.roots, d.input_size, d.max_bytes, d.population), parts)
+        )
         return {key: np.concatenate([part[key] for part in done]) for key in done[0]}
 
     def __call__(self, batch: dict) -> dict:
@@ -221,6 +235,10 @@ class ClassifyBatch:
                 error=batch["error"][i] or None,
                 incomplete=batch["incomplete"][i] or None,
             )
+            facts = json.loads(batch["facts"][i])
+            prediction.image_size = tuple(facts["image_size"]) if facts["image_size"] else None
+            prediction.age_years, prediction.body_part = facts["age_years"], facts["body_part"]
+            prediction.population = facts["population"]
             if prediction.error is None:
                 prediction.model_input = batch["model_input"][i]
             predictions.append(prediction)
@@ -265,6 +283,8 @@ class RayOptions:
     # object store; fastest on one machine); "tasks": separate decode tasks, which a cluster
     # can spread over other nodes than the actors'.
     decode: str = "actor"
+    # What the user said of the patients (adult, child, unknown); a DICOM header's age wins.
+    population: str = "unknown"
 
 
 def run(
@@ -308,11 +328,16 @@ def classified(ray: Any, readable: list[str], sources: list[str], input_size: in
     roots = source_roots(sources)
     in_actor = None
     if options.decode == "actor":
-        in_actor = DecodeInActor(roots, input_size, MAX_FILE_BYTES, threads)
+        in_actor = DecodeInActor(roots, input_size, MAX_FILE_BYTES, threads, options.population)
     else:
         data = data.map_batches(
             decode_batch,
-            fn_kwargs={"roots": roots, "input_size": input_size, "max_bytes": MAX_FILE_BYTES},
+            fn_kwargs={
+                "roots": roots,
+                "input_size": input_size,
+                "max_bytes": MAX_FILE_BYTES,
+                "population": options.population,
+            },
             batch_size=options.batch_size,
             batch_format="numpy",
             num_cpus=DECODE_CPUS,

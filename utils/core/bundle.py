@@ -15,7 +15,9 @@ from typing import Any
 
 from utils.core.engines import litert_available
 from utils.core.guard import FeatureGuard, RadiographGuard, load_guard
+from utils.core.intended_use import InputLimits
 from utils.core.preprocess import INPUT_SIZE
+from utils.core.shift import ShiftScore
 
 DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parents[2] / "model"
 METADATA_FILE = "metadata.json"
@@ -52,6 +54,9 @@ class Bundle:
         # equivalence check ("int8").
         self.litert_paths = dict(litert_paths or {})
         self.model_path = model_path
+        # How unlike the training films a film is (None: the bundle ships no shift score);
+        # load_bundle sets it from the bundle's file.
+        self.shift_score: ShiftScore | None = None
         self._lock = threading.Lock()
 
     @property
@@ -83,6 +88,11 @@ class Bundle:
     def input_size(self) -> int:
         """The side of the square model input (metadata["input"]["shape"] is [N, S, S, 3])."""
         return int(self.metadata.get("input", {}).get("shape", [None, INPUT_SIZE])[1])
+
+    @property
+    def input_limits(self) -> InputLimits | None:
+        """The film sizes the model was validated on (None: the bundle states none)."""
+        return InputLimits.from_metadata(self.metadata.get("input_limits"))
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -168,6 +178,17 @@ def load_feature_guard(directory: Path, metadata: dict[str, Any]) -> RadiographG
         raise ModelBundleError(f"The guard file {path.name} cannot be read: {type(exc).__name__}.") from None
 
 
+def load_shift_score(directory: Path, metadata: dict[str, Any]) -> ShiftScore | None:
+    """The shift score's training-film bank named in metadata["shift_score"], checked by sha256."""
+    path = verify_derived_file(directory, metadata, "shift_score", "shift score file")
+    if path is None:
+        return None
+    try:
+        return ShiftScore.load(path)
+    except Exception as exc:  # a damaged npz raises several types
+        raise ModelBundleError(f"The shift score file {path.name} cannot be read: {type(exc).__name__}.") from None
+
+
 def verify_derived_file(directory: Path, metadata: dict[str, Any], key: str, what: str) -> Path | None:
     """The file metadata[key] names ({"file", "sha256"}), checked; None when there is no entry."""
     spec = metadata.get(key)
@@ -205,7 +226,7 @@ def load_bundle(directory: Path | None = None, load_keras: bool | None = None) -
     if load_keras is None:
         load_keras = litert_path is None or not litert_available()
     model = load_keras_model(model_path) if load_keras else None
-    return Bundle(
+    bundle = Bundle(
         model=model,
         metadata=metadata,
         directory=directory,
@@ -213,3 +234,5 @@ def load_bundle(directory: Path | None = None, load_keras: bool | None = None) -
         model_path=model_path,
         litert_paths={k: v for k, v in {"float32": litert_path, **faster}.items() if v is not None},
     )
+    bundle.shift_score = load_shift_score(directory, metadata)
+    return bundle

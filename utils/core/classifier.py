@@ -10,12 +10,15 @@ import numpy as np
 
 from utils.core.bundle import Bundle
 from utils.core.engines import Engine, KerasEngine, LiteRTEngine, litert_available
-from utils.core.guard import screen_decoded
+from utils.core.guard import is_confident_not_radiograph, screen_decoded
 from utils.core.heatmap import normalise_class_maps, overlay_heatmap
-from utils.core.inference import CLASSES, calibrated_probabilities, decide, to_model_input
+from utils.core.inference import CLASSES, calibrated_probabilities, to_model_input
+from utils.core.intended_use import InputLimits, intended_use_reasons, parse_population
 from utils.core.pixels import DecodedImage, InputError
 from utils.core.preprocess import decode_for_model, preprocess
 from utils.core.record import PredictionRecord
+from utils.core.review import NOT_A_RADIOGRAPH, Verdict, decide_verdict, ordered_reasons
+from utils.core.shift import ShiftScore
 
 DEFAULT_PRESET = "balanced"
 
@@ -33,22 +36,27 @@ def make_engine(bundle: Bundle, precision: str = "float32", threads: int | None 
     return KerasEngine(bundle.model)
 
 
-def prepare_input(name: str, data: bytes, input_size: int) -> Prediction:
+def prepare_input(name: str, data: bytes, input_size: int, population: str = "unknown") -> Prediction:
     """Decode, preprocess and screen one input (no model needed): a Prediction with its
-    model input, or with `error` when the bytes cannot be read."""
-    return prepare_decoded(name, lambda: decode_for_model(data), input_size)
+    model input, or with `error` when the bytes cannot be read. population: what the user
+    said of the patient ("adult", "child", "unknown"); a DICOM header's age wins over it."""
+    return prepare_decoded(name, lambda: decode_for_model(data), input_size, population)
 
 
-def prepare_decoded(name: str, decode: Callable[[], DecodedImage], input_size: int) -> Prediction:
+def prepare_decoded(
+    name: str, decode: Callable[[], DecodedImage], input_size: int, population: str = "unknown"
+) -> Prediction:
     """prepare_input for any decoder (bytes, or a DICOM dataset already parsed): its
     InputError becomes the prediction's error."""
-    prediction = Prediction(name=name)
+    prediction = Prediction(name=name, population=parse_population(population))
     try:
         decoded = decode()
         prediction.model_input = preprocess(decoded.pixels, input_size)[..., 0]
         prediction.warnings = decoded.warnings
         prediction.incomplete = decoded.incomplete
         prediction.not_xray = screen_decoded(decoded.pixels, decoded.colour_fraction)
+        prediction.image_size = (int(decoded.pixels.shape[0]), int(decoded.pixels.shape[1]))
+        prediction.age_years, prediction.body_part = decoded.age_years, decoded.body_part
     except InputError as exc:
         prediction.error = str(exc)
     return prediction
@@ -57,9 +65,9 @@ def prepare_decoded(name: str, decode: Callable[[], DecodedImage], input_size: i
 @dataclass
 class Prediction:
     name: str
-    label: str | None = None
+    label: str | None = None  # the class the model leans to (the verdict's kind may differ)
     probabilities: dict[str, float] | None = None
-    uncertain: bool = False
+    uncertain: bool = False  # true exactly when the verdict has review reasons
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
     model_input: np.ndarray | None = None  # (S, S) uint8: the image as the model saw it
@@ -67,6 +75,13 @@ class Prediction:
     ood_distance: float | None = None  # the guard's feature distance (threshold in metadata)
     heatmaps: np.ndarray | None = None  # (C, h, w) Grad-CAM of each class, in [0, 1]
     incomplete: str | None = None  # why part of the image is missing (then never a confident verdict)
+    image_size: tuple[int, int] | None = None  # (height, width) as decoded
+    age_years: float | None = None  # from a DICOM header: compared with the intended use, never shown
+    body_part: str | None = None  # BodyPartExamined from a DICOM header
+    population: str = "unknown"  # what the user said of the patient (the header's age wins)
+    shift_score: float | None = None  # how unlike the training films (utils.core.shift)
+    review_inputs: tuple[str, ...] = ()  # review reasons from the film, the user and the features
+    verdict: Verdict | None = None  # under the preset it was classified with
 
     def heatmap(self, class_name: str) -> np.ndarray:
         if self.heatmaps is None:
@@ -80,14 +95,12 @@ class Prediction:
             return None
         return overlay_heatmap(self.model_input, self.heatmap(label or self.label or "healthy"))
 
-    def verdict(self, preset: dict[str, Any]) -> tuple[str | None, bool]:
-        """(label, uncertain) under a decision preset; an input the guard flagged, or one with
-        missing image data, is always uncertain (no confident verdict outside what the model
-        knows, or on a part of the film)."""
+    def decide(self, preset: dict[str, Any]) -> Verdict | None:
+        """The verdict under a decision preset (None for an input that was not classified):
+        the review reasons found in the film, the user's answers and the features always stand."""
         if self.error or self.probabilities is None:
-            return None, False
-        label, uncertain = decide(np.array([self.probabilities[c] for c in CLASSES]), preset)
-        return label, uncertain or self.not_xray is not None or self.incomplete is not None
+            return None
+        return decide_verdict(self.probabilities, preset, self.review_inputs)
 
     @property
     def failed(self) -> bool:
@@ -97,19 +110,48 @@ class Prediction:
     def record(self, preset: dict[str, Any] | None = None) -> PredictionRecord:
         """The typed record: under the preset it was classified with, or under another one
         (the app's preset switch re-decides here, without running the model again)."""
-        label, uncertain = (self.label, self.uncertain) if preset is None else self.verdict(preset)
+        verdict = self.verdict if preset is None else self.decide(preset)
         return PredictionRecord(
             path=self.name,
-            label=label,
+            label=verdict.label if verdict else self.label,
             probabilities=self.probabilities,
-            uncertain=uncertain,
+            uncertain=verdict.uncertain if verdict else False,
             not_xray=self.not_xray is not None,
             warnings=tuple(self.warnings),
             error=self.error,
+            verdict=verdict.kind if verdict else None,
+            review_reasons=verdict.reasons if verdict else (),
         )
 
     def as_record(self) -> dict[str, Any]:
         return self.record().as_dict()
+
+
+def film_reasons(prediction: Prediction, limits: InputLimits | None) -> tuple[list[str], list[str]]:
+    """(review reasons, warnings to add) from the film itself and from the user's answers."""
+    reasons, notes = [], []
+    if prediction.incomplete is not None:
+        reasons.append("incomplete_image")
+    if limits is not None and prediction.image_size is not None:
+        problem = limits.problem(*prediction.image_size)
+        if problem is not None:
+            reasons.append("image_too_small")
+            notes.append(problem)
+    reasons += intended_use_reasons(prediction.age_years, prediction.body_part, prediction.population)
+    if "body_part" in reasons:
+        notes.append(f"The DICOM header names the body part {prediction.body_part!r}.")
+    return reasons, notes
+
+
+def feature_reasons(prediction: Prediction, shift: ShiftScore | None) -> list[str]:
+    """Review reasons from the guards and the shift score."""
+    reasons = []
+    if prediction.not_xray is not None:
+        sure = is_confident_not_radiograph(prediction.not_xray)
+        reasons.append(NOT_A_RADIOGRAPH if sure else "unlike_training_films")
+    if shift is not None and prediction.shift_score is not None and prediction.shift_score > shift.threshold:
+        reasons.append("unlike_training_films")
+    return reasons
 
 
 def model_input_of(prediction: Prediction) -> np.ndarray:
@@ -169,14 +211,15 @@ class Classifier:
 
     def complete(self, prepared: list[Prediction], preset: str = DEFAULT_PRESET) -> None:
         """Run the model on prepared inputs (prepare_input, no error) as one batch and fill in
-        probabilities, heatmaps, the guard's verdict and the label under the preset."""
+        probabilities, heatmaps, the guard's flag, the shift score and the verdict under the preset."""
         if not prepared:
             return
         thresholds = self.bundle.preset(preset)
         out = self.forward(np.stack([model_input_of(p)[..., None] for p in prepared]))
         probs = calibrated_probabilities(np.asarray(out["logits"], np.float64), self.temperature)
-        guard = self.bundle.guard
+        guard, shift = self.bundle.guard, self.bundle.shift_score
         distances = guard.distance(out["features"]) if guard is not None else None
+        shift_scores = shift.score(out["features"]) if shift is not None else None
         for i, (prediction, row) in enumerate(zip(prepared, probs)):
             prediction.probabilities = {c: float(v) for c, v in zip(self.bundle.classes, row)}
             prediction.heatmaps = out["heatmaps"][i]
@@ -186,7 +229,26 @@ class Classifier:
                     prediction.not_xray = guard.message
             if prediction.not_xray is not None:
                 prediction.warnings.append(prediction.not_xray)
-            prediction.label, prediction.uncertain = prediction.verdict(thresholds)
+            if shift_scores is not None:
+                prediction.shift_score = float(shift_scores[i])
+            self.settle(prediction, thresholds)
+
+    def settle(self, prediction: Prediction, thresholds: dict[str, Any]) -> None:
+        """Gather the review reasons of a prediction with probabilities, note the specifics
+        (an image's size, a header's body part) among its warnings, and decide its verdict."""
+        reasons, notes = film_reasons(prediction, self.bundle.input_limits)
+        prediction.warnings.extend(note for note in notes if note not in prediction.warnings)
+        prediction.review_inputs = ordered_reasons(reasons + feature_reasons(prediction, self.bundle.shift_score))
+        prediction.verdict = prediction.decide(thresholds)
+        if prediction.verdict is not None:
+            prediction.label, prediction.uncertain = prediction.verdict.label, prediction.verdict.uncertain
+
+    def reconsider(self, prediction: Prediction, population: str, preset: str = DEFAULT_PRESET) -> None:
+        """A classified prediction under another answer to "who is the patient" (no model run)."""
+        if prediction.probabilities is None or prediction.population == population:
+            return
+        prediction.population = parse_population(population)
+        self.settle(prediction, self.bundle.preset(preset))
 
     def predict_many(
         self,
@@ -194,12 +256,14 @@ class Classifier:
         preset: str = DEFAULT_PRESET,
         batch_size: int = 8,
         progress: Callable[[int, int], object] | None = None,
+        population: str = "unknown",
     ) -> list[Prediction]:
-        """Classify (name, bytes) pairs; unreadable inputs get `error` and do not stop the rest."""
+        """Classify (name, bytes) pairs; unreadable inputs get `error` and do not stop the rest.
+        population: what the user said of the patients (a DICOM header's age wins)."""
         results: list[Prediction] = []
         pending: list[Prediction] = []
         for index, (name, data) in enumerate(items):
-            prediction = prepare_input(name, data, self.bundle.input_size)
+            prediction = prepare_input(name, data, self.bundle.input_size, population)
             results.append(prediction)
             if prediction.error is None:
                 pending.append(prediction)
@@ -211,5 +275,7 @@ class Classifier:
         self.complete(pending, preset)
         return results
 
-    def predict_bytes(self, name: str, data: bytes, preset: str = DEFAULT_PRESET) -> Prediction:
-        return self.predict_many([(name, data)], preset=preset)[0]
+    def predict_bytes(
+        self, name: str, data: bytes, preset: str = DEFAULT_PRESET, population: str = "unknown"
+    ) -> Prediction:
+        return self.predict_many([(name, data)], preset=preset, population=population)[0]

@@ -1,6 +1,8 @@
 """DICOM decoding with pydicom: modality LUT, then VOI LUT / window, then MONOCHROME1 inversion.
 
-Patient tags are never read into messages or logs: only pixel-module attributes are used.
+Patient tags are never put into messages or logs. Besides the pixel-module attributes, only
+the patient's age (PatientAge, or PatientBirthDate with the study date) and BodyPartExamined
+are read, to check the film against the model's intended use (utils.core.intended_use).
 Compressed transfer syntaxes decode through pylibjpeg (openjpeg, rle plugins: permissive
 licences) or are refused with a message naming the transfer syntax.
 """
@@ -16,6 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from utils.core.intended_use import age_in_years, body_part
 from utils.core.pixels import (
     DecodedImage,
     InputError,
@@ -49,7 +52,16 @@ def decode_dicom(data: bytes) -> DecodedImage:
 
 
 def decode_dataset(ds: Dataset) -> DecodedImage:
-    """A parsed DICOM dataset (a file read, or an instance a PACS sent) -> the decoded film."""
+    """A parsed DICOM dataset (a file read, or an instance a PACS sent) -> the decoded film,
+    with the age and body part its header gives."""
+    decoded = decode_pixels(ds)
+    decoded.age_years = age_in_years(ds)
+    decoded.body_part = body_part(ds)
+    return decoded
+
+
+def decode_pixels(ds: Dataset) -> DecodedImage:
+    """The film of a parsed DICOM dataset: first frame, grey, bone bright, in [0, 1]."""
     warnings: list[str] = []
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputError("The DICOM file has no image (no pixel data); upload the image series file.")

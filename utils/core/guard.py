@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -63,15 +62,6 @@ def is_confident_not_radiograph(message: str | None) -> bool:
     """True for the flags that say "not a radiograph" (colour photo, blank, the radiograph
     guard); False for "unlike the training films" and for no flag."""
     return message is not None and message != FEATURE_MESSAGE
-
-
-def record_flag(record: dict[str, Any]) -> bool | str:
-    """A record's guard flag for verdict_style: the message when its warnings name one, else
-    the record's not_xray bool (records keep the flag as a bool and its message in warnings)."""
-    if not record.get("not_xray"):
-        return False
-    warnings = record.get("warnings") or []
-    return FEATURE_MESSAGE if FEATURE_MESSAGE in warnings else True
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,21 @@ def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarr
 
 
 def decide(probs: np.ndarray, preset: dict[str, Any]) -> tuple[str, bool]:
-    """(label, uncertain) for one image's calibrated probabilities under a decision preset.
+    """(label, uncertain) for one image's calibrated probabilities under a decision preset
+    (decide_with_reasons, with its reasons reduced to "any")."""
+    label, reasons = decide_with_reasons(probs, preset)
+    return label, bool(reasons)
+
+
+def decide_with_reasons(probs: np.ndarray, preset: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """(label, review reasons) for one image's calibrated probabilities under a decision preset.
 
     A preset with rule "two_stage" follows the model's two stages (decide_two_stage). Older
     presets weigh the classes: preset["class_weights"] multiplies each probability before
     comparing (absent: plain argmax); preset["any_fracture_threshold"], when set, calls a
     fracture at P(fractured) + P(beyond_repair) at or above it; preset["min_confidence"] /
-    preset["min_margin"] flag a verdict uncertain when its probability, or its lead over the
-    next class, is below them (all chosen on validation).
+    preset["min_margin"] flag a verdict near its threshold when its probability, or its lead
+    over the next class, is below them (all chosen on validation).
     """
     probs = np.asarray(probs, dtype=np.float64)
     if preset.get("rule") == "two_stage":
@@ -46,7 +53,7 @@ def decide(probs: np.ndarray, preset: dict[str, Any]) -> tuple[str, bool]:
         index = 1 + int(np.argmax(scores[1:]))
     else:
         index = 0
-    return CLASSES[index], is_uncertain(probs, index, preset)
+    return CLASSES[index], ("near_threshold",) if is_uncertain(probs, index, preset) else ()
 
 
 def logit(p: float, eps: float = 1e-6) -> float:
@@ -54,24 +61,26 @@ def logit(p: float, eps: float = 1e-6) -> float:
     return float(np.log(p / (1 - p)))
 
 
-def decide_two_stage(probs: np.ndarray, preset: dict[str, Any]) -> tuple[str, bool]:
+def decide_two_stage(probs: np.ndarray, preset: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
     """First fracture or not: P(any fracture) against preset["fracture_threshold"] (at or
     above: a fracture). Then, for a fracture only, its severity: P(beyond_repair | fracture)
-    against preset["severity_threshold"]. Uncertain: P(any fracture) within
-    preset["fracture_band"] of the threshold, or, for a fracture, the severity within
-    preset["severity_margin"] of its threshold (both on the logit scale). A film whose most probable
-    class is healthy is never called beyond repair (at most fractured)."""
+    against preset["severity_threshold"]. Review reasons: "near_threshold" when P(any
+    fracture) is within preset["fracture_band"] of the threshold, "severity_margin" when a
+    fracture's severity is within preset["severity_margin"] of its threshold (both on the
+    logit scale). A film whose most probable class is healthy is never called beyond repair
+    (at most fractured)."""
     p_any = float(probs[1] + probs[2])
     threshold = float(preset["fracture_threshold"])
-    uncertain = abs(logit(p_any) - logit(threshold)) < float(preset.get("fracture_band", 0.0))
+    near = abs(logit(p_any) - logit(threshold)) < float(preset.get("fracture_band", 0.0))
+    reasons: tuple[str, ...] = ("near_threshold",) if near else ()
     if p_any < threshold:
-        return CLASSES[0], uncertain
+        return CLASSES[0], reasons
     p_severe = float(probs[2] / max(p_any, 1e-12))
     severity_threshold = float(preset.get("severity_threshold", 0.5))
     severe = p_severe >= severity_threshold and int(np.argmax(probs)) != 0
-    near = abs(logit(p_severe) - logit(severity_threshold)) < float(preset.get("severity_margin", 0.0))
-    uncertain = uncertain or near
-    return CLASSES[2] if severe else CLASSES[1], uncertain
+    if abs(logit(p_severe) - logit(severity_threshold)) < float(preset.get("severity_margin", 0.0)):
+        reasons += ("severity_margin",)
+    return CLASSES[2] if severe else CLASSES[1], reasons
 
 
 def verdict_margin(probs: np.ndarray, index: int) -> float:

@@ -27,6 +27,10 @@ class DecodedImage:
     warnings: list[str] = field(default_factory=list)
     colour_fraction: float = 0.0  # share of clearly coloured pixels before the grey conversion
     incomplete: str | None = None  # why part of the image is missing (the decoder filled it in)
+    # From a DICOM header only (JPEG and PNG carry neither): compared with the intended use,
+    # never shown or logged.
+    age_years: float | None = None
+    body_part: str | None = None
 
 
 # A pixel counts as coloured when it strays from the image's single tint (see colour_fraction)

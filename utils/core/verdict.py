@@ -1,5 +1,8 @@
-"""How a verdict looks: colour by the finding (not by confidence), always with a word and an
-icon so that it is never told apart by hue alone. Shared by the app and the PDF report.
+"""How a verdict looks: colour by the finding (not by confidence), always with a word, so that
+it is never told apart by hue alone. Shared by the app, the history, the PDF report and the SR.
+
+The verdict's kind is decided once, in utils.core.review; this module only dresses it. No
+icon name stands in the text: screen readers and copied text read the words alone.
 
 The app's colours are the theme's named colours, set in .streamlit/config.toml; the PDF's are
 darker shades for white paper. tests/test_verdict.py checks both for WCAG AA text contrast
@@ -10,48 +13,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from utils.core.guard import is_confident_not_radiograph
+from utils.core.review import BEYOND_REPAIR, FRACTURED, HEALTHY, NEEDS_REVIEW, NOT_A_RADIOGRAPH
 
 
 @dataclass(frozen=True)
 class VerdictStyle:
-    kind: str  # healthy | fractured | beyond_repair | uncertain | not_xray
+    kind: str  # a verdict kind (utils.core.review.VERDICT_KINDS)
     word: str  # what the verdict line says
-    icon: str  # Streamlit material icon shortcode, shown before the word
     theme_colour: str  # Streamlit named colour (theme.<name>Color in .streamlit/config.toml)
     pdf_rgb: tuple[int, int, int]  # text colour on white in the PDF report
-    pdf_mark: str  # a text mark before the word in the PDF (its core fonts have no icons)
 
 
 STYLES = {
-    "healthy": VerdictStyle("healthy", "HEALTHY", ":material/check_circle:", "green", (0, 110, 40), "[ok]"),
-    "fractured": VerdictStyle("fractured", "FRACTURED", ":material/warning:", "orange", (150, 75, 0), "[!]"),
-    "beyond_repair": VerdictStyle(
-        "beyond_repair", "BEYOND REPAIR", ":material/dangerous:", "red", (175, 20, 20), "[!!]"
-    ),
-    "uncertain": VerdictStyle("uncertain", "UNCERTAIN: NEEDS REVIEW", ":material/help:", "gray", (85, 85, 85), "[?]"),
-    "not_xray": VerdictStyle(
-        "not_xray", "NOT A RADIOGRAPH? NEEDS REVIEW", ":material/help:", "gray", (85, 85, 85), "[?]"
-    ),
-    "unfamiliar": VerdictStyle(
-        "unfamiliar", "UNLIKE THE TRAINING FILMS: NEEDS REVIEW", ":material/help:", "gray", (85, 85, 85), "[?]"
-    ),
+    HEALTHY: VerdictStyle(HEALTHY, "HEALTHY", "green", (0, 110, 40)),
+    FRACTURED: VerdictStyle(FRACTURED, "FRACTURED", "orange", (150, 75, 0)),
+    BEYOND_REPAIR: VerdictStyle(BEYOND_REPAIR, "BEYOND REPAIR", "red", (175, 20, 20)),
+    NEEDS_REVIEW: VerdictStyle(NEEDS_REVIEW, "NEEDS REVIEW", "gray", (85, 85, 85)),
+    NOT_A_RADIOGRAPH: VerdictStyle(NOT_A_RADIOGRAPH, "NOT A RADIOGRAPH", "gray", (85, 85, 85)),
 }
+NOT_CLASSIFIED = "not classified"
 
 
-def verdict_style(label: str | None, uncertain: bool, not_xray: bool | str | None) -> VerdictStyle:
-    """The finding decides the colour; an uncertain or flagged verdict is grey.
+def verdict_style(kind: str) -> VerdictStyle:
+    """The style of a verdict kind; the finding decides the colour, a film a reader must
+    decide on is grey."""
+    return STYLES[kind]
 
-    not_xray: the guard's flag, as its message or as a bool. "Not a radiograph" is kept for
-    the flags that are sure of it (photos, documents, blank images); a film the guard finds
-    merely unlike the training films says so."""
-    if isinstance(not_xray, str):
-        return STYLES["not_xray" if is_confident_not_radiograph(not_xray) else "unfamiliar"]
-    if not_xray:
-        return STYLES["not_xray"]
-    if uncertain or label is None:
-        return STYLES["uncertain"]
-    return STYLES[label]
+
+def verdict_words(kind: str | None) -> str:
+    """The verdict kind in lower-case words for tables and lists ("needs review")."""
+    return kind.replace("_", " ") if kind else NOT_CLASSIFIED
 
 
 def relative_luminance(rgb: tuple[int, int, int]) -> float:
