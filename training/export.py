@@ -420,11 +420,13 @@ follows the model's two stages (`utils.core.inference.decide_two_stage`), with a
 2. **Severity, for fractures only**: beyond repair when P(beyond_repair | fracture) reaches the
    severity threshold (sensitivity + specificity among validation fractures). A film whose most
    probable class is healthy is never called beyond repair.
-3. **Uncertain: needs review** when P(any fracture) lies within the preset's band around its
+3. **Needs review** when P(any fracture) lies within the preset's band around its
    threshold (in logit units), or a fracture's severity within the severity margin of its
    threshold: the narrowest band and margin at which the validation verdicts outside them are
-   right at least 90% of the time. Missing image data (a truncated file) and a guard flag also
-   make a verdict uncertain, with a warning that says why.
+   right at least 90% of the time. The review rules (a child's film, another body part, too
+   small an image, a film unlike the training films, missing image data, not a radiograph;
+   `python -m training.studies.review_rules`) also make a verdict "needs review", each with its
+   reason in words.
 
 | preset | fracture threshold | band (logit) | severity threshold | severity margin | validation coverage |
 |---|---|---|---|---|---|
