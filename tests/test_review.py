@@ -228,10 +228,14 @@ def run_cli(args, capsys) -> tuple[int, list[dict]]:
     return code, [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
-def test_cli_population_child_marks_every_film(tmp_path, capsys, bundle_dir):
+def test_cli_population_child_marks_every_film_and_says_why_in_words(tmp_path, capsys, bundle_dir):
     (tmp_path / "a.png").write_bytes(png_bytes((synthetic_radiograph(480, 400, seed=1) * 255).astype(np.uint8)))
-    code, records = run_cli(["predict", str(tmp_path), "--population", "child", "--model-dir", str(bundle_dir)], capsys)
+    code = cli.main(["predict", str(tmp_path), "--population", "child", "--model-dir", str(bundle_dir)])
+    out = capsys.readouterr()
+    records = [json.loads(line) for line in out.out.splitlines()]
     assert code == 0 and records[0]["review_reasons"].count("child") == 1 and records[0]["probabilities"]
+    assert "1 of 1 inputs need review" in out.err
+    assert "1: children's films are outside what this model was validated on" in out.err
     _, plain = run_cli(["predict", str(tmp_path), "--model-dir", str(bundle_dir)], capsys)
     assert "child" not in plain[0]["review_reasons"]
 

@@ -28,6 +28,7 @@ import argparse
 import csv
 import json
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from utils.core.bundle import METADATA_FILE, ModelBundleError, bundle_dir, load_
 from utils.core.classifier import Classifier, Prediction
 from utils.core.intended_use import POPULATIONS
 from utils.core.record import CSV_COLUMNS, csv_row
+from utils.core.review import reason_text
 from utils.report import build_pdf, report_entry
 
 if TYPE_CHECKING:  # annotations only: the pacs command imports its adapter when it runs
@@ -125,6 +127,8 @@ class Outputs:
         self.extra_columns = extra_columns
         self.heatmap_dir, self.want_report = heatmap_dir, want_report
         self.failed, self.count = 0, 0
+        self.reasons: Counter[str] = Counter()  # review reason -> films that gave it
+        self.needs_review = 0
         self.report_entries: list[dict[str, Any]] = []
         self.writer = None
         if fmt == "csv":
@@ -140,11 +144,22 @@ class Outputs:
         self.handle.flush()
         self.count += 1
         self.failed += prediction.failed
+        self.needs_review += bool(record.get("review_reasons"))
+        self.reasons.update(record.get("review_reasons") or ())
         overlay = prediction.overlay() if self.heatmap_dir or self.want_report else None
         if self.heatmap_dir and overlay is not None:
             Image.fromarray(overlay).save(self.heatmap_dir / heatmap_file_name(prediction.name, self.count))
         if self.want_report:
             self.report_entries.append(report_entry(prediction, record, overlay))
+
+
+def review_summary(outputs: Outputs) -> list[str]:
+    """The films that need review and why, in words, for the end of a run (stderr)."""
+    if not outputs.needs_review:
+        return []
+    lines = [f"{outputs.needs_review} of {outputs.count} inputs need review (see review_reasons):"]
+    lines += [f"  {count}: {reason_text(code)}" for code, count in outputs.reasons.most_common()]
+    return lines
 
 
 def default_precision(model_dir: Path | None) -> str:
@@ -341,6 +356,8 @@ def run_pacs(args: argparse.Namespace, classifier: Classifier) -> int:
     finally:
         if args.output:
             handle.close()
+    for line in review_summary(outputs):
+        print(line, file=sys.stderr)
     if outputs.failed:
         print(
             f"{outputs.failed} of {outputs.count} images could not be read properly (an error, or a truncated "
@@ -433,6 +450,8 @@ def run_predict(args: argparse.Namespace) -> int:
         args.report.write_bytes(
             build_pdf(outputs.report_entries, classifier.bundle.metadata, args.preset, args.reference)
         )
+    for line in review_summary(outputs):
+        print(line, file=sys.stderr)
     if outputs.failed:
         print(
             f"{outputs.failed} of {outputs.count} inputs could not be read properly (an error, or a truncated "
