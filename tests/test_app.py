@@ -216,3 +216,19 @@ def test_a_colour_photo_in_a_batch_is_not_a_radiograph_in_the_table_csv_and_hist
     assert prediction.verdict.kind == "not_a_radiograph"
     csv_text = records_to_csv([prediction.as_record()]).decode()
     assert ",not_a_radiograph,not_a_radiograph" in csv_text
+
+
+def test_a_childs_dicom_and_a_thumbnail_need_review_with_their_reasons(app):
+    from tests.test_review import dicom_film
+
+    app.file_uploader[0].set_value([
+        ("child.dcm", dicom_film(PatientAge="009Y"), "application/dicom"),
+        ("thumb.png", png_bytes((synthetic_radiograph(224, 224, seed=8) * 255).astype(np.uint8)), "image/png")])
+    app.run()
+    assert not app.exception
+    table = app.dataframe[0].value
+    reasons = dict(zip(table["file"], table["needs review because"]))
+    assert "children's films are outside" in reasons["child.dcm"]
+    assert "too small to read a fracture reliably" in reasons["thumb.png"]
+    assert set(table["verdict"]) <= {"needs review", "not a radiograph"}
+    assert any("Children's films are outside" in w.value for w in app.warning)  # the first row's view

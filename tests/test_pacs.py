@@ -429,7 +429,8 @@ def test_a_childs_film_and_a_chest_film_need_review_from_their_headers(orthanc, 
     child = film(study, series, 1, seed=31)
     chest = film(study, series, 2, seed=32)
     chest.BodyPartExamined = "CHEST"
-    upload(orthanc, [child, chest])
+    thumbnail = film(study, series, 3, seed=33, size=(224, 224))
+    upload(orthanc, [child, chest, thumbnail])
     options = StudyOptions("balanced", population="adult")  # the header's age wins over the user's answer
     records = {item.record()["sop_instance_uid"]: item.record()
                for item in StudyStream(orthanc.client(), classifier, study.StudyInstanceUID, options)}
@@ -439,3 +440,4 @@ def test_a_childs_film_and_a_chest_film_need_review_from_their_headers(orthanc, 
         assert record["verdict"] in ("needs_review", "not_a_radiograph") and record["probabilities"]
     assert "body_part" in records[chest.SOPInstanceUID]["review_reasons"]
     assert "body_part" not in records[child.SOPInstanceUID]["review_reasons"]
+    assert "image_too_small" in records[thumbnail.SOPInstanceUID]["review_reasons"]

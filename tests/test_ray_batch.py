@@ -174,6 +174,8 @@ def test_ray_follows_the_review_rules_of_the_local_cli(local_ray, tmp_path):
     (folder / "child.dcm").write_bytes(dicom_film(PatientAge="009Y"))
     (folder / "adult.dcm").write_bytes(dicom_film(PatientAge="040Y", seed=4))
     (folder / "unknown.png").write_bytes(png_bytes((synthetic_radiograph(seed=6) * 255).astype(np.uint8)))
+    (folder / "chest.dcm").write_bytes(dicom_film(PatientAge="040Y", BodyPartExamined="CHEST", seed=7))
+    (folder / "thumb.png").write_bytes(png_bytes((synthetic_radiograph(224, 224, seed=8) * 255).astype(np.uint8)))
     local = local_records([str(folder), "--population", "child"], tmp_path)
     main(["predict", str(folder), "--engine", "ray", "--output", str(tmp_path / "ray_out"), "--population", "child"])
     records = ray_records(tmp_path / "ray_out")
@@ -181,3 +183,4 @@ def test_ray_follows_the_review_rules_of_the_local_cli(local_ray, tmp_path):
     reasons = {r["path"].rsplit("/", 1)[-1]: r["review_reasons"] for r in records}
     assert "child" in reasons["child.dcm"] and "child" in reasons["unknown.png"]
     assert "child" not in reasons["adult.dcm"]  # the header's age wins over --population
+    assert "body_part" in reasons["chest.dcm"] and "image_too_small" in reasons["thumb.png"]
