@@ -70,10 +70,15 @@ def test_quick_pipeline_produces_a_loadable_bundle(tmp_path):
     for key in ("classes", "input", "temperature", "presets", "metrics", "sha256", "training", "data", "software"):
         assert key in metadata
     assert metadata["temperature"] > 0
+    assert load_bundle(bundle_dir, load_keras=False).shift_score is not None
     assert "overall" in metadata["metrics"]["test"]
     assert (bundle_dir / "MODEL_CARD.md").read_text().count("Not a medical device") == 1
-    for plot in ("confusion_matrix.png", "roc_curves.png", "reliability_diagram.png"):
+    for plot in ("confusion_matrix.png", "roc_curves.png", "reliability_diagram.png", "risk_coverage.png"):
         assert (bundle_dir / "eval" / plot).stat().st_size > 1000
+    # The review rules travel with a retrained bundle: input limits, the shift score, the re-derived band.
+    assert metadata["input_limits"]["min_short_side"] == 128  # the synthetic clinical films' shorter side
+    assert metadata["shift_score"]["threshold"] > 0 and "band_fitted_on" in metadata["presets"]["balanced"]
+    assert "## Where it answers and where it does not" in (bundle_dir / "MODEL_CARD.md").read_text()
 
     # The checkpoint state records every epoch that ran, so a rerun resumes after the last.
     state = json.loads((tmp_path / "runs" / "finetune_random_quick" / "state.json").read_text())

@@ -425,7 +425,7 @@ follows the model's two stages (`utils.core.inference.decide_two_stage`), with a
    threshold: the narrowest band and margin at which the validation verdicts outside them are
    right at least 90% of the time. The review rules (a child's film, another body part, too
    small an image, a film unlike the training films, missing image data, not a radiograph;
-   `python -m training.studies.review_rules`) also make a verdict "needs review", each with its
+   `python -m training.review.rules`) also make a verdict "needs review", each with its
    reason in words.
 
 | preset | fracture threshold | band (logit) | severity threshold | severity margin | validation coverage |

@@ -7,8 +7,10 @@ control -> pointing game and the distance guard's figures (training.trust) -> fi
 radiograph guard (training.radiograph_guard) -> the unseen-source checks (the knee check alone,
 training.knee_check, and all three, knee_oai, wrist_check and hbfmid_check:
 training.offsource_report; measured only) -> convert to LiteRT and compare with
-Keras on the test split (training.litert) -> export model/. Re-running resumes from the caches
-and checkpoints.
+Keras on the test split (training.litert) -> export model/ -> fit the review rules into the
+bundle (input limits, shift score, presets re-derived; training.review.features and
+training.review.rules, fitted on training and validation films only). Re-running resumes from the
+caches and checkpoints.
 
 Usage: python -m training.pipeline [--quick] [--control] [--bundle-dir model] [--version V] [training options]
        python -m training.pipeline --from-run artifacts/RUN [--bundle-dir DIR] [--version V]
@@ -28,6 +30,8 @@ from pathlib import Path
 from training import evaluate, export, finetune, knee_check, litert, offsource_report, radiograph_guard, train, trust
 from training.data import DEFAULT_SPLIT_FILE, default_data_dir, make_split, read_split, write_split
 from training.pretrained import default_cache_dir
+from training.review import features as review_features
+from training.review import rules as review_rules
 from utils.core.bundle import DEFAULT_BUNDLE_DIR
 
 
@@ -98,7 +102,19 @@ def main(argv=None) -> None:
     command = "python -m training.pipeline " + " ".join(a for a in (argv or sys.argv[1:]))
     control = runs[1][1] if len(runs) > 1 else None
     export.export(main_run, args.bundle_dir, command.strip(), control, args.version)
+    fit_review_rules(args, main_run)
     print(f"bundle written to {args.bundle_dir} in {time.time() - started:.0f} s")
+
+
+def fit_review_rules(args: argparse.Namespace, main_run: Path) -> None:
+    """The bundle's review rules from its own serving outputs (a few films per group when quick)."""
+    features = main_run / "review_features"
+    common = ["--bundle-dir", str(args.bundle_dir)]
+    review_features.main(
+        ["--out", str(features), "--data-dir", str(args.data_dir), "--split", str(args.split), *common]
+        + (["--limit", "24"] if args.quick else [])
+    )
+    review_rules.main(["--features", str(features), "--out", str(main_run / "review_rules"), *common, "--write-bundle"])
 
 
 def step_args(args: argparse.Namespace, run_dir: Path) -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """When must the model not answer? Fit the review rules and measure each lever per source.
 
-Reads the serving-path outputs that `training.studies.review_features` saved, then:
+Reads the serving-path outputs that `training.review.features` saved, then:
 1. input limits: the shorter side and the elongation of the training and validation films;
 2. the shift score: k-NN cosine distance to the training films and their augmented views, its
    threshold a quantile of the validation films' scores;
@@ -14,8 +14,8 @@ wrist_check, hbfmid_check) and the chest films are only reported: coverage (the 
 class verdict) and confident-wrong (the share with a wrong class verdict), per source, for each
 lever added in turn, with the risk-coverage curves.
 
-Usage: python -m training.studies.review_rules --features artifacts/review_features
-           --out artifacts/review_rules [--write-bundle model]
+Usage: python -m training.review.rules --features artifacts/review_features
+           --out artifacts/review_rules [--bundle-dir model] [--write-bundle]
 Writes <out>/review_rules.json, <out>/review_rules.md and <out>/risk_coverage.png; with
 --write-bundle, the shift score file, the input limits and the re-derived presets into the bundle.
 """
@@ -89,17 +89,21 @@ def load_films(folder: Path, name: str, temperature: float) -> Films:
 
 
 def reported_groups(folder: Path, temperature: float) -> dict[str, Films]:
-    """The groups every lever is reported on: FracAtlas validation and test, and the checks."""
-    val, test = load_films(folder, "val", temperature), load_films(folder, "test", temperature)
-    hbfmid = load_films(folder, "hbfmid_check", temperature)
-    return {
-        "val_fracatlas": val.subset(val["source"] == "fracatlas"),
-        "test_fracatlas": test.subset(test["source"] == "fracatlas"),
-        "knee_oai": load_films(folder, "knee_oai", temperature),
-        "wrist_check": load_films(folder, "wrist_check", temperature),
-        "hbfmid_fractures": hbfmid.subset(hbfmid["label"] != "healthy"),
-        "chest_kermany": load_films(folder, "chest_kermany", temperature),
-    }
+    """The groups every lever is reported on: FracAtlas validation and test, and the checks
+    (those whose outputs were saved: a data folder may lack some checks)."""
+    groups = {}
+    for name, saved, keep in (
+        ("val_fracatlas", "val", lambda f: f["source"] == "fracatlas"),
+        ("test_fracatlas", "test", lambda f: f["source"] == "fracatlas"),
+        ("knee_oai", "knee_oai", None),
+        ("wrist_check", "wrist_check", None),
+        ("hbfmid_fractures", "hbfmid_check", lambda f: f["label"] != "healthy"),
+        ("chest_kermany", "chest_kermany", None),
+    ):
+        if (folder / f"{saved}.npz").exists():
+            films = load_films(folder, saved, temperature)
+            groups[name] = films.subset(keep(films)) if keep else films
+    return groups
 
 
 def fit_input_limits(train: Films, val: Films, clinical_only: bool = True) -> InputLimits:
@@ -274,7 +278,9 @@ def markdown(table: dict[str, dict]) -> str:
         "|---|" + "---|" * len(REPORTED),
     ]
     for lever, block in table.items():
-        cells = [f"{block[s]['coverage']:.1%} / {block[s]['confident_wrong']:.1%}" for s in REPORTED]
+        cells = [
+            f"{block[s]['coverage']:.1%} / {block[s]['confident_wrong']:.1%}" if s in block else "—" for s in REPORTED
+        ]
         lines.append(f"| {lever} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Each cell: coverage / confident and wrong, balanced preset, films with no age or body part given.")
@@ -477,14 +483,14 @@ def card_section(fitted: dict[str, Any]) -> str:
         *reasons_table(fitted),
         "",
         "**Coverage and confident-wrong per source** (balanced preset, serving path, films with no age or "
-        "body part given; `python -m training.studies.review_rules`). Coverage is the share of films with a "
+        "body part given; `python -m training.review.rules`). Coverage is the share of films with a "
         "class verdict; confident-wrong the share with a wrong one. Nothing was fitted on the unseen-source "
         "checks or the chest films.",
         "",
         "| source | n | coverage | confident and wrong | accuracy on covered |",
         "|---|---|---|---|---|",
     ]
-    for name in REPORTED:
+    for name in [n for n in REPORTED if n in final]:
         row = final[name]
         lines.append(
             f"| {SOURCE_NAMES[name]} | {row['n']} | {row['coverage']:.1%} | {row['confident_wrong']:.1%} | "

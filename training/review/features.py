@@ -6,7 +6,8 @@ engine on the film and on its mirror image and saves, per film: the decoded size
 both views, the penultimate features, and what the cheap screens said. Fitting (training films),
 thresholds (validation films) and reporting (the rest) then cost no forward pass.
 
-Usage: python -m training.studies.review_features --out artifacts/review_features [--limit N]
+Usage: python -m training.review.features --out artifacts/review_features [--limit N]
+           [--bundle-dir model] [--data-dir DIR] [--split FILE]
 Writes <out>/<group>.npz; a group already written is skipped, so a stopped run resumes.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from training.augment import random_view
-from training.data import default_data_dir, read_split
+from training.data import DEFAULT_SPLIT_FILE, default_data_dir, read_split
 from training.offsource import CHECK_FOLDERS, check_rows
 from utils.core.bundle import load_bundle
 from utils.core.classifier import Classifier
@@ -32,10 +33,10 @@ AUGMENT_SEED = 20261204
 BATCH = 16
 
 
-def split_groups(data_dir: Path, limit: int | None) -> dict[str, list[dict]]:
+def split_groups(data_dir: Path, split_file: Path, limit: int | None) -> dict[str, list[dict]]:
     """{group: rows with `file`, `label`, `source`} for the training split's three parts."""
     groups: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
-    for row in read_split():
+    for row in read_split(split_file):
         groups[row["split"]].append({**row, "file": str(data_dir / row["path"])})
     return {name: rows[:limit] for name, rows in groups.items()}
 
@@ -115,10 +116,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("artifacts/review_features"))
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--limit", type=int, default=None, help="films per group (a quick run)")
+    parser.add_argument("--bundle-dir", type=Path, default=None, help="the bundle to run (default: model/)")
+    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    classifier = Classifier(load_bundle(load_keras=False))
-    groups = split_groups(args.data_dir, args.limit)
+    classifier = Classifier(load_bundle(args.bundle_dir, load_keras=False))
+    groups = split_groups(args.data_dir, args.split, args.limit)
     ordered = {"val": groups["val"], **other_groups(args.data_dir, args.limit), **groups}
     for name, rows in ordered.items():
         path = args.out / f"{name}.npz"
