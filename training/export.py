@@ -560,6 +560,13 @@ Cleaning: {metadata["data"]["cleaning"]}.
 - FracAtlas (CC BY 4.0): {DATA_PROVENANCE[0]["citation"]}
 - Bone Break Classification (CC BY 4.0): {DATA_PROVENANCE[1]["citation"]}
 
+**Terms of the weights.** The bundled weights are derived from two CC BY 4.0 datasets (FracAtlas;
+Bone Break Classification) and from MIT-licensed initial weights (npm `nsfwjs@4.3.0`, by Gant
+Laborde / Infinite Red). Whoever redistributes the model or its outputs keeps the attribution
+above: the FracAtlas article, the Bone Break Classification uploader and Roboflow Universe
+project, and nsfwjs's MIT notice. The code is under the MIT licence (`LICENSE`); cite it with
+`CITATION.cff`.
+
 Known limits: FracAtlas comes from one group of hospitals; Bone Break images are web figures
 with arrows, captions and crops, and every one of them is a fracture, so "any fracture" is
 easy to guess from image style there. The honest fracture-detection figure is on the
