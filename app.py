@@ -107,6 +107,7 @@ def show_sidebar(classifier: Classifier) -> str:
     metadata = classifier.bundle.metadata
     with st.sidebar:
         preset = st.radio("Decision preset", list(metadata["presets"]), format_func=pretty, help=preset_help(metadata))
+        patient_choice()
         st.header("Model")
         st.markdown(
             f"**{metadata['name']}** v{metadata['version']}  \n"
@@ -220,7 +221,6 @@ def main() -> None:
         st.error(f"The model cannot be loaded: {exc}")
         st.stop()
     preset_name = show_sidebar(classifier)
-    patient_choice()
     history_box = st.sidebar.container()
     try:
         show_main(classifier, preset_name)

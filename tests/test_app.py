@@ -232,3 +232,11 @@ def test_a_childs_dicom_and_a_thumbnail_need_review_with_their_reasons(app):
     assert "too small to read a fracture reliably" in reasons["thumb.png"]
     assert set(table["verdict"]) <= {"needs review", "not a radiograph"}
     assert any("Children's films are outside" in w.value for w in app.warning)  # the first row's view
+
+
+def test_a_thumbnails_reason_names_its_size(app):
+    app.file_uploader[0].upload("thumb.png", png_bytes((synthetic_radiograph(224, 224, seed=8) * 255).astype(np.uint8)),
+                                "image/png")
+    app.run()
+    assert not app.exception
+    assert any("The image is too small to read a fracture reliably (224 x 224 px)." in w.value for w in app.warning)

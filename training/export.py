@@ -533,6 +533,14 @@ No public dataset we know of labels non-union, pseudoarthrosis or crushed/shatte
 all, collected from the web). Treat this class as a demonstration, not a clinical signal."""
 
 
+WEIGHT_TERMS = """**Terms of the weights.** The bundled weights are derived from two CC BY 4.0 datasets (FracAtlas;
+Bone Break Classification) and from MIT-licensed initial weights (npm `nsfwjs@4.3.0`, by Gant
+Laborde / Infinite Red). Whoever redistributes the model or its outputs keeps the attribution
+above: the FracAtlas article, the Bone Break Classification uploader and Roboflow Universe
+project, and nsfwjs's MIT notice. The code is under the MIT licence (`LICENSE`); cite it with
+`CITATION.cff`."""
+
+
 def model_card(metadata: dict, eval_markdown: str, trust_markdown: str = "") -> str:
     """The bundle's MODEL_CARD.md: the template below, filled from metadata.json and the reports."""
     control = metadata["metrics"].get("random_init_control")
@@ -560,12 +568,7 @@ Cleaning: {metadata["data"]["cleaning"]}.
 - FracAtlas (CC BY 4.0): {DATA_PROVENANCE[0]["citation"]}
 - Bone Break Classification (CC BY 4.0): {DATA_PROVENANCE[1]["citation"]}
 
-**Terms of the weights.** The bundled weights are derived from two CC BY 4.0 datasets (FracAtlas;
-Bone Break Classification) and from MIT-licensed initial weights (npm `nsfwjs@4.3.0`, by Gant
-Laborde / Infinite Red). Whoever redistributes the model or its outputs keeps the attribution
-above: the FracAtlas article, the Bone Break Classification uploader and Roboflow Universe
-project, and nsfwjs's MIT notice. The code is under the MIT licence (`LICENSE`); cite it with
-`CITATION.cff`.
+{WEIGHT_TERMS}
 
 Known limits: FracAtlas comes from one group of hospitals; Bone Break images are web figures
 with arrows, captions and crops, and every one of them is a fracture, so "any fracture" is

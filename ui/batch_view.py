@@ -26,9 +26,9 @@ def table_rows(records: list[dict], shown: list[str]) -> list[dict]:
                 "#": index,
                 "file": record["path"],
                 "verdict": verdict,
+                "needs review because": "; ".join(reason_text(r) for r in record["review_reasons"]),
                 "leans to": pretty(record["label"]) if record["label"] else "",
                 **{f"P({pretty(c)})": probs.get(c) for c in CLASSES},
-                "needs review because": "; ".join(reason_text(r) for r in record["review_reasons"]),
                 "notes": record["error"] or " | ".join(record["warnings"]),
             }
         )

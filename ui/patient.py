@@ -15,9 +15,9 @@ HELP = (
 
 
 def patient_choice() -> str:
-    """The radio in the sidebar; returns "unknown", "adult" or "child"."""
+    """The radio (call it inside the sidebar); returns "unknown", "adult" or "child"."""
     return str(
-        st.sidebar.radio(
+        st.radio(
             "Patient",
             list(CHOICES),
             format_func=CHOICES.__getitem__,

@@ -24,7 +24,7 @@ def show_single(classifier: Classifier, file_id: str, prediction, preset_name: s
     with left:
         show_film(classifier, file_id, prediction, verdict.label)
     with right:
-        show_verdict(verdict, preset, prediction.not_xray)
+        show_verdict(verdict, preset, prediction.not_xray, reason_details(prediction))
         for cls in CLASSES:
             st.progress(
                 float(prediction.probabilities[cls]), text=f"{pretty(cls)}: {prediction.probabilities[cls]:.1%}"
@@ -57,9 +57,21 @@ def show_film(classifier: Classifier, file_id: str, prediction, label: str) -> N
     st.image(colorize_heatmap(upsample_heatmap(heatmap, (120, 120))), caption="Raw heatmap", width=120)
 
 
-def show_verdict(verdict: Verdict, preset: dict, guard_message: str | None) -> None:
+def reason_details(prediction) -> dict[str, str]:
+    """The specifics a reason's words leave out: the image's size, the header's body part."""
+    details = {}
+    if prediction.image_size is not None:
+        height, width = prediction.image_size
+        details["image_too_small"] = f"{width} x {height} px"
+    if prediction.body_part:
+        details["body_part"] = prediction.body_part
+    return details
+
+
+def show_verdict(verdict: Verdict, preset: dict, guard_message: str | None, details: dict[str, str]) -> None:
     """The verdict line (word, colour, the probability it was decided on), then why a reader
-    must decide, or which threshold decided. guard_message: what the radiograph guard said."""
+    must decide, or which threshold decided. guard_message: what the radiograph guard said;
+    details: specifics to put beside a reason's words (reason_details)."""
     style = verdict_style(verdict.kind)
     line = f"### Verdict: :{style.theme_colour}[{style.word}]"
     if verdict.kind in (NEEDS_REVIEW, NOT_A_RADIOGRAPH):
@@ -68,7 +80,8 @@ def show_verdict(verdict: Verdict, preset: dict, guard_message: str | None) -> N
         if verdict.kind == NOT_A_RADIOGRAPH:
             st.error(f"**Not a bone radiograph?** {guard_message or reason_text(NOT_A_RADIOGRAPH).capitalize()}")
         if reasons:
-            st.warning("**Needs review:** " + " ".join(f"{reason_text(r).capitalize()}." for r in reasons))
+            words = [reason_text(r).capitalize() + (f" ({details[r]})" if r in details else "") for r in reasons]
+            st.warning("**Needs review:** " + " ".join(f"{w}." for w in words))
         st.caption(
             f"The model leans to {pretty(verdict.label)} ({verdict.headline()}), but a reader should decide. "
             "The probabilities below are shown for the reader."
