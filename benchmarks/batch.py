@@ -7,7 +7,7 @@ Usage: python -m benchmarks.batch [--images 200] [--cli-images 96] [--memory-ima
 1. CLI path (read, decode, preprocess, classify, decoding overlapped with the model) over
    2,000 x 2,500 JPEGs that compress like real films (benchmarks.fixtures.textured_radiograph),
    images per second, --runs times in turn: the path before this change
-   (training.decode_equivalence.reference_path) against the shipped path, with each engine
+   (training.release.decode_equivalence.reference_path) against the shipped path, with each engine
    the bundle ships (int8 only when it passed the equivalence check), and batch 1; median and
    spread, and the ratio within each run. "Shipped" is the engine every serving path runs
    (utils.core.bundle.serving_precision).
@@ -39,7 +39,7 @@ import psutil
 from PIL import Image
 
 from benchmarks.fixtures import jpeg_bytes, synthetic_radiograph, textured_radiograph
-from training.decode_equivalence import reference_path
+from training.release.decode_equivalence import reference_path
 from utils.adapters import ray_batch
 from utils.cli import Request, expand_paths, predict_paths
 from utils.core.bundle import load_bundle, serving_precision

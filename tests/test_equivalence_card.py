@@ -2,7 +2,7 @@
 
 import json
 
-from training.equivalence import CARD_MARKER, INT8_FILE, markdown, write_float32_only
+from training.release.equivalence import CARD_MARKER, INT8_FILE, markdown, write_float32_only
 
 
 def engine_result(passed: bool | None) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from tests.conftest import REPO
-from training.readme_figures import figures_table, readme_block
+from training.release.readme_figures import figures_table, readme_block
 
 
 def test_the_readme_figures_are_the_bundles():

@@ -96,7 +96,7 @@ def test_a_grey_png_with_an_orientation_tag_is_still_turned():
 
 
 def test_the_decoding_table_goes_into_the_model_card_once_before_the_int8_section(tmp_path):
-    from training.decode_equivalence import CARD_MARKER, CARD_NEXT, write_card_section
+    from training.release.decode_equivalence import CARD_MARKER, CARD_NEXT, write_card_section
 
     sets = {"test": {"images": 3, "identical_inputs": 1.0, "mean_abs_input_difference": 0.0,
                      "verdict_agreement": {"balanced": 1.0}, "flag_agreement": 1.0,

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from training.soup import average_weights, make_soup
+from training.studies.soup import average_weights, make_soup
 
 
 def tiny_run(folder, seed: int, init_sha: str = "ab" * 32, units: int = 3):

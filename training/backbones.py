@@ -253,7 +253,7 @@ def port_check(weights_path: Path, size: int = 260) -> dict:
 if __name__ == "__main__":
     import json
 
-    from training.pretrained import default_cache_dir
+    from training.data import default_cache_dir
 
     path = efficientnet_lite2_weights(default_cache_dir())
     print(path, sha256_of(path))

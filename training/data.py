@@ -14,8 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from training.pretrained import default_cache_dir
-
 CLASSES = ("healthy", "fractured", "beyond_repair")
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
@@ -26,6 +24,13 @@ SPLIT_COLUMNS = ("path", "sha256", "source", "label", "overlap_group", "split")
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("BONE_XRAY_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("BONE_XRAY_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "bone-xray"
+    )
+    return Path(root)
 
 
 def label_of(row: dict) -> str:
@@ -88,6 +93,17 @@ def write_split(rows: list[dict], path: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=SPLIT_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(sorted(rows, key=lambda r: r["path"]))
+
+
+def quick_subset(rows: list[dict], per_class_split: int = 6, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    picked = []
+    for split in ("train", "val", "test"):
+        for label in CLASSES:
+            pool = [r for r in rows if r["split"] == split and r["label"] == label]
+            take = rng.permutation(len(pool))[:per_class_split]
+            picked += [pool[i] for i in sorted(take)]
+    return picked
 
 
 def read_split(path: Path = DEFAULT_SPLIT_FILE) -> list[dict]:

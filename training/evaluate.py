@@ -39,9 +39,8 @@ from training.calibrate import (
     fit_uncertainty_thresholds,
     two_stage_presets,
 )
-from training.data import CLASSES, read_split, run_step_parser
+from training.data import CLASSES, quick_subset, read_split, run_step_parser
 from training.features import build_image_cache
-from training.train import quick_subset
 from utils.core.inference import calibrated_probabilities, decide, to_model_input
 
 # Bootstrap resamples often miss a class; sklearn warns about each, which says nothing here.

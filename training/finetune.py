@@ -47,15 +47,19 @@ from training.augment import AUGMENTATIONS, LIVE_AUGMENTATION, box_free_view, ra
 from training.backbones import efficientnet_lite2_weights
 from training.boxes import MIN_CELL_COVERAGE, box_masks, cell_targets
 from training.calibrate import youden_threshold
-from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split, run_logger
+from training.data import (
+    CLASSES,
+    DEFAULT_SPLIT_FILE,
+    default_cache_dir,
+    default_data_dir,
+    quick_subset,
+    read_split,
+    run_logger,
+)
 from training.features import build_image_cache
 from training.model import DEFAULT_CUT, DEFAULT_FROZEN_UNTIL, build_two_stage_classifier, training_view
 from training.offsource import check_images, check_rows, epoch_figures, first_knees, selection_score
-from training.pretrained import (
-    default_cache_dir,
-    pretrained_weights_path,
-)
-from training.train import quick_subset
+from training.pretrained import pretrained_weights_path
 from utils.core.bundle import sha256_of
 from utils.core.inference import softmax, to_model_input
 from utils.core.preprocess import INPUT_SIZE

@@ -22,7 +22,8 @@ import keras
 import numpy as np
 
 from training.data import default_data_dir
-from training.trust import GUARD_FILE, classifier_for
+from training.run_folder import classifier_for
+from training.trust import GUARD_FILE
 from utils.core.bundle import load_bundle
 from utils.core.classifier import Classifier
 from utils.core.guard import FeatureGuard

@@ -18,9 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.data import read_split, run_step_parser
+from training.data import quick_subset, read_split, run_step_parser
 from training.features import build_image_cache
-from training.train import quick_subset
 from utils.core.engines import KerasEngine, LiteRTEngine, build_serving_model
 from utils.core.inference import calibrated_probabilities, to_model_input
 

@@ -23,17 +23,15 @@ import csv
 import json
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from training.data import default_data_dir
 from training.offsource import FRACTURE_SOURCE, HEALTHY_SOURCES, check_rows, offsource_aurocs
-from training.trust import classifier_for
+from training.run_folder import classifier_for_run
 from utils.core.bundle import load_bundle
 from utils.core.classifier import Classifier
 from utils.core.guard import (
     is_confident_not_radiograph,
-    load_guard,
 )
 from utils.core.heatmap import upsample_heatmap
 from utils.core.preprocess import decode_for_model, preprocess_with_geometry
@@ -170,23 +168,6 @@ def markdown(result: dict) -> str:
                 f"{r['not_radiograph']:.1%} | {r['unfamiliar']:.1%} | {r['argmax_healthy']:.1%} |"
             )
     return "\n".join(lines) + "\n"
-
-
-def classifier_for_run(run_dir: Path, precision: str = "float32"):
-    """The run's model with its validation-fitted presets and temperature, and its guard."""
-
-    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
-    metadata = {
-        "classes": ["healthy", "fractured", "beyond_repair"],
-        "temperature": metrics["temperature"],
-        "presets": metrics["presets"],
-    }
-    guard_path = next(
-        (p for p in (run_dir / "guard" / "radiograph_guard.npz", run_dir / "trust" / "ood_guard.npz") if p.exists()),
-        None,
-    )
-    guard = load_guard(guard_path) if guard_path else None
-    return classifier_for(keras.saving.load_model(run_dir / "model.keras", compile=False), metadata, guard)
 
 
 def main(argv=None) -> dict:

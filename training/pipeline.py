@@ -1,7 +1,8 @@
 """The one command from ../shared/data to the model bundle in model/.
 
 Steps: check the committed split against the manifest -> fetch/convert the pretrained
-weights -> train (resumable; training.finetune by default, training.train with --recipe cached)
+weights -> train (resumable; a recipe of training/recipes/: training.finetune by default,
+training.train with --recipe cached)
 -> evaluate on the test split (two-stage presets fitted on validation) -> optional random-init
 control -> pointing game and the distance guard's figures (training.trust) -> fit the
 radiograph guard (training.radiograph_guard) -> the unseen-source checks (the knee check alone,
@@ -17,7 +18,7 @@ Usage: python -m training.pipeline [--quick] [--control] [--bundle-dir model] [-
            (every step after training, on a study's finished run)
 
 Options it does not know (e.g. --epochs 4 --lr 2e-4) go to the training step's parser
-(training.finetune, or training.train with --recipe cached); every step is a function call.
+(the recipe's own parser); every step is a function call.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-from training import evaluate, export, finetune, knee_check, litert, offsource_report, radiograph_guard, train, trust
-from training.data import DEFAULT_SPLIT_FILE, default_data_dir, make_split, read_split, write_split
-from training.pretrained import default_cache_dir
+from training import evaluate, export, knee_check, litert, offsource_report, radiograph_guard, trust
+from training.data import DEFAULT_SPLIT_FILE, default_cache_dir, default_data_dir, make_split, read_split, write_split
+from training.recipes import all_recipes
 from training.review import features as review_features
 from training.review import rules as review_rules
 from utils.core.bundle import DEFAULT_BUNDLE_DIR
@@ -58,13 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs-dir", type=Path, default=Path("artifacts"))
     parser.add_argument("--bundle-dir", type=Path, default=DEFAULT_BUNDLE_DIR)
     parser.add_argument("--init", choices=("nsfwjs", "random"), default="nsfwjs")
+    recipes = all_recipes()
     parser.add_argument(
         "--recipe",
-        choices=("finetune", "cached"),
+        choices=sorted(recipes),
         default="finetune",
-        help="finetune: two-stage head, fracture map, live augmentation (training.finetune, "
-        "the default, hours on 2 cores); cached: the fast recipe over cached trunk "
-        "features (training.train, for quick studies)",
+        help="; ".join(f"{name}: {entry.help}" for name, entry in sorted(recipes.items())),
     )
     parser.add_argument("--control", action="store_true", help="also train the random-init control")
     parser.add_argument("--quick", action="store_true", help="tiny subset end to end, for tests")
@@ -87,8 +87,8 @@ def main(argv=None) -> None:
         ["--quick"] if args.quick else []
     )
     suffix = ("_quick" if args.quick else "") + "".join(train_options).replace("--", "_")
-    trainer = finetune if args.recipe == "finetune" else train
-    prefix = "finetune" if args.recipe == "finetune" else "run"
+    trainer = all_recipes()[args.recipe]
+    prefix = trainer.run_prefix
     runs = [(args.init, args.from_run or args.runs_dir / f"{prefix}_{args.init}{suffix}")]
     if args.control and args.init != "random":
         runs.append(("random", args.runs_dir / f"{prefix}_random{suffix}"))

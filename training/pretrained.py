@@ -27,6 +27,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from training.data import default_cache_dir
 from utils.core.bundle import sha256_of as sha256_file
 
 NSFWJS_SPEC = "nsfwjs@4.3.0"
@@ -46,13 +47,6 @@ const model = require(path.join(dir, "model.min.js"));
 const shards = model.weightsManifest[0].paths.map(p => require(path.join(dir, p + ".min.js")));
 process.stdout.write(JSON.stringify({model: model, shards: shards}));
 """
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("BONE_XRAY_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "bone-xray"
-    )
-    return Path(root)
 
 
 def fetch_nsfwjs(cache_dir: Path) -> Path:

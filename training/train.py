@@ -20,10 +20,18 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split, run_logger
+from training.data import (
+    CLASSES,
+    DEFAULT_SPLIT_FILE,
+    default_cache_dir,
+    default_data_dir,
+    quick_subset,
+    read_split,
+    run_logger,
+)
 from training.features import AUGMENTATION, CHUNK, build_image_cache, cached_features, spec_hash
 from training.model import DEFAULT_CUT, DEFAULT_FROZEN_UNTIL, build_classifier, split_at
-from training.pretrained import default_cache_dir, pretrained_weights_path
+from training.pretrained import pretrained_weights_path
 from utils.core.inference import softmax
 from utils.core.preprocess import INPUT_SIZE
 
@@ -81,17 +89,6 @@ def parse_args(argv=None):
     if args.quick:
         args.views, args.epochs = min(args.views, 2), min(args.epochs, 2)
     return args
-
-
-def quick_subset(rows: list[dict], per_class_split: int = 6, seed: int = 0) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    picked = []
-    for split in ("train", "val", "test"):
-        for label in CLASSES:
-            pool = [r for r in rows if r["split"] == split and r["label"] == label]
-            take = rng.permutation(len(pool))[:per_class_split]
-            picked += [pool[i] for i in sorted(take)]
-    return picked
 
 
 def train(args) -> dict:

@@ -25,24 +25,21 @@ import numpy as np
 
 from training.augment import random_view
 from training.boxes import box_mask, read_boxes
-from training.data import CLASSES, read_split, run_step_parser
+from training.data import CLASSES, quick_subset, read_split, run_step_parser
 from training.evaluate import save_plot
 from training.features import build_image_cache
 from training.gradcam import build_gradcam_model, make_gradcam_heatmap
 from training.guard_fit import fit_feature_guard
 from training.non_radiographs import make_non_radiographs
-from training.train import quick_subset
+from training.run_folder import classifier_for
 from utils.core.bundle import (
-    Bundle,
     sha256_of,
 )
-from utils.core.classifier import Classifier
 from utils.core.guard import (
     FEATURE_MESSAGE,
     FLAT_MESSAGE,
     MAX_COLOUR_FRACTION,
     MIN_DYNAMIC_RANGE,
-    FeatureGuard,
     dynamic_range,
 )
 from utils.core.heatmap import overlay_heatmap, upsample_heatmap
@@ -72,10 +69,6 @@ def augmented_views(images: np.ndarray, views: int, seed: int) -> np.ndarray:
         if views
         else images[:0]
     )
-
-
-def classifier_for(model, metadata: dict, guard: FeatureGuard | None = None, engine=None):
-    return Classifier(Bundle(model=model, metadata=metadata, directory=Path("."), guard=guard), engine=engine)
 
 
 def outputs(classifier, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:

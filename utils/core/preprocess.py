@@ -199,7 +199,7 @@ def decode_for_model(data: bytes) -> DecodedImage:
 
     At full size. Decoding JPEGs at a reduced DCT scale (`working_side=MAX_WORKING_SIDE`)
     would halve the cost of a 5-megapixel film, but it failed the decoding equivalence check
-    (training.decode_equivalence): on the test split re-encoded at 5 megapixels, 98.7-99.0 %
+    (training.release.decode_equivalence): on the test split re-encoded at 5 megapixels, 98.7-99.0 %
     of verdicts stayed the same (the criterion is 99 %), and the border crop of one film moved
     by 24 % of its height.
     """

@@ -1,6 +1,6 @@
 """Does decoding at reduced size change what the model says? The decoding equivalence check.
 
-Usage: python -m training.decode_equivalence [--candidate shipped|reduced] [--precision int8]
+Usage: python -m training.release.decode_equivalence [--candidate shipped|reduced] [--precision int8]
                                              [--bundle-dir model] [--out FILE]
 
 Reference: the path before this change: every film decoded at full size and the contrast
@@ -271,7 +271,7 @@ def card_section(summary: dict) -> str:
         f"{CARD_MARKER}\n\nDecoding candidate `{candidate}` against the decoding before it, "
         f"{summary['precision']} engine, judged like the int8 engine on the test split, `knee_oai/` and "
         "`hbfmid_check/`, as stored and re-encoded as 5-megapixel JPEGs (the image columns compare the model "
-        f"inputs): {verdict}. `python -m training.decode_equivalence --candidate {candidate} "
+        f"inputs): {verdict}. `python -m training.release.decode_equivalence --candidate {candidate} "
         f"--precision {summary['precision']}`.\n\n{markdown(summary)}\n\n"
     )
 

@@ -1,6 +1,6 @@
 """Is a faster engine as good as float32 on the clinical question? The equivalence check.
 
-Usage: python -m training.equivalence [--bundle-dir model] [--write]
+Usage: python -m training.release.equivalence [--bundle-dir model] [--write]
 
 Candidates, converted from the bundle's .keras file: LiteRT int8 dynamic range (int8 weights,
 activations quantized on the fly) and LiteRT full integer (activations calibrated on
@@ -33,11 +33,10 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from training.calibrate import expected_calibration_error, fit_temperature
-from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split
+from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_cache_dir, default_data_dir, read_split
 from training.features import build_image_cache
 from training.knee_check import knee_files
 from training.litert import convert
-from training.pretrained import default_cache_dir
 from utils.core.bundle import DEFAULT_BUNDLE_DIR, load_bundle, sha256_of
 from utils.core.classifier import prepare_input
 from utils.core.engines import LiteRTEngine
@@ -225,7 +224,7 @@ def record_check(bundle_dir: Path, key: str, entry: dict, results: dict, stale: 
         **entry,
         "criteria": CRITERIA,
         "equivalence": {k: summary(v) for k, v in results.items()},
-        "command": "python -m training.equivalence --write",
+        "command": "python -m training.release.equivalence --write",
     }
     metadata_path.write_text(json.dumps(metadata, indent=1, default=float) + "\n")
 

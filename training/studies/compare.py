@@ -6,7 +6,7 @@ run once here when missing) and the knee check through the model alone (no featu
 so the backbones are compared on their own outputs). Writes the rows as JSON, which
 training.export puts in metadata.json and the model card.
 
-Usage: python -m training.compare --runs artifacts/finetune artifacts/cmp_small_cnn ... --out FILE
+Usage: python -m training.studies.compare --runs artifacts/finetune artifacts/cmp_small_cnn ... --out FILE
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import json
 from pathlib import Path
 
 from training import evaluate, knee_check
-from training.data import DEFAULT_SPLIT_FILE, default_data_dir
-from training.pretrained import default_cache_dir
+from training.data import DEFAULT_SPLIT_FILE, default_cache_dir, default_data_dir
 
 NAMES = {
     "inception_v3": "InceptionV3 (nsfwjs init)",

@@ -2,7 +2,7 @@
 pipeline steps (evaluate, trust, offsource_report) can re-derive its presets under another
 decision rule without retraining.
 
-Usage: python -m training.bundle_as_run --bundle-dir model --out artifacts/bundle_2.0.0
+Usage: python -m training.studies.bundle_as_run --bundle-dir model --out artifacts/bundle_2.0.0
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split
+from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_cache_dir, default_data_dir, read_split
 from training.evaluate import model_logits
 from training.features import build_image_cache
-from training.pretrained import default_cache_dir
 from utils.core.bundle import load_bundle
 
 

@@ -2,11 +2,11 @@
 "Model soups", ICML 2022). Runs fine-tuned from the same starting model at a low learning rate
 usually sit in one basin, so their mean can keep an ensemble's gain at the cost of one model.
 
-Usage: python -m training.soup --runs artifacts/A artifacts/B [...] --out artifacts/soup
+Usage: python -m training.studies.soup --runs artifacts/A artifacts/B [...] --out artifacts/soup
 Writes <out>/model.keras (no optimizer state). Measure it like any member:
-python -m training.ensemble_study --runs artifacts/A artifacts/soup, and the figures a training
+python -m training.studies.ensemble_study --runs artifacts/A artifacts/soup, and the figures a training
 epoch is chosen on (validation scores, unseen-source figures, selection score) with
-python -m training.soup --score artifacts/A artifacts/soup.
+python -m training.studies.soup --score artifacts/A artifacts/soup.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_data_dir, read_split
+from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_cache_dir, default_data_dir, read_split
 from training.evaluate import model_logits
 from training.features import build_image_cache
 from training.finetune import validation_scores, with_selection_score
 from training.offsource import FRACTURE_SOURCE, check_images, first_knees
-from training.pretrained import default_cache_dir
 from utils.core.inference import softmax
 
 

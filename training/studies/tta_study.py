@@ -6,7 +6,7 @@ zoom-out (0.85x, black border), on the FracAtlas validation films (AUROC) and on
 unseen-source checks (off-source AUROC per healthy source; measured only), with the cost in
 ms per image of each variant on this machine.
 
-Usage: python -m training.tta_study --run artifacts/RUN [--knees 400]
+Usage: python -m training.studies.tta_study --run artifacts/RUN [--knees 400]
 Writes <run>/tta.json and prints a markdown table.
 """
 

@@ -5,7 +5,7 @@ For each run's model: P(any fracture) of the clean view on the FracAtlas validat
 the unseen-source checks (measured only, nothing is fitted on them), then the same figures for
 the mean over all the runs, with the cost in ms per image (the sum of the members').
 
-Usage: python -m training.ensemble_study --runs artifacts/A artifacts/B [artifacts/C]
+Usage: python -m training.studies.ensemble_study --runs artifacts/A artifacts/B [artifacts/C]
            [--knees 400] [--out artifacts/ensemble.json]
 Each member's probabilities are kept in <run>/p_any_clean.npz, so a rerun only scores new runs.
 """
@@ -20,10 +20,9 @@ import keras
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from training.data import DEFAULT_SPLIT_FILE, default_data_dir
+from training.data import DEFAULT_SPLIT_FILE, default_cache_dir, default_data_dir
 from training.offsource import offsource_aurocs
-from training.pretrained import default_cache_dir
-from training.tta_study import p_any_fracture_by_view, study_films
+from training.studies.tta_study import p_any_fracture_by_view, study_films
 
 ENSEMBLE = "ensemble (mean)"
 
