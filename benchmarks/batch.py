@@ -41,7 +41,8 @@ from PIL import Image
 from benchmarks.fixtures import jpeg_bytes, synthetic_radiograph, textured_radiograph
 from training.release.decode_equivalence import reference_path
 from utils.adapters import ray_batch
-from utils.cli import Request, expand_paths, predict_paths
+from utils.adapters.inputs import expand_paths
+from utils.adapters.read_ahead import Request, predict_paths
 from utils.core.bundle import load_bundle, serving_precision
 from utils.core.classifier import Classifier
 

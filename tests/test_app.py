@@ -199,7 +199,7 @@ def test_the_patient_choice_reconsiders_a_classified_film(app):
 
 def test_a_colour_photo_in_a_batch_is_not_a_radiograph_in_the_table_csv_and_history(app):
     from tests.test_guard import colourful_photo, rgb_png
-    from utils.report import records_to_csv
+    from utils.adapters.report import records_to_csv
 
     files = [("holiday.png", rgb_png(colourful_photo()), "image/png"),
              ("film.png", png_bytes((synthetic_radiograph(seed=4) * 255).astype(np.uint8)), "image/png")]

@@ -195,7 +195,7 @@ def test_a_film_unlike_the_training_films_is_not_called_not_a_radiograph(bundle_
 def test_the_pdf_lays_out_the_model_hash_on_its_own_line():
     from pypdf import PdfReader
 
-    from utils.report import build_pdf
+    from utils.adapters.report import build_pdf
 
     sha = "ab" * 32
     entry = {"name": "film.png", "label": "healthy", "probabilities": dict(zip(CLASSES, (0.8, 0.15, 0.05))),

@@ -125,8 +125,8 @@ def test_a_rerun_skips_what_is_recorded(local_ray, archive, tmp_path):
 
 def test_csv_and_parquet_writers(local_ray, archive, tmp_path):
     from utils.adapters.ray_batch import read_records
+    from utils.adapters.report import CSV_COLUMNS
     from utils.cli import main
-    from utils.report import CSV_COLUMNS
 
     source = str(archive / "ward_b")
     local = {r["path"]: r for r in local_records([source], tmp_path)}

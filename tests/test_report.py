@@ -8,7 +8,7 @@ import io
 import numpy as np
 from pypdf import PdfReader
 
-from utils.report import CSV_COLUMNS, build_pdf, records_to_csv
+from utils.adapters.report import CSV_COLUMNS, build_pdf, records_to_csv
 
 RECORD = {"path": "a.png", "label": "fractured", "verdict": "fractured", "review_reasons": [], "uncertain": False,
           "warnings": ["note"], "error": None,

@@ -10,9 +10,9 @@ import pytest
 from pypdf import PdfReader
 
 from tests.conftest import REPO
+from utils.adapters.report import build_pdf
 from utils.core.review import decide_verdict
 from utils.core.verdict import STYLES, contrast_ratio, hex_to_rgb, verdict_style
-from utils.report import build_pdf
 
 THEME = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())["theme"]
 

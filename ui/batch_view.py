@@ -6,11 +6,11 @@ import streamlit as st
 
 from ui.history import pretty
 from ui.results import pdf_report, records_for
+from utils.adapters.report import records_to_csv
 from utils.core.classifier import Classifier
 from utils.core.inference import CLASSES
 from utils.core.review import VERDICT_KINDS, reason_text
 from utils.core.verdict import NOT_CLASSIFIED, verdict_words
-from utils.report import records_to_csv
 
 
 def table_rows(records: list[dict], shown: list[str]) -> list[dict]:

@@ -8,8 +8,8 @@ from urllib.parse import unquote, urlsplit
 import streamlit as st
 
 from ui.pdf_download import pdf_download
+from utils.adapters.report import build_pdf, report_entry
 from utils.core.classifier import Classifier
-from utils.report import build_pdf, report_entry
 
 
 def records_for(items, preset: dict) -> list[dict]:

@@ -25,26 +25,20 @@ are still predicted), 2 usage error.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
-from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image
 from tqdm import tqdm
 
-from utils.adapters.inputs import expand_paths, prepare_path
+from utils.adapters.inputs import expand_paths
+from utils.adapters.read_ahead import Request, predict_paths
+from utils.adapters.report import build_pdf
+from utils.adapters.writers import Outputs, review_summary
 from utils.core.bundle import METADATA_FILE, ModelBundleError, bundle_dir, load_bundle, serving_precision
-from utils.core.classifier import Classifier, Prediction
+from utils.core.classifier import Classifier
 from utils.core.intended_use import POPULATIONS
-from utils.core.record import CSV_COLUMNS, csv_row
-from utils.core.review import reason_text
-from utils.report import build_pdf, report_entry
 
 if TYPE_CHECKING:  # annotations only: the pacs command imports its adapter when it runs
     from dicomweb_client.api import DICOMwebClient
@@ -52,114 +46,7 @@ if TYPE_CHECKING:  # annotations only: the pacs command imports its adapter when
     from utils.adapters.pacs import StudyOptions
 
 PROGRESS_MIN_FILES = 4
-DECODE_WORKERS = 2  # threads reading and decoding the next batch while the model runs
 PACS_COLUMNS = ("study_instance_uid", "series_instance_uid", "sop_instance_uid")
-
-
-@dataclass(frozen=True)
-class Request:
-    """How a batch of paths is classified: the decision preset, the batch size, and what the
-    user said of the patients (a DICOM header's age wins over it)."""
-
-    preset: str = "balanced"
-    batch_size: int = 8
-    population: str = "unknown"
-
-
-def predict_paths(
-    classifier,
-    paths: list[Path | str],
-    request: Request,
-    progress=None,
-    decode_workers: int = DECODE_WORKERS,
-) -> Iterator:
-    """Yield one Prediction per path, in order. The next batch is read and decoded in a thread
-    pool while the model runs on this one, so decoding and inference overlap (both release
-    the GIL in their native code); at most two batches are in memory."""
-    batch_size, preset = request.batch_size, request.preset
-    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-    size = classifier.bundle.input_size
-
-    def prepare(path: Path | str) -> Prediction:
-        return prepare_path(path, size, request.population)
-
-    if decode_workers < 1:  # no overlap: read, decode, classify one batch after the other
-        for chunk in chunks:
-            prepared = [prepare(path) for path in chunk]
-            classifier.complete([p for p in prepared if p.error is None], preset)
-            yield from prepared
-            if progress is not None:
-                progress.update(len(prepared))
-        return
-    with ThreadPoolExecutor(max_workers=decode_workers) as pool:
-
-        def submit(chunk):
-            return [pool.submit(prepare, path) for path in chunk]
-
-        pending = submit(chunks[0]) if chunks else []
-        for index in range(len(chunks)):
-            prepared = [future.result() for future in pending]
-            pending = submit(chunks[index + 1]) if index + 1 < len(chunks) else []
-            classifier.complete([p for p in prepared if p.error is None], preset)
-            yield from prepared
-            if progress is not None:
-                progress.update(len(prepared))
-
-
-def heatmap_file_name(path: str, index: int) -> str:
-    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(path).name)[:80]
-    return f"{index:05d}_{stem}_heatmap.png"
-
-
-class Outputs:
-    """Writes each prediction as it arrives: records (JSONL/CSV), heatmap PNGs, PDF entries."""
-
-    def __init__(
-        self,
-        classifier,
-        fmt: str,
-        handle,
-        heatmap_dir: Path | None,
-        want_report: bool,
-        extra_columns: tuple[str, ...] = (),
-    ):
-        self.classifier, self.fmt, self.handle = classifier, fmt, handle
-        self.extra_columns = extra_columns
-        self.heatmap_dir, self.want_report = heatmap_dir, want_report
-        self.failed, self.count = 0, 0
-        self.reasons: Counter[str] = Counter()  # review reason -> films that gave it
-        self.needs_review = 0
-        self.report_entries: list[dict[str, Any]] = []
-        self.writer = None
-        if fmt == "csv":
-            self.writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS + list(extra_columns))
-            self.writer.writeheader()
-
-    def add(self, prediction: Prediction, record: dict[str, Any] | None = None) -> None:
-        record = record or prediction.as_record()
-        if self.writer is None:
-            self.handle.write(json.dumps(record) + "\n")
-        else:
-            self.writer.writerow({**csv_row(record), **{c: record.get(c, "") for c in self.extra_columns}})
-        self.handle.flush()
-        self.count += 1
-        self.failed += prediction.failed
-        self.needs_review += bool(record.get("review_reasons"))
-        self.reasons.update(record.get("review_reasons") or ())
-        overlay = prediction.overlay() if self.heatmap_dir or self.want_report else None
-        if self.heatmap_dir and overlay is not None:
-            Image.fromarray(overlay).save(self.heatmap_dir / heatmap_file_name(prediction.name, self.count))
-        if self.want_report:
-            self.report_entries.append(report_entry(prediction, record, overlay))
-
-
-def review_summary(outputs: Outputs) -> list[str]:
-    """The films that need review and why, in words, for the end of a run (stderr)."""
-    if not outputs.needs_review:
-        return []
-    lines = [f"{outputs.needs_review} of {outputs.count} inputs need review (see review_reasons):"]
-    lines += [f"  {count}: {reason_text(code)}" for code, count in outputs.reasons.most_common()]
-    return lines
 
 
 def default_precision(model_dir: Path | None) -> str:
@@ -348,7 +235,7 @@ def run_pacs(args: argparse.Namespace, classifier: Classifier) -> int:
         return 1
     options = StudyOptions(args.preset, args.batch_size, args.store, args.population)
     handle = open(args.output, "w", newline="") if args.output else sys.stdout
-    outputs = Outputs(classifier, args.format, handle, None, False, extra_columns=PACS_COLUMNS)
+    outputs = Outputs(args.format, handle, None, False, extra_columns=PACS_COLUMNS)
     status = 0
     try:
         for study in studies:
@@ -437,7 +324,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.heatmaps:
         args.heatmaps.mkdir(parents=True, exist_ok=True)
     handle = open(args.output, "w", newline="") if args.output else sys.stdout
-    outputs = Outputs(classifier, args.format, handle, args.heatmaps, args.report is not None)
+    outputs = Outputs(args.format, handle, args.heatmaps, args.report is not None)
     try:
         request = Request(args.preset, args.batch_size, args.population)
         for prediction in predict_paths(classifier, paths, request, progress):
