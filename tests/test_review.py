@@ -265,3 +265,20 @@ def test_the_csv_has_the_verdict_and_its_reasons(tmp_path, capsys, bundle_dir):
     row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert row["verdict"] in ("needs_review", "not_a_radiograph") and row["uncertain"] == "true"
     assert {"child", "body_part"} <= set(row["review_reasons"].split(";"))
+
+
+def test_a_bundle_whose_shift_score_file_was_altered_is_refused(bundle_dir, tmp_path):
+    import shutil
+
+    from utils.core.bundle import ModelBundleError, load_bundle
+
+    copy = tmp_path / "model"
+    shutil.copytree(bundle_dir, copy, ignore=shutil.ignore_patterns("*.keras", "*.tflite"))
+    for name in ("bone_xray_inceptionv3.keras", "serving.tflite"):  # links: the big files are only read
+        (copy / name).symlink_to(bundle_dir / name)
+    assert load_bundle(copy, load_keras=False).shift_score is not None
+    with open(copy / "shift_score.npz", "r+b") as handle:
+        handle.seek(200)
+        handle.write(b"\x00\x01\x02\x03")
+    with pytest.raises(ModelBundleError, match="shift score file shift_score.npz is missing or does not match"):
+        load_bundle(copy, load_keras=False)
