@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from benchmarks.fixtures import CHROMIUM, CHROMIUM_ARGS, free_port, png_bytes, synthetic_radiograph, wait_healthy
+from fixtures.films import CHROMIUM, CHROMIUM_ARGS, free_port, png_bytes, synthetic_radiograph, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 

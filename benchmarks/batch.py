@@ -5,7 +5,7 @@ Usage: python -m benchmarks.batch [--images 200] [--cli-images 96] [--memory-ima
                                   [--runs 3] [--skip-app] [--skip-ray]
 
 1. CLI path (read, decode, preprocess, classify, decoding overlapped with the model) over
-   2,000 x 2,500 JPEGs that compress like real films (benchmarks.fixtures.textured_radiograph),
+   2,000 x 2,500 JPEGs that compress like real films (fixtures.films.textured_radiograph),
    images per second, --runs times in turn: the path before this change
    (training.release.decode_equivalence.reference_path) against the shipped path, with each engine
    the bundle ships (int8 only when it passed the equivalence check), and batch 1; median and
@@ -38,7 +38,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from benchmarks.fixtures import jpeg_bytes, synthetic_radiograph, textured_radiograph
+from fixtures.films import jpeg_bytes, synthetic_radiograph, textured_radiograph
 from training.release.decode_equivalence import reference_path
 from utils.adapters import ray_batch
 from utils.adapters.inputs import expand_paths
@@ -52,7 +52,7 @@ HEIGHT, WIDTH = 2500, 2000
 
 
 def synthetic_jpegs(count: int) -> list[tuple[str, bytes]]:
-    """Films that compress like real ones (benchmarks.fixtures.textured_radiograph, JPEG
+    """Films that compress like real ones (fixtures.films.textured_radiograph, JPEG
     quality 92, about 320 kB): smooth synthetic films decode faster than real ones."""
     bases = [textured_radiograph(HEIGHT, WIDTH, seed=seed) for seed in range(4)]
     files = []

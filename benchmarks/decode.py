@@ -4,7 +4,7 @@ spread, every figure from the same run.
 
 Usage: python -m benchmarks.decode [--films 24] [--runs 3]
 
-Films: `benchmarks.fixtures.textured_radiograph` at 2,000 x 2,500 (it compresses like a real
+Films: `fixtures.films.textured_radiograph` at 2,000 x 2,500 (it compresses like a real
 film), as JPEG (quality 92), 8-bit PNG, 16-bit PNG and JPEG 2000 (12-bit, lossless, the
 codec inside compressed DICOM). Per format, the decoders that could serve it:
 - JPEG: Pillow at full size (shipped); Pillow's draft (DCT-scaled decoding); OpenCV at full
@@ -31,7 +31,7 @@ import numpy as np
 import openjpeg
 from PIL import Image
 
-from benchmarks.fixtures import jpeg_bytes, png_bytes, textured_radiograph
+from fixtures.films import jpeg_bytes, png_bytes, textured_radiograph
 from training.release.decode_equivalence import reduced_decode, reference_path
 from utils.core import classifier as classifier_module
 from utils.core import preprocess as steps

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from benchmarks.fixtures import dicom_bytes, make_dicom, synthetic_radiograph
+from fixtures.films import dicom_bytes, make_dicom, synthetic_radiograph
 from training.gradcam import build_gradcam_model, make_gradcam_heatmap
 from utils.core.bundle import load_bundle
 from utils.core.classifier import Classifier

@@ -43,7 +43,7 @@ import numpy as np
 import psutil
 from pydicom import dcmwrite
 
-from benchmarks.fixtures import (
+from fixtures.films import (
     CHROMIUM,
     CHROMIUM_ARGS,
     decompression_bomb,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.fixtures import CHROMIUM, CHROMIUM_ARGS, png_bytes, synthetic_radiograph  # noqa: F401  (the tests import them from here)
+from fixtures.films import CHROMIUM, CHROMIUM_ARGS, png_bytes, synthetic_radiograph  # noqa: F401  (the tests import them from here)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

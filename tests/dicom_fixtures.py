@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pydicom.encaps import encapsulate
 
-from benchmarks.fixtures import SECRET_PATIENT_ID, SECRET_PATIENT_NAME, dicom_bytes, make_dicom  # noqa: F401  (re-exported)
+from fixtures.films import SECRET_PATIENT_ID, SECRET_PATIENT_NAME, dicom_bytes, make_dicom  # noqa: F401  (re-exported)
 
 
 def ramp(rows: int = 64, cols: int = 48, high: int = 4095) -> np.ndarray:

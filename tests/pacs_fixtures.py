@@ -27,7 +27,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from benchmarks.fixtures import free_port, new_instance
+from fixtures.films import free_port, new_instance
 from tests.conftest import synthetic_radiograph
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"

@@ -5,6 +5,8 @@
 - an adapter (utils.adapters) never imports the edges, the app or training;
 - the app (app.py, ui/, pages/) never imports training, benchmarks, tests or Ray;
 - nothing outside tests/ imports tests;
+- benchmarks never import the CLI or the app; scripts never import the app, training or
+  benchmarks; fixtures/ (shared by tests and benchmarks) imports only the core;
 - the one-off studies (training.studies) are imported only by other studies and by tests;
 - no two project modules import each other, directly or around a loop;
 - no function in app.py, pages/, utils/, ui/ or training/ is longer than 60 lines or takes more than
@@ -22,7 +24,7 @@ import pytest
 
 from tests.conftest import REPO
 
-PACKAGES = ("utils", "ui", "training", "benchmarks", "tests", "scripts")
+PACKAGES = ("utils", "ui", "training", "benchmarks", "tests", "scripts", "fixtures")
 MAX_FUNCTION_LINES, MAX_PARAMETERS = 60, 6
 
 
@@ -125,7 +127,23 @@ def test_the_app_never_imports_training_benchmarks_tests_or_ray():
 
 
 def test_nothing_outside_tests_imports_tests():
-    assert not offending_imports(("app", "ui", "pages", "utils", "training", "benchmarks", "scripts"), ("tests",))
+    assert not offending_imports(("app", "ui", "pages", "utils", "training", "benchmarks", "scripts", "fixtures"),
+                                 ("tests",))
+
+
+def test_benchmarks_measure_through_the_core_adapters_and_training_never_the_cli_or_the_app():
+    assert not offending_imports(("benchmarks",), ("utils.cli", "app", "ui", "pages", "tests"))
+
+
+def test_scripts_never_import_the_app_training_or_tests():
+    assert not offending_imports(("scripts",), ("app", "ui", "pages", "training", "tests", "benchmarks"))
+
+
+def test_the_shared_fixtures_import_only_the_core():
+    """Tests and benchmarks both import fixtures/, so it may import neither, nor anything that
+    would drag training or the app into a benchmark."""
+    assert not offending_imports(("fixtures",), ("tests", "benchmarks", "training", "app", "ui", "pages",
+                                                 "utils.adapters", "utils.cli"))
 
 
 def test_studies_are_imported_only_by_studies_and_tests():

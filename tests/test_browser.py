@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks.fixtures import CHROMIUM, free_port, wait_healthy
+from fixtures.films import CHROMIUM, free_port, wait_healthy
 from tests.conftest import REPO, png_bytes, synthetic_radiograph
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),

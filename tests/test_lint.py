@@ -58,7 +58,7 @@ def test_the_python_code_passes_ruff():
 
 
 def test_the_python_code_keeps_ruff_format_layout():
-    folders = ["utils", "ui", "training", "benchmarks", "scripts", "pages", "app.py"]
+    folders = ["utils", "ui", "training", "benchmarks", "scripts", "pages", "fixtures", "app.py"]
     result = subprocess.run([linter("ruff"), "format", "--no-cache", "--check", *folders], capture_output=True,
                             text=True, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from benchmarks.fixtures import CHROMIUM
 from benchmarks.load import film_mix, measure_level
+from fixtures.films import CHROMIUM
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.fixtures import jpeg_bytes, png_bytes, textured_radiograph
+from fixtures.films import jpeg_bytes, png_bytes, textured_radiograph
 from utils.core.decode import decode_image_bytes, draft_size, pil_to_gray
 from utils.core.preprocess import MAX_WORKING_SIDE, decode_for_model, preprocess
 

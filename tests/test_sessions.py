@@ -19,8 +19,8 @@ import numpy as np
 import psutil
 import pytest
 
-from benchmarks.fixtures import CHROMIUM, free_port, jpeg_bytes, textured_radiograph, wait_healthy
 from benchmarks.load import hostile_uploads
+from fixtures.films import CHROMIUM, free_port, jpeg_bytes, textured_radiograph, wait_healthy
 from tests.conftest import REPO, png_bytes, synthetic_radiograph
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
