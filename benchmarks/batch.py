@@ -7,7 +7,7 @@ Usage: python -m benchmarks.batch [--images 200] [--cli-images 96] [--memory-ima
 1. CLI path (read, decode, preprocess, classify, decoding overlapped with the model) over
    2,000 x 2,500 JPEGs that compress like real films (fixtures.films.textured_radiograph),
    images per second, --runs times in turn: the path before this change
-   (training.release.decode_equivalence.reference_path) against the shipped path, with each engine
+   (training.release.decode_equivalence.REFERENCE) against the shipped path, with each engine
    the bundle ships (int8 only when it passed the equivalence check), and batch 1; median and
    spread, and the ratio within each run. "Shipped" is the engine every serving path runs
    (utils.core.bundle.serving_precision).
@@ -39,12 +39,12 @@ import psutil
 from PIL import Image
 
 from fixtures.films import jpeg_bytes, synthetic_radiograph, textured_radiograph
-from training.release.decode_equivalence import reference_path
+from training.release.decode_equivalence import REFERENCE
 from utils.adapters import ray_batch
 from utils.adapters.inputs import expand_paths
 from utils.adapters.read_ahead import Request, predict_paths
 from utils.core.bundle import load_bundle, serving_precision
-from utils.core.classifier import Classifier
+from utils.core.classifier import SERVING, Classifier, Preparation
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
@@ -93,8 +93,7 @@ def cli_figures(bundle, folder: Path, runs: int) -> dict:
     cli_throughput(engines[shipped], folder, 8)  # warm-up: caches, thread pools
     rows: dict[str, list[float]] = {}
     for _ in range(runs):
-        with reference_path():
-            rows.setdefault("cli_ips_before", []).append(cli_throughput(engines[shipped], folder, 8))
+        rows.setdefault("cli_ips_before", []).append(cli_throughput(engines[shipped], folder, 8, how=REFERENCE))
         for precision, classifier in engines.items():
             rows.setdefault(f"cli_ips_{precision}", []).append(cli_throughput(classifier, folder, 8))
         rows.setdefault("cli_ips_batch1", []).append(cli_throughput(engines[shipped], folder, 1))
@@ -105,11 +104,15 @@ def cli_figures(bundle, folder: Path, runs: int) -> dict:
     return figures
 
 
-def cli_throughput(classifier, folder: Path, batch_size: int, decode_workers: int = 2) -> float:
-    """The CLI's own read-decode-classify loop with a loaded model (model loading excluded)."""
+def cli_throughput(
+    classifier, folder: Path, batch_size: int, decode_workers: int = 2, how: Preparation = SERVING
+) -> float:
+    """The CLI's own read-decode-classify loop with a loaded model (model loading excluded);
+    how: the decoder and contrast stretch (the path before, or the shipped one)."""
     paths = expand_paths([str(folder)])
     start = time.perf_counter()
-    predictions = list(predict_paths(classifier, paths, Request("balanced", batch_size), decode_workers=decode_workers))
+    request = Request("balanced", batch_size, how=how)
+    predictions = list(predict_paths(classifier, paths, request, decode_workers=decode_workers))
     assert all(p.label for p in predictions)
     return len(paths) / (time.perf_counter() - start)
 

@@ -12,7 +12,7 @@ codec inside compressed DICOM). Per format, the decoders that could serve it:
 - PNG: Pillow (shipped) and OpenCV (lossless: the same pixels; about as fast, so not used);
 - JPEG 2000: pylibjpeg-openjpeg, which has no reduced-resolution decode.
 Then `decode + preprocess` (bytes -> uint8 model input) for a JPEG: the path before
-(`training.release.decode_equivalence.reference_path`), the shipped one and reduced-size decoding
+(`training.release.decode_equivalence.REFERENCE`), the shipped one and reduced-size decoding
 (which failed the decoding equivalence check, so it is not shipped), with each step of the
 shipped path timed on its own.
 """
@@ -24,7 +24,6 @@ import io
 import json
 import time
 from collections.abc import Callable
-from unittest import mock
 
 import cv2
 import numpy as np
@@ -32,10 +31,9 @@ import openjpeg
 from PIL import Image
 
 from fixtures.films import jpeg_bytes, png_bytes, textured_radiograph
-from training.release.decode_equivalence import reduced_decode, reference_path
-from utils.core import classifier as classifier_module
+from training.release.decode_equivalence import REFERENCE, reduced_decode
 from utils.core import preprocess as steps
-from utils.core.classifier import prepare_input
+from utils.core.classifier import Preparation, prepare_input
 from utils.core.decode import decode_image_bytes
 from utils.core.guard import screen_decoded
 
@@ -108,11 +106,14 @@ def one_run(inputs: dict[str, list[bytes]]) -> dict[str, float]:
         "png8: decode_image_bytes": median_ms(decode_image_bytes, inputs["png8"]),
     }
     size = steps.INPUT_SIZE
-    with reference_path():
-        figures["jpeg: bytes -> model input, before"] = median_ms(lambda d: prepare_input("f", d, size), jpeg)
+    reduced = Preparation(decode=reduced_decode)
+    figures["jpeg: bytes -> model input, before"] = median_ms(
+        lambda d: prepare_input("f", d, size, how=REFERENCE), jpeg
+    )
     figures["jpeg: bytes -> model input, shipped"] = median_ms(lambda d: prepare_input("f", d, size), jpeg)
-    with mock.patch.object(classifier_module, "decode_for_model", reduced_decode):
-        figures["jpeg: bytes -> model input, reduced decoding"] = median_ms(lambda d: prepare_input("f", d, size), jpeg)
+    figures["jpeg: bytes -> model input, reduced decoding"] = median_ms(
+        lambda d: prepare_input("f", d, size, how=reduced), jpeg
+    )
     per_step = [shipped_steps(d) for d in jpeg]
     for name in per_step[0]:
         figures[f"shipped step: {name}"] = float(np.median([s[name] for s in per_step]))

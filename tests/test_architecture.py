@@ -202,3 +202,11 @@ def test_each_exception_still_exists_and_says_why(name):
     path, function = name.split(":")
     assert any(n.endswith(":" + function) for n, _, _ in function_sizes(REPO / path)), f"{name} is gone: drop it"
     assert len(named_exceptions()[name].split()) >= 4, f"{name} needs a reason"
+
+
+def test_no_code_outside_tests_patches_project_code():
+    """Studies and benchmarks vary the core through its arguments (a decoder, a contrast
+    stretch: utils.core.classifier.Preparation), never by patching it at run time."""
+    patching = [str(path.relative_to(REPO)) for path in project_files() if not under(module_name(path), "tests")
+                and ("unittest import mock" in path.read_text() or "mock.patch" in path.read_text())]
+    assert not patching, patching

@@ -25,10 +25,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from unittest import mock
 
 import cv2
 import numpy as np
@@ -37,10 +35,9 @@ from sklearn.metrics import roc_auc_score
 
 from training.data import DEFAULT_SPLIT_FILE, default_data_dir, read_split
 from training.offsource import check_rows
-from utils.core import classifier as classifier_module
 from utils.core import preprocess as preprocessing
 from utils.core.bundle import DEFAULT_BUNDLE_DIR, load_bundle
-from utils.core.classifier import Classifier, Prediction, model_input_of, prepare_decoded
+from utils.core.classifier import Classifier, Prediction, Preparation, model_input_of, prepare_input
 from utils.core.decode import decode_image_bytes
 from utils.core.pixels import DecodedImage, InputError
 
@@ -57,18 +54,9 @@ def float64_stretch(pixels: np.ndarray, percentiles=preprocessing.CONTRAST_PERCE
     return np.clip((pixels - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
-@contextmanager
-def reference_stretch() -> Iterator[None]:
-    with mock.patch.object(preprocessing, "stretch_contrast", float64_stretch):
-        yield
-
-
-@contextmanager
-def reference_path() -> Iterator[None]:
-    """The whole serving path as it was before (full-size decoding, float64 stretch), for
-    benchmarks that time both in one run."""
-    with reference_stretch(), mock.patch.object(classifier_module, "decode_for_model", decode_image_bytes):
-        yield
+# The whole serving path as it was before (full-size decoding, float64 stretch): what the
+# candidates are judged against, and what the benchmarks time beside the shipped path.
+REFERENCE = Preparation(decode=decode_image_bytes, contrast=float64_stretch)
 
 
 def as_large_jpeg(data: bytes) -> bytes:
@@ -97,9 +85,8 @@ CANDIDATES: dict[str, Callable[[bytes], DecodedImage]] = {
 
 
 def prepare_pair(name: str, data: bytes, size: int, candidate: str) -> tuple[Prediction, Prediction]:
-    with reference_stretch():
-        reference = prepare_decoded(name, lambda: decode_image_bytes(data), size)
-    return reference, prepare_decoded(name, lambda: CANDIDATES[candidate](data), size)
+    reference = prepare_input(name, data, size, how=REFERENCE)
+    return reference, prepare_input(name, data, size, how=Preparation(decode=CANDIDATES[candidate]))
 
 
 def stability(data: bytes, candidate: str) -> dict[str, float]:

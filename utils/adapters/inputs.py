@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from utils.adapters.url_input import UrlRefused, fetch_image_bytes, is_url
-from utils.core.classifier import Prediction, prepare_input
+from utils.core.classifier import SERVING, Prediction, Preparation, prepare_input
 from utils.core.pixels import InputError
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -55,9 +55,11 @@ def read_input(path: Path | str) -> bytes:
         raise InputError(f"The file cannot be read ({exc.strerror or exc}).") from None
 
 
-def prepare_path(path: Path | str, input_size: int, population: str = "unknown") -> Prediction:
+def prepare_path(
+    path: Path | str, input_size: int, population: str = "unknown", how: Preparation = SERVING
+) -> Prediction:
     """Read and decode one input into a Prediction (model input, or its error)."""
     try:
-        return prepare_input(str(path), read_input(path), input_size, population)
+        return prepare_input(str(path), read_input(path), input_size, population, how)
     except InputError as exc:
         return Prediction(name=str(path), error=str(exc))

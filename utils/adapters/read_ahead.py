@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.adapters.inputs import prepare_path
-from utils.core.classifier import Classifier, Prediction
+from utils.core.classifier import SERVING, Classifier, Prediction, Preparation
 
 DECODE_WORKERS = 2  # threads reading and decoding the next batch while the model runs
 
@@ -23,6 +23,7 @@ class Request:
     preset: str = "balanced"
     batch_size: int = 8
     population: str = "unknown"
+    how: Preparation = SERVING  # the decoder and contrast stretch (a benchmark compares others)
 
 
 def predict_paths(
@@ -40,7 +41,7 @@ def predict_paths(
     size = classifier.bundle.input_size
 
     def prepare(path: Path | str) -> Prediction:
-        return prepare_path(path, size, request.population)
+        return prepare_path(path, size, request.population, request.how)
 
     if decode_workers < 1:  # no overlap: read, decode, classify one batch after the other
         for chunk in chunks:

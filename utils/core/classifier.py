@@ -15,7 +15,7 @@ from utils.core.heatmap import normalise_class_maps, overlay_heatmap
 from utils.core.inference import CLASSES, calibrated_probabilities, to_model_input
 from utils.core.intended_use import InputLimits, intended_use_reasons, parse_population
 from utils.core.pixels import DecodedImage, InputError
-from utils.core.preprocess import decode_for_model, preprocess
+from utils.core.preprocess import Contrast, decode_for_model, preprocess, stretch_contrast
 from utils.core.record import PredictionRecord
 from utils.core.review import NOT_A_RADIOGRAPH, Verdict, decide_verdict, ordered_reasons
 from utils.core.shift import ShiftScore
@@ -36,22 +36,40 @@ def make_engine(bundle: Bundle, precision: str = "float32", threads: int | None 
     return KerasEngine(bundle.model)
 
 
-def prepare_input(name: str, data: bytes, input_size: int, population: str = "unknown") -> Prediction:
+@dataclass(frozen=True)
+class Preparation:
+    """How bytes become a model input: the decoder and the contrast stretch. Serving uses the
+    defaults (SERVING); a release check or a benchmark passes the path it compares against."""
+
+    decode: Callable[[bytes], DecodedImage] = decode_for_model
+    contrast: Contrast = stretch_contrast
+
+
+SERVING = Preparation()
+
+
+def prepare_input(
+    name: str, data: bytes, input_size: int, population: str = "unknown", how: Preparation = SERVING
+) -> Prediction:
     """Decode, preprocess and screen one input (no model needed): a Prediction with its
     model input, or with `error` when the bytes cannot be read. population: what the user
     said of the patient ("adult", "child", "unknown"); a DICOM header's age wins over it."""
-    return prepare_decoded(name, lambda: decode_for_model(data), input_size, population)
+    return prepare_decoded(name, lambda: how.decode(data), input_size, population, how.contrast)
 
 
 def prepare_decoded(
-    name: str, decode: Callable[[], DecodedImage], input_size: int, population: str = "unknown"
+    name: str,
+    decode: Callable[[], DecodedImage],
+    input_size: int,
+    population: str = "unknown",
+    contrast: Contrast = stretch_contrast,
 ) -> Prediction:
     """prepare_input for any decoder (bytes, or a DICOM dataset already parsed): its
     InputError becomes the prediction's error."""
     prediction = Prediction(name=name, population=parse_population(population))
     try:
         decoded = decode()
-        prediction.model_input = preprocess(decoded.pixels, input_size)[..., 0]
+        prediction.model_input = preprocess(decoded.pixels, input_size, contrast)[..., 0]
         prediction.warnings = decoded.warnings
         prediction.incomplete = decoded.incomplete
         prediction.not_xray = screen_decoded(decoded.pixels, decoded.colour_fraction)

@@ -9,7 +9,7 @@ training cache and the app feed the network identical values.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -171,16 +171,22 @@ class Geometry:
         )
 
 
-def preprocess_with_geometry(pixels: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, Geometry]:
+Contrast = Callable[[np.ndarray], np.ndarray]
+
+
+def preprocess_with_geometry(
+    pixels: np.ndarray, size: int = INPUT_SIZE, contrast: Contrast | None = None
+) -> tuple[np.ndarray, Geometry]:
     """Turn a decoded grayscale image into the model input, uint8 of shape (size, size, 1),
-    and say where the image's pixels went."""
+    and say where the image's pixels went. contrast: the stretch (default stretch_contrast; a
+    release check passes the one it compares against)."""
     if pixels.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale array, got shape {pixels.shape}")
     height, width = pixels.shape
     pixels = limit_size(np.asarray(pixels, dtype=np.float32))
     scale_x, scale_y = pixels.shape[1] / width, pixels.shape[0] / height
     rows, cols = uniform_border(pixels)
-    pixels = stretch_contrast(pixels[rows, cols])
+    pixels = (contrast or stretch_contrast)(pixels[rows, cols])
     side, pad_top, pad_left = letterbox_offsets(*pixels.shape)
     geometry = Geometry(
         scale_x, scale_y, rows.start, cols.start, pixels.shape[0], pixels.shape[1], side, pad_top, pad_left, size
@@ -189,9 +195,9 @@ def preprocess_with_geometry(pixels: np.ndarray, size: int = INPUT_SIZE) -> tupl
     return np.round(pixels * 255.0).astype(np.uint8)[..., np.newaxis], geometry
 
 
-def preprocess(pixels: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+def preprocess(pixels: np.ndarray, size: int = INPUT_SIZE, contrast: Contrast | None = None) -> np.ndarray:
     """Turn a decoded grayscale image into the model input: uint8 of shape (size, size, 1)."""
-    return preprocess_with_geometry(pixels, size)[0]
+    return preprocess_with_geometry(pixels, size, contrast)[0]
 
 
 def decode_for_model(data: bytes) -> DecodedImage:
