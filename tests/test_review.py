@@ -25,7 +25,7 @@ from utils.core.intended_use import (
     parse_age_string,
     parse_population,
 )
-from utils.core.review import REVIEW_REASONS, decide_verdict, ordered_reasons, reasons_sentence
+from utils.core.review import REVIEW_REASONS, decide_verdict, ordered_reasons
 from utils.core.shift import ShiftScore, unit_rows
 
 BALANCED = {"rule": "two_stage", "fracture_threshold": 0.38, "fracture_band": 0.95,
@@ -92,8 +92,7 @@ def test_reasons_are_known_ordered_and_said_in_words():
     assert ordered_reasons(["near_threshold", "child", "child"]) == ("child", "near_threshold")
     with pytest.raises(ValueError, match="unknown review reasons"):
         ordered_reasons(["sunspots"])
-    sentence = reasons_sentence(["child", "image_too_small"])
-    assert sentence.startswith("Needs review: children's films") and "too small" in sentence
+    assert REVIEW_REASONS["child"].startswith("children's films") and "too small" in REVIEW_REASONS["image_too_small"]
     assert set(REVIEW_REASONS) == {"near_threshold", "severity_margin", "unlike_training_films", "image_too_small",
                                    "child", "body_part", "incomplete_image", "not_a_radiograph"}
 

@@ -33,7 +33,8 @@ import numpy as np
 
 from training.calibrate import BAND_GRID, TARGET_COVERED_ACCURACY
 from utils.core.bundle import load_bundle, sha256_of
-from utils.core.guard import FeatureGuard, RadiographGuard
+from utils.core.classifier import Prediction, feature_reasons, film_reasons
+from utils.core.guard import NOT_RADIOGRAPH_MESSAGE, FeatureGuard, RadiographGuard
 from utils.core.inference import CLASSES, calibrated_probabilities, logit
 from utils.core.intended_use import InputLimits
 from utils.core.review import decide_verdict
@@ -154,22 +155,35 @@ class Rules:
     flip_threshold: float | None = None
 
 
+def as_prediction(films: Films, i: int, guard_message: str | None, shift_score: float | None) -> Prediction:
+    """Film i's saved facts as the serving path holds them, so its review reasons come from the
+    same code (utils.core.classifier.film_reasons and feature_reasons)."""
+    screened = NOT_RADIOGRAPH_MESSAGE if films["screened"][i] else None
+    return Prediction(
+        name=str(films["path"][i]),
+        incomplete="saved as incomplete" if films["incomplete"][i] else None,
+        not_xray=screened or guard_message,
+        image_size=(int(films["height"][i]), int(films["width"][i])),
+        shift_score=shift_score,
+    )
+
+
 def other_reasons(films: Films, rules: Rules) -> list[list[str]]:
-    """Per film, the review reasons that do not come from the probabilities, as serving gives them."""
+    """Per film, the review reasons that do not come from the probabilities, as serving gives
+    them; with a flip threshold, also the mirror view's disagreement (a study-only rule)."""
     features = films["features"].astype(np.float32)
-    reasons: list[list[str]] = [[] for _ in range(len(films))]
-    flagged = rules.guard.is_outlier(features) if rules.guard is not None else np.zeros(len(films), bool)
-    unlike = rules.shift.is_unlike(features) if rules.shift is not None else np.zeros(len(films), bool)
-    unsure = flip_disagreement(films) > rules.flip_threshold if rules.flip_threshold is not None else unlike * False
-    for i, film_reasons in enumerate(reasons):
-        if films["incomplete"][i]:
-            film_reasons.append("incomplete_image")
-        if films["screened"][i] or flagged[i]:
-            film_reasons.append("not_a_radiograph")
-        if rules.limits is not None and rules.limits.problem(int(films["height"][i]), int(films["width"][i])):
-            film_reasons.append("image_too_small")
-        if unlike[i] or unsure[i]:
-            film_reasons.append("unlike_training_films")
+    guard = rules.guard
+    flagged = guard.is_outlier(features) if guard is not None else np.zeros(len(films), bool)
+    scores = rules.shift.score(features) if rules.shift is not None else [None] * len(films)
+    unsure = flip_disagreement(films) > rules.flip_threshold if rules.flip_threshold is not None else None
+    reasons = []
+    for i in range(len(films)):
+        film = as_prediction(films, i, guard.message if guard is not None and flagged[i] else None, scores[i])
+        found, _ = film_reasons(film, rules.limits)
+        found += feature_reasons(film, rules.shift)
+        if unsure is not None and unsure[i]:
+            found.append("unlike_training_films")
+        reasons.append(found)
     return reasons
 
 

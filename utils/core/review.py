@@ -33,10 +33,6 @@ REVIEW_REASONS: dict[str, str] = {
     "near_threshold": "P(any fracture) is close to this preset's fracture threshold",
     "severity_margin": "the fracture's severity is close to this preset's severity threshold",
 }
-# Reasons that come from the film or the user, not from the model's probabilities.
-FILM_REASONS = ("incomplete_image", "child", "body_part", "image_too_small")
-# Reasons that come from the model's features.
-FEATURE_REASONS = (NOT_A_RADIOGRAPH, "unlike_training_films")
 
 P_ANY_FRACTURE = "P(any fracture)"
 P_SEVERE = "P(beyond repair | fracture)"
@@ -106,12 +102,6 @@ def reason_text(code: str) -> str:
     return REVIEW_REASONS[code]
 
 
-def reasons_sentence(codes: Iterable[str]) -> str:
-    """The reasons in words, as one sentence: "Needs review: a; b." ("" for none)."""
-    words = [REVIEW_REASONS[c] for c in codes]
-    return f"Needs review: {'; '.join(words)}." if words else ""
-
-
 def decision_sentence(verdict: Verdict, preset: dict[str, Any]) -> str:
     """Which threshold decided the class the model leans to, in words. Two-stage presets
     name the stage that decided (severity for beyond repair and fractured, the fracture
@@ -119,9 +109,9 @@ def decision_sentence(verdict: Verdict, preset: dict[str, Any]) -> str:
     if preset.get("rule") != "two_stage":
         return f"The model leans to {verdict.label.replace('_', ' ')}: the class this preset weighs highest."
     fracture = float(preset["fracture_threshold"])
-    p_any = verdict.basis_probability if verdict.basis == P_ANY_FRACTURE else None
-    if verdict.label == HEALTHY and p_any is not None:
-        return f"{P_ANY_FRACTURE} {p_any:.0%} is below this preset's fracture threshold ({fracture:.0%})."
+    p_basis = verdict.basis_probability
+    if verdict.label == HEALTHY:
+        return f"{P_ANY_FRACTURE} {p_basis:.0%} is below this preset's fracture threshold ({fracture:.0%})."
     severity = float(preset.get("severity_threshold", 0.5))
     if verdict.label == BEYOND_REPAIR:
         return (
