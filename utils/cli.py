@@ -41,9 +41,7 @@ from utils.core.classifier import Classifier
 from utils.core.intended_use import POPULATIONS
 
 if TYPE_CHECKING:  # annotations only: the pacs command imports its adapter when it runs
-    from dicomweb_client.api import DICOMwebClient
-
-    from utils.adapters.pacs import StudyOptions
+    from utils.adapters.pacs import StudyOutcome
 
 PROGRESS_MIN_FILES = 4
 PACS_COLUMNS = ("study_instance_uid", "series_instance_uid", "sop_instance_uid")
@@ -220,7 +218,14 @@ def add_pacs_command(commands: Any) -> None:
 def run_pacs(args: argparse.Namespace, classifier: Classifier) -> int:
     """The `pacs` command: each matching study in turn, records streamed as they come."""
     # DICOMweb and highdicom add about 0.5 s to every start; only this command needs them.
-    from utils.adapters.pacs import PacsConfig, PacsError, StudyOptions, connect, find_studies  # noqa: PLC0415
+    from utils.adapters.pacs import (  # noqa: PLC0415
+        PacsConfig,
+        PacsError,
+        StudyOptions,
+        classify_studies,
+        connect,
+        find_studies,
+    )
 
     try:
         client = connect(PacsConfig.from_environment(args.server))
@@ -238,8 +243,9 @@ def run_pacs(args: argparse.Namespace, classifier: Classifier) -> int:
     outputs = Outputs(args.format, handle, None, False, extra_columns=PACS_COLUMNS)
     status = 0
     try:
-        for study in studies:
-            status = max(status, classify_pacs_study(client, classifier, study["StudyInstanceUID"], options, outputs))
+        uids = [study["StudyInstanceUID"] for study in studies]
+        for outcome in classify_studies(client, classifier, uids, options, outputs, pacs_progress):
+            status = max(status, report_study(outcome, options.store_results))
     finally:
         if args.output:
             handle.close()
@@ -254,38 +260,28 @@ def run_pacs(args: argparse.Namespace, classifier: Classifier) -> int:
     return status
 
 
-def classify_pacs_study(
-    client: DICOMwebClient, classifier: Classifier, uid: str, options: StudyOptions, outputs: Outputs
-) -> int:
-    """One study of the `pacs` command: its records written as they come; 0 when all went well."""
-    from utils.adapters.pacs import PacsError, StudyStream  # noqa: PLC0415  (as in run_pacs)
+def pacs_progress(uid: str, total: int) -> tqdm:
+    return tqdm(
+        total=total, unit="image", file=sys.stderr, desc=f"study ...{uid[-8:]}", disable=total < PROGRESS_MIN_FILES
+    )
 
-    try:
-        stream = StudyStream(client, classifier, uid, options)
-        with tqdm(
-            total=len(stream),
-            unit="image",
-            file=sys.stderr,
-            desc=f"study ...{uid[-8:]}",
-            disable=len(stream) < PROGRESS_MIN_FILES,
-        ) as bar:
-            for item in stream:
-                outputs.add(item.prediction, item.record())
-                bar.update(1)
-    except PacsError as exc:
-        print(f"error: study {uid}: {exc}", file=sys.stderr)
+
+def report_study(outcome: StudyOutcome, store: bool) -> int:
+    """One study's notes and failures on stderr; 0 when all went well."""
+    run = outcome.run
+    if run is None:
+        print(f"error: study {outcome.study_uid}: {outcome.error}", file=sys.stderr)
         return 1
-    run = stream.run
     for note in run.skipped:
         print(f"note: {note}", file=sys.stderr)
-    if options.store_results:
+    if store:
         print(
-            f"stored in study {uid}: {len(run.stored_sr)} SR, {len(run.stored_captures)} secondary "
+            f"stored in study {run.study_uid}: {len(run.stored_sr)} SR, {len(run.stored_captures)} secondary "
             f"capture(s) of {run.classified} classified film(s)",
             file=sys.stderr,
         )
     for failure in run.store_failures:
-        print(f"error: study {uid}: {failure}", file=sys.stderr)
+        print(f"error: study {run.study_uid}: {failure}", file=sys.stderr)
     return int(not run.ok)
 
 

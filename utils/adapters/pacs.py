@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 
 from utils.adapters.dicom_results import build_results_sr, build_secondary_capture
+from utils.adapters.writers import Outputs
 from utils.core.classifier import Classifier, Prediction, prepare_decoded
 from utils.core.dicom import decode_dataset
 
@@ -491,6 +493,50 @@ class StudyStream:
             yield item
         if writer is not None:
             writer.finish()
+
+
+@dataclass
+class StudyOutcome:
+    """One study of a job: its run, or the sentence that says why it could not be read."""
+
+    study_uid: str
+    run: StudyRun | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.run is not None and self.run.ok
+
+
+# (study UID, number of images) -> a context manager whose update(1) counts an image done
+# (tqdm fits); the job shows its progress through it.
+Progress = Callable[[str, int], AbstractContextManager[Any]]
+
+
+def classify_studies(
+    client: DICOMwebClient,
+    classifier: Classifier,
+    study_uids: Iterable[str],
+    options: StudyOptions,
+    outputs: Outputs,
+    progress: Progress | None = None,
+) -> Iterator[StudyOutcome]:
+    """A PACS job from the found studies to the stored results, in one place: each study
+    streamed through the classifier, every image's record written to `outputs` as it comes,
+    and (options.store_results) the SR and captures stored back. Yields each study's outcome
+    as it ends, so the caller can report it at once."""
+    for uid in study_uids:
+        try:
+            stream = StudyStream(client, classifier, uid, options)
+            with progress(uid, len(stream)) if progress else nullcontext(None) as bar:
+                for item in stream:
+                    outputs.add(item.prediction, item.record())
+                    if bar is not None:
+                        bar.update(1)
+        except PacsError as exc:
+            yield StudyOutcome(uid, error=str(exc))
+            continue
+        yield StudyOutcome(uid, run=stream.run)
 
 
 def run_study(
