@@ -15,8 +15,8 @@ from typing import Any
 
 from utils.core.engines import litert_available
 from utils.core.guard import FeatureGuard, RadiographGuard, load_guard
+from utils.core.input_size import INPUT_SIZE
 from utils.core.intended_use import InputLimits
-from utils.core.preprocess import INPUT_SIZE
 from utils.core.shift import ShiftScore
 
 DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parents[2] / "model"

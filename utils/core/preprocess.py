@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 
 from utils.core.decode import decode_image_bytes
+from utils.core.input_size import INPUT_SIZE as INPUT_SIZE  # re-exported: training reads it here
 from utils.core.pixels import DecodedImage
 
-INPUT_SIZE = 384
 # Training images are at most 1024 px on their longer side (FracAtlas' larger films were
 # downscaled to 1024 by the dataset's curators), so larger uploads are brought to that scale
 # first: it matches the training data and keeps the later steps cheap.
