@@ -17,6 +17,7 @@ from pathlib import Path
 
 from training import evaluate, knee_check
 from training.data import DEFAULT_SPLIT_FILE, default_cache_dir, default_data_dir
+from training.studies.output import write_study
 
 NAMES = {
     "inception_v3": "InceptionV3 (nsfwjs init)",
@@ -62,6 +63,21 @@ def row(run: Path, data_dir: Path, split: Path, cache_dir: Path) -> dict:
     }
 
 
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| model | best epoch | val FracAtlas AUROC | test FracAtlas AUROC | test macro AUROC | "
+        "test balanced accuracy | knee: confidently healthy | training minutes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['best_epoch']} | {r['val_fracatlas_auroc']:.3f} | {r['test_fracatlas_auroc']:.3f} | "
+            f"{r['test_macro_auroc']:.3f} | {r['test_balanced_accuracy']:.3f} | {r['knee_healthy_confident']:.1%} | "
+            f"{r['train_minutes']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, nargs="+", required=True)
@@ -71,9 +87,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     args = parser.parse_args(argv)
     rows = [row(run, args.data_dir, args.split, args.cache_dir) for run in args.runs]
-    args.out.write_text(json.dumps(rows, indent=1))
-    for r in rows:
-        print(json.dumps({k: v for k, v in r.items() if k != "val_history_fracatlas_auroc"}))
+    write_study(rows, args.out, markdown(rows))
     return rows
 
 

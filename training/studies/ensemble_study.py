@@ -13,7 +13,6 @@ Each member's probabilities are kept in <run>/p_any_clean.npz, so a rerun only s
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import keras
@@ -22,6 +21,7 @@ from sklearn.metrics import roc_auc_score
 
 from training.data import DEFAULT_SPLIT_FILE, default_cache_dir, default_data_dir
 from training.offsource import offsource_aurocs
+from training.studies.output import write_study
 from training.studies.tta_study import p_any_fracture_by_view, study_films
 
 ENSEMBLE = "ensemble (mean)"
@@ -114,9 +114,7 @@ def main(argv=None) -> dict:
     labels = {name: c["labels"] for name, c in checks.items()}
     members = {run.name: member_probabilities(run, val, checks) for run in args.runs}
     result = study(members, val["fractured"], labels)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(markdown(result))
+    write_study(result, args.out, markdown(result))
     return result
 
 

@@ -12,7 +12,6 @@ Writes <run>/tta.json and prints a markdown table.
 
 from __future__ import annotations
 
-import json
 import time
 
 import cv2
@@ -24,6 +23,7 @@ from sklearn.metrics import roc_auc_score
 from training.data import CLASSES, read_split, run_step_parser
 from training.features import build_image_cache
 from training.offsource import check_images, first_knees, offsource_aurocs
+from training.studies.output import write_study
 from utils.core.inference import softmax, to_model_input
 
 ZOOM_OUT = 0.85
@@ -116,8 +116,7 @@ def main(argv=None) -> dict:
     val, checks = study_films(args)
     model = keras.saving.load_model(args.run / "model.keras", compile=False)
     result = study(model, val, checks)
-    (args.run / "tta.json").write_text(json.dumps(result, indent=1))
-    print(markdown(result))
+    write_study(result, args.run / "tta.json", markdown(result))
     return result
 
 
