@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -37,7 +38,7 @@ def log_figures(text: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    from playwright.sync_api import sync_playwright  # noqa: PLC0415  (a browser is only needed when this benchmark runs)
+    from playwright.sync_api import FilePayload, sync_playwright  # noqa: PLC0415  (a browser is only needed when this benchmark runs)
 
     sys.path.insert(0, str(REPO))
 
@@ -67,7 +68,7 @@ def main(argv=None) -> dict:
         stderr=subprocess.STDOUT,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
-    figures = {"cores": os.cpu_count()}
+    figures: dict[str, Any] = {"cores": os.cpu_count()}
     try:
         wait_healthy(url, server)
         figures["server_healthy_s"] = time.perf_counter() - started
@@ -77,7 +78,7 @@ def main(argv=None) -> dict:
             page.goto(url, wait_until="domcontentloaded")
             page.get_by_text("Not a medical device and not for diagnosis").wait_for(timeout=300_000)
             for i in range(10):
-                upload = {
+                upload: FilePayload = {
                     "name": f"x{i}.png",
                     "mimeType": "image/png",
                     "buffer": png_bytes((synthetic_radiograph(2500, 2000, seed=i) * 255).astype(np.uint8)),

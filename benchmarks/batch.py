@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -156,7 +157,7 @@ def ray_throughput(folder: Path, out: Path, workers: int, precision: str, decode
 def ray_figures(folder: Path, tmp: Path, memory_images: int, precision: str) -> dict:
     import ray  # noqa: PLC0415  (Ray is optional (requirements-scale.txt))
 
-    figures = {}
+    figures: dict[str, Any] = {}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
         for workers in (1, 2):
@@ -197,7 +198,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--runs", type=int, default=3, help="CLI runs (median and spread reported)")
     args = parser.parse_args(argv)
-    figures = {"cores": os.cpu_count(), "image": f"textured {WIDTH}x{HEIGHT} JPEG, quality 92"}
+    figures: dict[str, Any] = {"cores": os.cpu_count(), "image": f"textured {WIDTH}x{HEIGHT} JPEG, quality 92"}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for name, data in synthetic_jpegs(max(args.images, args.cli_images)):

@@ -59,7 +59,13 @@ def pillow_load(data: bytes, draft: tuple[int, int] | None = None) -> Image.Imag
 
 
 def opencv(flag: int) -> Callable[[bytes], np.ndarray]:
-    return lambda data: cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    def decode(data: bytes) -> np.ndarray:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+        if pixels is None:
+            raise ValueError("OpenCV could not decode the image")
+        return pixels
+
+    return decode
 
 
 def median_ms(function: Callable[[bytes], object], inputs: list[bytes]) -> float:

@@ -92,7 +92,8 @@ class ServerMemory:
     """RSS of the server and its children, sampled every `interval` seconds: (time, bytes)."""
 
     def __init__(self, pid: int, interval: float = 0.5):
-        self.process, self.interval, self.samples = psutil.Process(pid), interval, []
+        self.process, self.interval = psutil.Process(pid), interval
+        self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 

@@ -77,6 +77,10 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     bundle = load_bundle(load_keras=False)
+    if bundle.model_path is None or bundle.litert_path is None:
+        raise SystemExit(
+            "the bundle lacks its .keras or its LiteRT file: the benchmark converts one and runs the other"
+        )
     rows = read_split()
     by_split = {name: [r for r in rows if r["split"] == name] for name in ("train", "test")}
     test = build_image_cache(by_split["test"], default_data_dir(), args.cache_dir)

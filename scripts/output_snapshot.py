@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pypdf import PdfReader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def film(seed: int, height: int = 900, width: int = 700) -> np.ndarray:
 def dicom_of(pixels: np.ndarray) -> bytes:
     meta = FileMetaDataset()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SOURCE_SOP_CLASS, "1.2.3.4.1.1"
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = UID(SOURCE_SOP_CLASS), UID("1.2.3.4.1.1")
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = SOURCE_SOP_CLASS, "1.2.3.4.1.1"

@@ -17,10 +17,12 @@ come from the rng passed in: the same seed gives the same view.
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 
-LIVE_AUGMENTATION = {
+LIVE_AUGMENTATION: dict[str, Any] = {
     "rotation_deg": 30.0,
     "hflip": 0.5,
     "vflip": 0.2,
@@ -46,7 +48,7 @@ LIVE_AUGMENTATION = {
 # unseen-source checks revealed (aspect stretch, tight crop from 224 px, collimation) and without
 # the random intensity network. The tight-crop geometry stays (probability 0), because the
 # box-free close-ups are drawn with it.
-CLASSIC_AUGMENTATION = {
+CLASSIC_AUGMENTATION: dict[str, Any] = {
     **LIVE_AUGMENTATION,
     "stretch": None,
     "tight_crop": {**LIVE_AUGMENTATION["tight_crop"], "p": 0.0},
@@ -226,7 +228,8 @@ def recompress_jpeg(view: np.ndarray, rng: np.random.Generator, params: dict = L
     if rng.random() >= spec["p"]:
         return view
     ok, encoded = cv2.imencode(".jpg", view, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(*spec["quality"]))])
-    return cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE) if ok else view
+    decoded = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE) if ok else None
+    return view if decoded is None else decoded
 
 
 def random_view(
@@ -246,7 +249,7 @@ def random_view(
     for _ in range(tries):
         matrix = (tight_crop_matrix if tight else affine_matrix)(image.shape[0], rng, params)
         view_mask = None if mask is None else warp(mask.astype(np.uint8), matrix, nearest=True).astype(bool)
-        if view_mask is None or view_mask.sum() >= 0.5 * mask.sum():
+        if mask is None or view_mask is None or view_mask.sum() >= 0.5 * mask.sum():
             break
     view = warp(image, matrix)
     view = shrink_and_restore(view, params["tight_crop"]["side"]) if tight else degrade_resolution(view, rng, params)

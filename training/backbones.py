@@ -22,7 +22,9 @@ import subprocess
 import sys
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -232,7 +234,11 @@ def small_cnn(size: int, weights_path: Path | None = None):
     return inputs, x
 
 
-BACKBONES = {"small_cnn": small_cnn, "efficientnet_lite2": efficientnet_lite2}
+# Each returns (input tensor, last convolutional feature map); their other arguments differ.
+BACKBONES: dict[str, Callable[..., tuple[Any, Any]]] = {
+    "small_cnn": small_cnn,
+    "efficientnet_lite2": efficientnet_lite2,
+}
 
 
 def port_check(weights_path: Path, size: int = 260) -> dict:

@@ -55,7 +55,7 @@ def drop_label_conflicts(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     Fractured twin has the box, or a Bone Break crop under two type folders).
     """
     severity = {name: i for i, name in enumerate(CLASSES)}
-    worst = defaultdict(int)
+    worst: defaultdict[str, int] = defaultdict(int)
     for row in rows:
         worst[row["overlap_group"]] = max(worst[row["overlap_group"]], severity[row["label"]])
     kept = [r for r in rows if severity[r["label"]] == worst[r["overlap_group"]]]
@@ -65,11 +65,11 @@ def drop_label_conflicts(rows: list[dict]) -> tuple[list[dict], list[dict]]:
 
 def split_groups(rows: list[dict], seed: int = SPLIT_SEED, fractions=SPLIT_FRACTIONS) -> dict[str, str]:
     """Assign each overlap group to a split, stratified by (source, label), fixed seed."""
-    strata = defaultdict(set)
+    strata: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
     for row in rows:
         strata[(row["source"], row["label"])].add(row["overlap_group"])
     rng = np.random.default_rng(seed)
-    assignment = {}
+    assignment: dict[str, str] = {}
     for key in sorted(strata):
         groups = sorted(strata[key] - assignment.keys(), key=int)
         rng.shuffle(groups)

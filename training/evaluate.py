@@ -14,6 +14,7 @@ import csv
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import keras
 import matplotlib
@@ -238,7 +239,7 @@ def weighted_presets(val_probs: np.ndarray, labels: np.ndarray, clinical: np.nda
     """The older rule: decision weights for balanced accuracy (the rare classes' say), a
     fracture-sensitive threshold, and uncertainty thresholds, all from validation."""
     weights = fit_class_weights(val_probs, labels)
-    presets = {
+    presets: dict[str, dict[str, Any]] = {
         "balanced": {"class_weights": weights, "any_fracture_threshold": None},
         "fracture_sensitive": {
             "class_weights": weights,

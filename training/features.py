@@ -14,6 +14,7 @@ import json
 from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -25,7 +26,7 @@ CHUNK = 256
 
 # Augmentation in the spirit of the original study; no shear (it blurs the line between
 # a fracture and a shattered bone).
-AUGMENTATION = {
+AUGMENTATION: dict[str, Any] = {
     "rotation_deg": 10.0,
     "shift_frac": 0.06,
     "zoom": (0.9, 1.1),
@@ -125,6 +126,8 @@ def cached_features(  # noqa: PLR0913  (named in pyproject.toml)
         Path(chunk_path.with_suffix(".tmp.npy")).rename(chunk_path)
         out = _place(out, array, start, len(images))
         log(f"  features {tag}: {min(start + CHUNK, len(images))}/{len(images)}")
+    if out is None:
+        raise ValueError(f"no images to extract features of ({tag})")
     return out
 
 

@@ -35,8 +35,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -329,7 +331,7 @@ class Trainer:
         self.optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=args.weight_decay)
         self.optimizer.build(self.tail.trainable_variables)
         self.grid = int(model.get_layer("localisation_logit").output.shape[1])
-        self._step = None
+        self._step: Callable[..., Any] | None = None
 
     def checkpoint_paths(self, folder: Path) -> tuple[Path, Path]:
         return folder / "last.weights.h5", folder / "last_optimizer.npz"
@@ -414,7 +416,7 @@ def fit(model, data: dict, args, log=print) -> dict:
     severe_weight = severity_weight(train["labels"])
     trainer = Trainer(model, args, int(np.ceil(len(plan(0)[0]) / args.batch_size)))
     val_targets = {i: cell_targets(m, trainer.grid) for i, m in val["masks"].items()}
-    state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "history": [], "wall_seconds": 0.0}
+    state: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "history": [], "wall_seconds": 0.0}
     if (out / "state.json").exists() and trainer.checkpoint_paths(out)[0].exists():
         state = json.loads((out / "state.json").read_text())
         trainer.restore(out)
@@ -566,7 +568,7 @@ def chest_negative_rows(data_dir: Path, count: int, seed: int = 0) -> list[dict]
     """`count` normal chest_kermany films as training-only "no fracture" rows, one per patient
     (patients drawn at random, so no patient appears twice)."""
     rows = [r for r in check_rows(data_dir, "chest_kermany") if r["finding"] == "normal"]
-    by_patient = {}
+    by_patient: dict[str, dict] = {}
     for row in rows:
         by_patient.setdefault(row["patient_id"], row)
     patients = sorted(by_patient)
@@ -596,7 +598,7 @@ def load_data(args, log=print) -> tuple[dict, list[dict]]:
     labels = np.array([CLASSES.index(r["label"]) for r in rows])
     sources = np.array([r["source"] for r in rows])
     split_of = np.array([r["split"] for r in rows])
-    data = {}
+    data: dict[str, Any] = {}
     for split in ("train", "val"):
         idx = np.flatnonzero(split_of == split)
         position = {int(i): j for j, i in enumerate(idx)}

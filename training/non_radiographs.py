@@ -65,7 +65,7 @@ def _to_uint8_rgb(image: np.ndarray) -> np.ndarray:
     if image.dtype == bool:
         image = image.astype(np.uint8) * 255
     elif image.dtype != np.uint8:
-        image = np.uint8(np.clip(image / max(float(image.max()), 1e-6) * 255, 0, 255))
+        image = np.clip(image / max(float(image.max()), 1e-6) * 255, 0, 255).astype(np.uint8)
     if image.ndim == 2:
         return image
     return image[..., :3]
@@ -77,14 +77,14 @@ def photo(rng: np.random.Generator) -> np.ndarray:
     crop_h = int(height * rng.uniform(0.5, 1.0))
     crop_w = int(width * rng.uniform(0.5, 1.0))
     top, left = rng.integers(0, height - crop_h + 1), rng.integers(0, width - crop_w + 1)
-    crop = source[top : top + crop_h, left : left + crop_w].astype(np.float32)
+    crop: np.ndarray = source[top : top + crop_h, left : left + crop_w].astype(np.float32)
     if crop.ndim == 3:  # colour jitter: per-channel gain and a brightness shift
         crop = crop * rng.uniform(0.8, 1.2, size=3) + rng.uniform(-20, 20)
     else:
         crop = crop * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20)
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
-    return np.uint8(np.clip(crop, 0, 255))
+    return np.clip(crop, 0, 255).astype(np.uint8)
 
 
 def texture(rng: np.random.Generator) -> np.ndarray:
@@ -110,8 +110,8 @@ def texture(rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.5:
         low, high = rng.integers(0, 256, size=3), rng.integers(0, 256, size=3)
         rgb = low + field[..., None] * (high - low)
-        return np.uint8(np.clip(rgb, 0, 255))
-    return np.uint8(field * 255)
+        return np.clip(rgb, 0, 255).astype(np.uint8)
+    return (field * 255).astype(np.uint8)
 
 
 def document(rng: np.random.Generator) -> np.ndarray:
@@ -130,7 +130,7 @@ def document(rng: np.random.Generator) -> np.ndarray:
     array = np.asarray(image)
     if rng.random() < 0.3:  # tinted paper
         tint = rng.uniform(0.85, 1.0, size=3)
-        return np.uint8(array[..., None] * tint)
+        return (array[..., None] * tint).astype(np.uint8)
     return array
 
 
@@ -138,7 +138,7 @@ def flat(rng: np.random.Generator) -> np.ndarray:
     height, width = int(rng.integers(100, 600)), int(rng.integers(100, 600))
     level = rng.integers(0, 256, size=3 if rng.random() < 0.5 else 1)
     noise = rng.normal(0, rng.uniform(0, 2), size=(height, width, len(level)))
-    array = np.uint8(np.clip(level + noise, 0, 255))
+    array = np.clip(level + noise, 0, 255).astype(np.uint8)
     return array[..., 0] if array.shape[-1] == 1 else array
 
 
@@ -203,7 +203,7 @@ def ct_like(rng: np.random.Generator) -> np.ndarray:
         cx, cy, r = rng.uniform(-0.25, 0.25), rng.uniform(-0.2, 0.2), rng.uniform(0.03, 0.12)
         image += np.where((x - cx) ** 2 + (y - cy) ** 2 < r**2, rng.uniform(-0.2, 0.5), 0.0)
     image += rng.normal(0, rng.uniform(0.01, 0.05), image.shape)
-    return np.uint8(np.clip(image, 0, 1) * 255)
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
 MAKERS = {

@@ -14,6 +14,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -173,7 +174,7 @@ def fit_tail(args, data: dict, started: float, log) -> dict:
     steps_per_epoch = int(np.ceil(len(y_train) / args.batch_size))
     train_step, optimizer = train_step_for(tail, args, y_train, steps_per_epoch)
     state_path, last_ckpt = args.out / "state.json", args.out / "last.weights.h5"
-    state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "history": [], "wall_seconds": 0.0}
+    state: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "history": [], "wall_seconds": 0.0}
     if state_path.exists() and last_ckpt.exists():
         state = json.loads(state_path.read_text())
     earlier_seconds = state.get("wall_seconds", 0.0)

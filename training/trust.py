@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from multiprocessing import Pool
 from pathlib import Path
+from typing import Any
 
 import keras
 import matplotlib
@@ -190,9 +191,9 @@ def plots(out_dir: Path, val_d, test_d, non_d, threshold, pointing) -> list[str]
     fig, ax = plt.subplots(figsize=(6, 4))
     top = np.percentile(np.concatenate([val_d, test_d, non_d]), 99.5)
     bins = np.linspace(0, top, 50)
-    ax.hist(val_d, bins, alpha=0.5, density=True, label="validation radiographs")
-    ax.hist(test_d, bins, alpha=0.5, density=True, label="test radiographs")
-    ax.hist(np.minimum(non_d, top), bins, alpha=0.5, density=True, label="generated non-radiographs")
+    ax.hist(val_d, list(bins), alpha=0.5, density=True, label="validation radiographs")
+    ax.hist(test_d, list(bins), alpha=0.5, density=True, label="test radiographs")
+    ax.hist(np.minimum(non_d, top), list(bins), alpha=0.5, density=True, label="generated non-radiographs")
     ax.axvline(threshold, color="k", ls="--", label="threshold")
     ax.set_xlabel("Mahalanobis distance of penultimate features")
     ax.legend(fontsize=8)
@@ -232,7 +233,7 @@ def trust(run_dir: Path, out_dir: Path, data_dir: Path, split_file: Path, cache_
     non_predictions = guarded.predict_many([(name, data) for name, _, data in non], batch_size=16)
     fractured_fa = [r for r in by_split["test"] if r["source"] == "fracatlas" and r["label"] == "fractured"]
     pointing = pointing_figures(plain, model, fractured_fa, data_dir)
-    report = {
+    report: dict[str, Any] = {
         "guard": guard_report(guard, features, labels, screen_stats(by_split["train"], data_dir)),
         "pointing_game": {k: v for k, v in pointing.items() if not k.startswith("per_image")},
     }

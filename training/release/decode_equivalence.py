@@ -118,7 +118,7 @@ def verdict_key(verdict) -> str:
 def decisions(classifier: Classifier, predictions: list[Prediction]) -> dict:
     presets = classifier.bundle.metadata["presets"]
     return {
-        "p_fracture": np.array([1.0 - p.probabilities["healthy"] for p in predictions]),
+        "p_fracture": np.array([1.0 - (p.probabilities or {}).get("healthy", np.nan) for p in predictions]),
         "not_xray": np.array([p.not_xray is not None for p in predictions]),
         # The verdict a user sees: the label and whether it is marked uncertain.
         **{name: np.array([verdict_key(p.decide(preset)) for p in predictions]) for name, preset in presets.items()},
@@ -140,7 +140,9 @@ def measure_set(
         references.append(reference)
         candidates.append(other)
         moves.append(stability(data, candidate))
-    same = [np.array_equal(r.model_input, c.model_input) for r, c in zip(references, candidates)]
+    same = [
+        np.array_equal(np.asarray(r.model_input), np.asarray(c.model_input)) for r, c in zip(references, candidates)
+    ]
     classify(classifier, references)
     # Identical inputs give identical outputs: only the changed ones run the model again.
     classify(classifier, [c for c, s in zip(candidates, same) if not s])

@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -59,7 +60,7 @@ def engine_outputs(engine, inputs: np.ndarray, batch_size: int = 16) -> tuple[np
 def decisions(probs: np.ndarray, distances: np.ndarray, metadata: dict, threshold: float) -> dict:
     """Per preset: the verdict and uncertain flag of every image, and the guard's flag."""
     flagged = distances > threshold
-    out = {"not_xray": flagged}
+    out: dict[str, Any] = {"not_xray": flagged}
     for name, preset in metadata["presets"].items():
         labels, uncertain = zip(*(decide(p, preset) for p in probs))
         out[name] = {"label": np.array(labels), "uncertain": np.array(uncertain) | flagged}
@@ -97,7 +98,7 @@ def load_sets(args) -> dict:
         "images": build_image_cache([train[i] for i in sorted(pick)], args.data_dir, args.cache_dir)
     }
     knee = [prepare_input(str(p), p.read_bytes(), args.input_size) for p in knee_files(args.data_dir, args.knee_limit)]
-    sets["knee"] = {"images": np.stack([p.model_input for p in knee if p.error is None])}
+    sets["knee"] = {"images": np.stack([p.model_input for p in knee if p.error is None and p.model_input is not None])}
     return sets
 
 
@@ -115,7 +116,7 @@ def median_ms(engine, inputs: np.ndarray, batch: int, repeats: int = 20) -> floa
 
 def evaluate_engine(engine, sets: dict, bundle, reference: dict | None = None) -> dict:
     metadata, guard = bundle.metadata, bundle.guard
-    result = {
+    result: dict[str, Any] = {
         "timing_ms_per_image": {
             "batch_1": median_ms(engine, sets["test"]["images"], 1),
             "batch_8": median_ms(engine, sets["test"]["images"], 8),
@@ -272,6 +273,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("artifacts/equivalence.json"))
     args = parser.parse_args(argv)
     bundle = load_bundle(args.bundle_dir, load_keras=False)
+    if bundle.model_path is None or bundle.litert_path is None:
+        raise SystemExit(f"{args.bundle_dir} lacks its .keras or its LiteRT file: the check needs both")
     args.input_size = bundle.input_size
     sets = load_sets(args)
     results = {"float32 (shipped)": evaluate_engine(LiteRTEngine(bundle.litert_path), sets, bundle)}

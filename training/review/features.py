@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         if path.exists() or not rows:
             continue
         started = time.perf_counter()
-        arrays = extract_group(classifier, rows, with_augmented=name == "train")
+        arrays: dict[str, Any] = extract_group(classifier, rows, with_augmented=name == "train")
         np.savez_compressed(path, **arrays)
         print(f"{name}: {len(rows)} films in {time.perf_counter() - started:.0f} s", flush=True)
 

@@ -30,6 +30,8 @@ def main(argv=None) -> Path:
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     args = parser.parse_args(argv)
     bundle = load_bundle(args.bundle_dir, load_keras=False)
+    if bundle.model_path is None:
+        raise SystemExit(f"{args.bundle_dir} has no .keras model to lay out as a run")
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(bundle.model_path, args.out / "model.keras")
     rows = [r for r in read_split(args.split) if r["split"] == "val"]
