@@ -243,7 +243,7 @@ def test_batch_upload_csv_and_pdf_downloads(server, browser, tmp_path):
     page.get_by_text("PDF report for all 3 images", exact=True).click()
     with page.expect_download(timeout=180_000) as download_info:
         page.get_by_text("Download PDF report for all 3 images").click(timeout=180_000)
-    assert len(PdfReader(download_info.value.path()).pages) == 3
+    assert len(PdfReader(download_info.value.path()).pages) == 4  # a summary, then one page per film
     page.close()
 
 
@@ -321,7 +321,7 @@ def test_the_typed_reference_reaches_the_pdf_for_one_film_and_a_batch(server, br
     with page.expect_download(timeout=180_000) as download_info:
         page.get_by_text("Download PDF report for all 2 images").click(timeout=180_000)
     pages = PdfReader(download_info.value.path()).pages
-    assert len(pages) == 2 and all(f"Study / patient reference: {reference}" in p.extract_text() for p in pages)
+    assert len(pages) == 3 and all(f"Study / patient reference: {reference}" in p.extract_text() for p in pages)
     page.close()
     assert "missing ScriptRunContext" not in log_path.read_text()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -90,6 +91,16 @@ def test_usage_errors_exit_2(args, capsys):
     assert exit_info.value.code == 2
 
 
+def test_int8_on_a_bundle_without_an_int8_engine_is_a_usage_error(folder, tmp_path, capsys, bundle_dir):
+    copy = tmp_path / "model"
+    shutil.copytree(bundle_dir, copy)
+    metadata = json.loads((copy / "metadata.json").read_text())
+    metadata.pop("runtime_int8", None)
+    (copy / "metadata.json").write_text(json.dumps(metadata))
+    code, out, err = run_cli(["predict", str(folder), "--precision", "int8", "--model-dir", str(copy)], capsys)
+    assert code == 2 and out == "" and "ships no int8 engine" in err
+
+
 def test_empty_folder_is_a_usage_error(tmp_path, capsys):
     assert cli.main(["predict", str(tmp_path)]) == 2
 
@@ -117,7 +128,8 @@ def test_heatmaps_and_pdf_report(folder, tmp_path, capsys, bundle_dir):
     pngs = sorted(p.name for p in heatmaps.iterdir())
     assert len(pngs) == 2 and all(p.endswith("_heatmap.png") for p in pngs)
     pages = PdfReader(str(report)).pages
-    assert len(pages) == 3  # one page per input, the failed one included
-    text = pages[0].extract_text()
+    assert len(pages) == 4  # a summary, then one page per input, the failed one included
+    assert "3 films" in pages[0].extract_text() and "bad.png: not classified" in pages[0].extract_text()
+    text = pages[1].extract_text()
     assert "Study 7" in text and "Not a medical device" in text and "Verdict" in text
     assert "Not classified" in "".join(p.extract_text() for p in pages)

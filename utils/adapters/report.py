@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +17,7 @@ from utils.core.heatmap import heatmap_caption
 from utils.core.inference import CLASSES
 from utils.core.record import CSV_COLUMNS, csv_row
 from utils.core.review import decision_basis_of, reason_text
-from utils.core.verdict import verdict_style
+from utils.core.verdict import NOT_CLASSIFIED, verdict_style, verdict_words
 
 DISCLAIMER = (
     "Educational and triage aid only. Not a medical device and not for diagnosis: "
@@ -37,9 +39,28 @@ def records_to_csv(records: list[dict]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def _latin1(text: str) -> str:
-    """fpdf2's core fonts speak latin-1; anything else becomes '?' rather than failing."""
-    return str(text).encode("latin-1", "replace").decode("latin-1")
+# Patients and files are named in every script: DejaVu Sans covers Latin, Greek, Cyrillic,
+# Arabic, Hebrew and the typographic marks; Droid Sans Fallback takes the CJK ideographs and
+# kana. Both are free fonts bundled beside this module (licences in fonts/).
+FONT_DIR = Path(__file__).resolve().parent / "fonts"
+FONT = "DejaVu"
+FONT_FILES = {"": "DejaVuSans.ttf", "B": "DejaVuSans-Bold.ttf", "I": "DejaVuSans-Oblique.ttf"}
+FALLBACK_FONT, FALLBACK_FILE = "DroidFallback", "DroidSansFallbackFull.ttf"
+
+
+def new_pdf() -> Any:
+    """An A4 FPDF with the Unicode fonts loaded (FONT, with FALLBACK_FONT for what it lacks)."""
+    from fpdf import FPDF  # noqa: PLC0415  (fpdf2 adds about 0.3 s to every start; only a report needs it)
+
+    pdf = FPDF(format="A4")
+    for style, file in FONT_FILES.items():
+        pdf.add_font(FONT, style, FONT_DIR / file)
+    pdf.add_font(FALLBACK_FONT, "", FONT_DIR / FALLBACK_FILE)
+    pdf.set_fallback_fonts([FALLBACK_FONT], exact_match=False)
+    pdf.set_text_shaping(True)  # joins Arabic letters and lays right-to-left text out (HarfBuzz)
+    pdf.set_auto_page_break(auto=False)
+    pdf.set_title("Bone X-ray Classifier report")
+    return pdf
 
 
 def _png_image(array: np.ndarray):
@@ -52,18 +73,16 @@ def build_pdf(
     """One page per entry. An entry: a record (name, label, verdict, review_reasons,
     probabilities, warnings, error), model_input ((S, S) uint8 or None) and overlay ((S, S, 3)
     uint8 heatmap overlay or None)."""
-    from fpdf import FPDF  # noqa: PLC0415  (fpdf2 adds about 0.3 s to every start; only a report needs it)
-
     created = created or dt.datetime.now(dt.UTC)
     stamp = created.strftime("%Y-%m-%d %H:%M:%S UTC")
-    pdf = FPDF(format="A4")
-    pdf.set_auto_page_break(auto=False)
-    pdf.set_title("Bone X-ray Classifier report")
+    pdf = new_pdf()
+    if len(entries) > 1:
+        write_summary(pdf, entries, metadata, preset_name, [f"Created: {stamp}", *reference_lines(reference)])
     for entry in entries:
         pdf.add_page()
-        pdf.set_font("Helvetica", "B", 16)
+        pdf.set_font(FONT, "B", 16)
         pdf.cell(0, 10, "Bone X-ray Classifier report", new_x="LMARGIN", new_y="NEXT")
-        pdf.set_font("Helvetica", "", 10)
+        pdf.set_font(FONT, "", 10)
         lines = [
             f"File: {entry['name']}",
             f"Created: {stamp}",
@@ -71,31 +90,84 @@ def build_pdf(
             f"Model sha256: {metadata.get('sha256', '?')}",
             f"Decision preset: {preset_name.replace('_', ' ')}",
         ]
-        if reference.strip():
-            lines.insert(1, f"Study / patient reference: {reference.strip()}")
+        lines[1:1] = reference_lines(reference)
         for line in lines:
-            pdf.multi_cell(0, 5, _latin1(line), new_x="LMARGIN", new_y="NEXT")
+            pdf.multi_cell(0, 5, line, new_x="LMARGIN", new_y="NEXT")
         top = pdf.get_y() + 4
         if entry.get("model_input") is not None:
             pdf.image(_png_image(entry["model_input"]), x=10, y=top, w=90)
         if entry.get("overlay") is not None:
             pdf.image(_png_image(entry["overlay"]), x=110, y=top, w=90)
             pdf.set_xy(110, top + 91)
-            pdf.set_font("Helvetica", "I", 8)
-            pdf.cell(90, 4, _latin1(heatmap_caption(metadata.get("heatmap_kind", "Grad-CAM")).capitalize()))
+            pdf.set_font(FONT, "I", 8)
+            pdf.cell(90, 4, heatmap_caption(metadata.get("heatmap_kind", "Grad-CAM")).capitalize())
         pdf.set_xy(10, top + 100)
-        pdf.set_font("Helvetica", "B", 13)
+        pdf.set_font(FONT, "B", 13)
         if entry.get("error"):
-            pdf.multi_cell(0, 7, _latin1(f"Not classified: {entry['error']}"), new_x="LMARGIN", new_y="NEXT")
+            pdf.multi_cell(0, 7, f"Not classified: {entry['error']}", new_x="LMARGIN", new_y="NEXT")
         else:
             write_verdict(pdf, entry)
-        pdf.set_font("Helvetica", "", 9)
+        pdf.set_font(FONT, "", 9)
         for warning in entry.get("warnings") or []:
-            pdf.multi_cell(0, 5, _latin1(f"Note: {warning}"), new_x="LMARGIN", new_y="NEXT")
+            pdf.multi_cell(0, 5, f"Note: {warning}", new_x="LMARGIN", new_y="NEXT")
         pdf.set_xy(10, 270)
-        pdf.set_font("Helvetica", "B", 9)
+        pdf.set_font(FONT, "B", 9)
         pdf.multi_cell(0, 5, DISCLAIMER, new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
+
+
+def summary_lines(entries: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(counts by verdict, one line per film that needs review or could not be read, with why;
+    films are numbered in the order of their pages)."""
+    counts = Counter(NOT_CLASSIFIED if e.get("error") else verdict_words(e.get("verdict")) for e in entries)
+    totals = [f"{word}: {n}" for word, n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+    first = []
+    for number, entry in enumerate(entries, start=1):
+        if entry.get("error"):
+            first.append(f"{number}. {entry['name']}: not classified ({entry['error']})")
+        elif entry.get("review_reasons"):
+            why = "; ".join(reason_text(r) for r in entry["review_reasons"])
+            first.append(f"{number}. {entry['name']}: {verdict_words(entry.get('verdict'))} ({why})")
+    return totals, first
+
+
+def reference_lines(reference: str) -> list[str]:
+    return [f"Study / patient reference: {reference.strip()}"] if reference.strip() else []
+
+
+def write_summary(pdf: Any, entries: list[dict[str, Any]], metadata: dict, preset_name: str, head: list[str]) -> None:
+    """A first page for a batch: how many films got each verdict, then the films a reader must
+    look at first (those that need review or could not be read), numbered as their pages follow."""
+    totals, first = summary_lines(entries)
+    pdf.add_page()
+    pdf.set_auto_page_break(auto=True, margin=20)  # a long list runs onto further pages
+    pdf.set_font(FONT, "B", 16)
+    pdf.cell(0, 10, f"Bone X-ray Classifier report: {len(entries)} films", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font(FONT, "", 10)
+    for line in head:
+        pdf.multi_cell(0, 5, line, new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(
+        0, 5, f"Model: {metadata.get('name', '?')} v{metadata.get('version', '?')}", new_x="LMARGIN", new_y="NEXT"
+    )
+    pdf.multi_cell(0, 5, f"Decision preset: {preset_name.replace('_', ' ')}", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(3)
+    pdf.set_font(FONT, "B", 12)
+    pdf.multi_cell(0, 7, "Verdicts: " + ", ".join(totals), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(2)
+    pdf.multi_cell(
+        0,
+        7,
+        f"Look at these first ({len(first)}):" if first else "No film needs review.",
+        new_x="LMARGIN",
+        new_y="NEXT",
+    )
+    pdf.set_font(FONT, "", 9)
+    for line in first:
+        pdf.multi_cell(0, 5, line, new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(3)
+    pdf.set_font(FONT, "B", 9)
+    pdf.multi_cell(0, 5, DISCLAIMER, new_x="LMARGIN", new_y="NEXT")
+    pdf.set_auto_page_break(auto=False)
 
 
 def verdict_heading(entry: dict[str, Any]) -> str:
@@ -111,12 +183,12 @@ def verdict_heading(entry: dict[str, Any]) -> str:
 def write_verdict(pdf: Any, entry: dict[str, Any]) -> None:
     """The verdict line in its colour, the reasons a reader must decide, then the probabilities."""
     pdf.set_text_color(*verdict_style(entry["verdict"]).pdf_rgb)
-    pdf.multi_cell(0, 8, _latin1(verdict_heading(entry)), new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(0, 8, verdict_heading(entry), new_x="LMARGIN", new_y="NEXT")
     pdf.set_text_color(0, 0, 0)
-    pdf.set_font("Helvetica", "", 10)
+    pdf.set_font(FONT, "", 10)
     for reason in entry.get("review_reasons") or ():
-        pdf.multi_cell(0, 5, _latin1(f"Needs review: {reason_text(reason)}."), new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Helvetica", "", 11)
+        pdf.multi_cell(0, 5, f"Needs review: {reason_text(reason)}.", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font(FONT, "", 11)
     for cls in CLASSES:
         p = entry["probabilities"][cls]
         pdf.cell(45, 7, cls.replace("_", " "))
