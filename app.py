@@ -200,11 +200,7 @@ def classify_url(classifier: Classifier, url: str, preset_name: str) -> tuple[st
                 with queued():
                     prediction = classifier.predict_bytes(url, data, preset_name, current_population())
             except UrlRefused as exc:
-                prediction = Prediction(
-                    name=url,
-                    error=f"{exc} To allow an address on purpose, the server's "
-                    "operator sets BONE_XRAY_URL_ALLOW (see the README).",
-                )
+                prediction = Prediction(name=url, error=str(exc))
         results.clear()
         results[key] = prediction
         record_history(url, prediction, preset_name)

@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 
 from tests.conftest import png_bytes, synthetic_radiograph
-from utils.adapters.url_input import Limits, UrlRefused, allowed_networks, fetch_image_bytes, refusal_reason
+from utils.adapters.url_input import (
+    ADDRESS_HINT,
+    ALLOW_ENV,
+    Limits,
+    UrlRefused,
+    allowed_networks,
+    fetch_image_bytes,
+    refusal_reason,
+)
 
 LOOPBACK = [ipaddress.ip_network("127.0.0.1/32")]
 FILM = png_bytes((synthetic_radiograph(seed=11) * 255).astype(np.uint8))
@@ -128,8 +136,9 @@ def test_every_non_public_address_is_refused_with_its_reason(url, reason):
     ("http:///film.png", "has no host"),
 ])
 def test_other_schemes_credentials_and_malformed_urls_are_refused(url, reason):
-    with pytest.raises(UrlRefused, match=reason):
+    with pytest.raises(UrlRefused, match=reason) as refused:
         fetch_image_bytes(url, allow=[])
+    assert str(refused.value).endswith(".") and ALLOW_ENV not in str(refused.value)  # the hint cannot help here
 
 
 def test_a_host_name_is_checked_on_every_address_it_resolves_to():
@@ -191,8 +200,9 @@ def test_a_slow_server_times_out(server):
 
 
 def test_http_errors_and_closed_ports_are_refused_with_a_reason(server):
-    with pytest.raises(UrlRefused, match="answered HTTP 404"):
+    with pytest.raises(UrlRefused, match="answered HTTP 404") as refused:
         fetch_image_bytes(f"{server}/missing", allow=LOOPBACK)
+    assert str(refused.value) == "refused: the server answered HTTP 404, not an image."
     with pytest.raises(UrlRefused, match="could not be reached"):
         fetch_image_bytes("http://127.0.0.1:9/film.png", allow=LOOPBACK)  # the discard port: nothing listens
 
@@ -233,8 +243,21 @@ def test_the_cli_classifies_urls_mixed_with_files(server, tmp_path, monkeypatch,
                                            f"{server}/to-private", f"{server}/page"]
     by_url, local = records[0], records[1]
     assert by_url["error"] is None and by_url["probabilities"] == local["probabilities"]  # the same bytes
-    assert records[2]["error"] == "refused: 10.0.0.5 is a private address" and records[2]["label"] is None
+    assert records[2]["error"] == f"refused: 10.0.0.5 is a private address. {ADDRESS_HINT}"
+    assert records[2]["label"] is None
     assert records[3]["error"] and records[3]["label"] is None
+
+
+@pytest.mark.parametrize("url, scheme", [("ftp://127.0.0.1/x.jpg", "ftp"), ("file:///etc/passwd", "file")])
+def test_the_cli_answers_any_scheme_with_the_url_rules_not_as_a_file_path(url, scheme, capsys, bundle_dir):
+    import json
+
+    from utils import cli
+
+    code = cli.main(["predict", url])
+    record = json.loads(capsys.readouterr().out)
+    assert code == 1 and record["path"] == url  # kept as given, not folded into a path
+    assert record["error"] == f"refused: only http and https URLs are fetched, not {scheme}."
 
 
 def test_the_app_classifies_a_pasted_url_and_explains_a_refusal(server, monkeypatch, bundle_dir):

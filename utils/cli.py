@@ -57,6 +57,14 @@ def default_precision(model_dir: Path | None) -> str:
         return "float32"  # load_bundle reports what is wrong
 
 
+def ships_int8(model_dir: Path | None) -> bool:
+    """Whether the bundle has an int8 engine (one passed its model card's equivalence check)."""
+    try:
+        return bool(json.loads((Path(model_dir or bundle_dir()) / METADATA_FILE).read_text()).get("runtime_int8"))
+    except (OSError, ValueError):
+        return False
+
+
 def load_classifier(model_dir: Path | None, precision: str = "float32"):
     """The bundle's Classifier, or None after printing why it cannot load."""
     try:
@@ -161,9 +169,9 @@ def add_predict_command(commands: Any) -> None:
         "--precision",
         choices=("float32", "int8"),
         default=None,
-        help="int8 (the default when the bundle ships it, as in the app): the quantized engine "
-        "that passed the equivalence check in the model card, about 3.5x faster; float32: the "
-        "exact engine (default: $BONE_XRAY_PRECISION, as for the app)",
+        help="int8: the quantized engine, only for a bundle that ships one (it passed the equivalence "
+        "check in the model card; the model card says whether it does and its speed), and then the "
+        "default, as in the app; float32: the exact engine (default: $BONE_XRAY_PRECISION, as for the app)",
     )
     predict.add_argument("--preset", choices=("balanced", "fracture_sensitive"), default="balanced")
     add_population_option(predict)
@@ -299,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
             return usage_error("choose the studies with --study, --patient-id, --accession or --since")
         classifier = load_classifier(args.model_dir, default_precision(args.model_dir))
         return 1 if classifier is None else run_pacs(args, classifier)
+    if args.precision == "int8" and not ships_int8(args.model_dir):
+        return usage_error(
+            "--precision int8: this model bundle ships no int8 engine (none passed the equivalence check in "
+            "its model card); leave --precision out or choose float32"
+        )
     if args.precision is None:
         args.precision = default_precision(args.model_dir)
     if args.engine == "ray":

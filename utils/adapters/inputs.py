@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from utils.adapters.url_input import UrlRefused, fetch_image_bytes, is_url
+from utils.adapters.url_input import UrlRefused, fetch_image_bytes, has_scheme
 from utils.core.classifier import SERVING, Prediction, Preparation, prepare_input
 from utils.core.pixels import InputError
 
@@ -16,11 +16,11 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
 def expand_paths(paths: list[str]) -> list[Path | str]:
-    """Files as given, folders recursed in sorted order (hidden entries skipped); http(s) URLs
-    stay strings (a Path would fold their '//')."""
+    """Files as given, folders recursed in sorted order (hidden entries skipped); URLs (any
+    scheme://) stay strings (a Path would fold their '//'), for the URL rules to answer."""
     found: list[Path | str] = []
     for raw in paths:
-        if is_url(raw):
+        if has_scheme(raw):
             found.append(raw)
             continue
         path = Path(raw)
@@ -35,7 +35,7 @@ def expand_paths(paths: list[str]) -> list[Path | str]:
 
 def read_input(path: Path | str) -> bytes:
     """The bytes of a file, or of an image URL fetched under utils.adapters.url_input's rules."""
-    if isinstance(path, str) and is_url(path):
+    if isinstance(path, str) and has_scheme(path):
         try:
             return fetch_image_bytes(path)
         except UrlRefused as exc:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -46,8 +47,18 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")
 METADATA_ADDRESSES = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
 
 
+ADDRESS_HINT = (
+    f"To allow an address on purpose, the operator of the machine that fetches it sets {ALLOW_ENV} (see the README)."
+)
+
+
 class UrlRefused(ValueError):
-    """The URL cannot be fetched; str(error) is one sentence for the user."""
+    """The URL cannot be fetched; str(error) is what the user reads: one sentence, ended, and
+    for a refused address the allow-list hint (the only refusal it can help with)."""
+
+    def __init__(self, message: str, address: bool = False) -> None:
+        sentence = message if message.endswith(".") else message + "."
+        super().__init__(f"{sentence} {ADDRESS_HINT}" if address else sentence)
 
 
 @dataclass(frozen=True)
@@ -58,8 +69,10 @@ class Limits:
     total_timeout: float = TOTAL_TIMEOUT_S
 
 
-def is_url(text: str) -> bool:
-    return str(text).lower().startswith(("http://", "https://"))
+def has_scheme(text: str) -> bool:
+    """ "scheme://..." (ftp, file, s3 ...): an address, never a file name, so the URL rules
+    answer it (and refuse any scheme but http and https)."""
+    return re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", str(text)) is not None
 
 
 def allowed_networks(setting: str | None = None) -> list:
@@ -121,7 +134,7 @@ def check_address(ip, allow: list) -> None:
         return
     reason = refusal_reason(ip)
     if reason:
-        raise UrlRefused(f"refused: {ip} is {reason}")
+        raise UrlRefused(f"refused: {ip} is {reason}", address=True)
 
 
 @dataclass(frozen=True)
