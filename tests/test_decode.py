@@ -143,6 +143,22 @@ def test_decompression_bomb_refused_before_decoding():
         decode_image_bytes(huge_png(30_000, 30_000))
 
 
+def test_a_large_image_gets_the_sentence_without_pillows_raw_warning(tmp_path):
+    """144 megapixels: above Pillow's warning level (89) and this app's limit (60). The user
+    reads one sentence; stderr carries no DecompressionBombWarning beside it."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    film = tmp_path / "big.png"
+    film.write_bytes(huge_png(12_000, 12_000))
+    result = subprocess.run([sys.executable, "-m", "utils.cli", "predict", str(film)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "megapixels" in result.stdout
+    assert "DecompressionBomb" not in result.stderr and "exceeds limit" not in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("size", [(8, 8), (1, 5000)])
 def test_tiny_and_extreme_aspect_images_refused(size):
     with pytest.raises(InputError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,10 @@ from utils.core.pixels import (
 )
 
 DICOM_MAGIC_OFFSET = 128
+# Pillow warns of a "decompression bomb" above 89 megapixels; check_dimensions refuses anything
+# above MAX_PIXELS (60) with a sentence of its own, so the raw warning would only be noise in
+# the server log and on the CLI's stderr.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 # A film with missing data gets no confident verdict: the part that is missing may hold the fracture.
 INCOMPLETE_MESSAGE = (
     "The {what} file is truncated: its image data stops early, so part of the film is missing "
