@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 import streamlit as st
 
+from ui.model_card import card_for_browser
 from utils.core.bundle import ModelBundleError, bundle_dir, read_metadata
 
 st.set_page_config(page_title="Model card · Bone X-ray Classifier", page_icon="🦴", layout="wide")
@@ -19,8 +18,8 @@ except ModelBundleError as exc:
 if not card.exists():
     st.error("The model card (model/MODEL_CARD.md) is missing; restore it from the repository.")
     st.stop()
-# Relative links to the plots do not resolve in the browser; the plots are shown below instead.
-st.markdown(re.sub(r"\[([^\]]+)\]\(eval/[^)]+\)", r"\1", card.read_text()))
+# The card is the project's own file, so its HTML (the scrolling boxes round the tables) is trusted.
+st.markdown(card_for_browser(card.read_text()), unsafe_allow_html=True)
 plots = sorted((directory / "eval").glob("*.png"))
 if plots:
     st.header("Evaluation plots")

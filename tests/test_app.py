@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import shutil
 
 import numpy as np
@@ -126,7 +127,7 @@ def test_pdf_report_is_built_when_asked_and_dropped_when_the_preset_changes(app)
     assert "Download PDF report for all 2 images" in downloads
     assert "PDF report for all 2 images" not in [b.label for b in app.button]  # the download took its place
     report = app.session_state[READY]["data"]
-    assert len(PdfReader(io.BytesIO(report)).pages) == 2
+    assert len(PdfReader(io.BytesIO(report)).pages) == 3  # a summary, then one page per film
     app.sidebar.radio[0].set_value("fracture_sensitive")
     app.run()
     assert "Download PDF report for all 2 images" not in [b.proto.label for b in app.get("download_button")]
@@ -181,6 +182,20 @@ def test_model_card_page_renders_card_and_plots(bundle_dir, monkeypatch):
     assert "Pointing game" in text and "Not-an-X-ray guard" in text and "test coverage" in text
     # confusion, ROC, reliability, guard distances, pointing game, examples, risk-coverage
     assert len(at.get("image")) == 7
+    assert "False" not in text and "True" not in text  # outcomes in words, not Python's booleans
+    separators = re.findall(r"^\|[-: |]+\|\s*$", text, flags=re.MULTILINE)
+    assert text.count('<div style="overflow-x: auto">') == len(separators) > 0  # every table scrolls
+
+
+def test_every_table_of_the_card_scrolls_and_the_prose_stays_outside():
+    from ui.model_card import SCROLL_OPEN, card_for_browser
+
+    card = "# Card\n\nSee [the plot](eval/roc.png).\n\n| a | b |\n|---|---|\n| 1 | 2 |\ntext after\n\n| c |\n|---|"
+    lines = card_for_browser(card).splitlines()
+    assert "See the plot." in lines
+    first = lines.index(SCROLL_OPEN)
+    assert lines[first + 1] == "" and lines[first + 2] == "| a | b |" and lines[first + 5:first + 8] == ["", "</div>", "text after"]
+    assert lines[-2:] == ["", "</div>"] and lines.count(SCROLL_OPEN) == 2
 
 
 def test_the_patient_choice_reconsiders_a_classified_film(app):
@@ -240,3 +255,13 @@ def test_a_thumbnails_reason_names_its_size(app):
     app.run()
     assert not app.exception
     assert any("The image is too small to read a fracture reliably (224 x 224 px)." in w.value for w in app.warning)
+
+
+def test_the_batch_table_gives_every_probability_with_one_decimal():
+    from ui.batch_view import table_rows
+
+    record = {"path": "a.png", "verdict": "healthy", "review_reasons": [], "label": "healthy", "error": None,
+              "warnings": [], "probabilities": {"healthy": 0.41, "fractured": 0.5213, "beyond_repair": 0.0687}}
+    row = table_rows([record], ["healthy"])[0]
+    assert [row[k] for k in row if k.startswith("P(")] == [41.0, 52.1, 6.9]
+    assert table_rows([dict(record, probabilities=None)], ["healthy"])[0]["P(healthy)"] is None

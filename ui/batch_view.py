@@ -13,6 +13,12 @@ from utils.core.review import VERDICT_KINDS, reason_text
 from utils.core.verdict import NOT_CLASSIFIED, verdict_words
 
 
+def percent(probability: float | None) -> float | None:
+    """A probability as a percentage with one decimal, so every cell reads alike ("41.0%"
+    beside "52.1%"; Streamlit's own percent format drops the decimals of round values)."""
+    return None if probability is None else round(100 * probability, 1)
+
+
 def table_rows(records: list[dict], shown: list[str]) -> list[dict]:
     """One row per record whose verdict is among `shown` (words, as the filter lists them)."""
     rows = []
@@ -28,7 +34,7 @@ def table_rows(records: list[dict], shown: list[str]) -> list[dict]:
                 "verdict": verdict,
                 "needs review because": "; ".join(reason_text(r) for r in record["review_reasons"]),
                 "leans to": pretty(record["label"]) if record["label"] else "",
-                **{f"P({pretty(c)})": probs.get(c) for c in CLASSES},
+                **{f"P({pretty(c)})": percent(probs.get(c)) for c in CLASSES},
                 "notes": record["error"] or " | ".join(record["warnings"]),
             }
         )
@@ -42,7 +48,7 @@ def show_batch(classifier: Classifier, items, preset_name: str):
     shown = st.multiselect("Show verdicts", verdict_names, default=verdict_names)
     rows = table_rows(records, shown)
     column_config = {
-        f"P({pretty(c)})": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1) for c in CLASSES
+        f"P({pretty(c)})": st.column_config.ProgressColumn(format="%.1f%%", min_value=0, max_value=100) for c in CLASSES
     }
     event = st.dataframe(
         rows,

@@ -245,8 +245,28 @@ def markdown(summary: dict) -> str:
                 f"| {form} | {name} | {pair['reference']:.4f} | {pair['candidate']:.4f} | "
                 f"{block['auroc_delta'][name]:.4f} |"
             )
-    lines.append(f"\nPassed (AUROC within {CRITERIA['auroc_delta']}, verdicts and flags >= 99 %): {summary['passed']}")
+    lines.append("\n" + outcome_sentence(summary))
     return "\n".join(lines)
+
+
+CRITERION_WORDS = {
+    "auroc_delta": f"AUROC within {CRITERIA['auroc_delta']}",
+    "verdict_agreement": f"the same verdict under each preset for >= {CRITERIA['verdict_agreement']:.0%}",
+    "flag_agreement": f"the same not-an-X-ray flag for >= {CRITERIA['flag_agreement']:.0%}",
+}
+
+
+def outcome_sentence(summary: dict) -> str:
+    """Passed, or which criteria failed on which form, in words."""
+    failed = [
+        f"{CRITERION_WORDS[criterion]} ({form})"
+        for form, block in summary["forms"].items()
+        for criterion, ok in block["passes"].items()
+        if not ok
+    ]
+    if not failed:
+        return "Outcome: passed (" + "; ".join(CRITERION_WORDS.values()) + ")."
+    return "Outcome: failed on " + "; ".join(failed) + "."
 
 
 CARD_MARKER = "## Decoding: the equivalence check"
