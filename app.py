@@ -16,6 +16,7 @@ from ui.patient import current_population, patient_choice
 from ui.session_sweeper import SessionSweeper
 from ui.settings import BATCH_FILE_LIMIT, BATCH_SIZE, INFERENCE_SLOTS
 from ui.single_view import show_single
+from ui.streamlit_fixes import keep_upload_answers
 from ui.work_queue import WorkQueue
 from utils.adapters.url_input import UrlRefused, fetch_image_bytes
 from utils.core.bundle import ModelBundleError, bundle_dir, load_bundle, serving_precision
@@ -71,6 +72,9 @@ URL_HELP = (
     "BONE_XRAY_URL_ALLOW=10.20.0.0/16 (see the README). The image is kept in memory only, up to the "
     "upload size limit."
 )
+
+
+keep_upload_answers()  # once per process (idempotent): no upload is lost while a run starts
 
 
 @st.cache_resource(show_spinner="Loading the model (once per server)...")
