@@ -69,3 +69,10 @@ def test_pdf_gives_back_every_script_exactly(text):
     pdf = build_pdf([dict(RECORD, name=text, model_input=None, overlay=None)], metadata, "balanced", reference=text)
     page = PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
     assert f"File: {text}" in page and f"Study / patient reference: {text}" in page and "?" not in page
+
+
+def test_the_cjk_font_is_loaded_only_for_text_that_needs_it():
+    from utils.adapters.report import needs_fallback
+
+    assert not needs_fallback(["Zo\u00eb M\u00fcller \u2013 \u03a9mega", "\u0623\u062d\u0645\u062f", "knee.png"])
+    assert needs_fallback(["R\u00f6ntgen_\u674e\u96f7_knee.jpg"]) and needs_fallback(["\u3053\u3093"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import io
 from collections import Counter
 from pathlib import Path
@@ -44,19 +45,36 @@ def records_to_csv(records: list[dict]) -> bytes:
 # kana. Both are free fonts bundled beside this module (licences in fonts/).
 FONT_DIR = Path(__file__).resolve().parent / "fonts"
 FONT = "DejaVu"
-FONT_FILES = {"": "DejaVuSans.ttf", "B": "DejaVuSans-Bold.ttf", "I": "DejaVuSans-Oblique.ttf"}
+FONT_FILES = {"": "DejaVuSans.ttf", "B": "DejaVuSans-Bold.ttf"}
 FALLBACK_FONT, FALLBACK_FILE = "DroidFallback", "DroidSansFallbackFull.ttf"
 
 
-def new_pdf() -> Any:
-    """An A4 FPDF with the Unicode fonts loaded (FONT, with FALLBACK_FONT for what it lacks)."""
+@functools.cache
+def main_font_characters() -> frozenset[int]:
+    """The code points the main font draws (read once per process)."""
+    from fontTools.ttLib import TTFont  # noqa: PLC0415  (fpdf2's own dependency; only a report needs it)
+
+    return frozenset(TTFont(FONT_DIR / FONT_FILES[""], lazy=True).getBestCmap())
+
+
+def needs_fallback(texts: list[str]) -> bool:
+    """Whether any text has a character the main font lacks (CJK mostly). The fallback font
+    takes ten times as long to load, so a report loads it only then."""
+    covered = main_font_characters()
+    return any(ord(c) not in covered for text in texts for c in text if not c.isspace())
+
+
+def new_pdf(texts: list[str] = []) -> Any:  # noqa: B006  (read, never changed)
+    """An A4 FPDF with the Unicode fonts loaded: FONT, and FALLBACK_FONT when `texts` (what
+    the report will print from the user: names, references, messages) need it."""
     from fpdf import FPDF  # noqa: PLC0415  (fpdf2 adds about 0.3 s to every start; only a report needs it)
 
     pdf = FPDF(format="A4")
     for style, file in FONT_FILES.items():
         pdf.add_font(FONT, style, FONT_DIR / file)
-    pdf.add_font(FALLBACK_FONT, "", FONT_DIR / FALLBACK_FILE)
-    pdf.set_fallback_fonts([FALLBACK_FONT], exact_match=False)
+    if needs_fallback(texts):
+        pdf.add_font(FALLBACK_FONT, "", FONT_DIR / FALLBACK_FILE)
+        pdf.set_fallback_fonts([FALLBACK_FONT], exact_match=False)
     pdf.set_text_shaping(True)  # joins Arabic letters and lays right-to-left text out (HarfBuzz)
     pdf.set_auto_page_break(auto=False)
     pdf.set_title("Bone X-ray Classifier report")
@@ -75,7 +93,7 @@ def build_pdf(
     uint8 heatmap overlay or None)."""
     created = created or dt.datetime.now(dt.UTC)
     stamp = created.strftime("%Y-%m-%d %H:%M:%S UTC")
-    pdf = new_pdf()
+    pdf = new_pdf([reference, *(text for entry in entries for text in user_texts(entry))])
     if len(entries) > 1:
         write_summary(pdf, entries, metadata, preset_name, [f"Created: {stamp}", *reference_lines(reference)])
     for entry in entries:
@@ -99,7 +117,7 @@ def build_pdf(
         if entry.get("overlay") is not None:
             pdf.image(_png_image(entry["overlay"]), x=110, y=top, w=90)
             pdf.set_xy(110, top + 91)
-            pdf.set_font(FONT, "I", 8)
+            pdf.set_font(FONT, "", 8)
             pdf.cell(90, 4, heatmap_caption(metadata.get("heatmap_kind", "Grad-CAM")).capitalize())
         pdf.set_xy(10, top + 100)
         pdf.set_font(FONT, "B", 13)
@@ -129,6 +147,11 @@ def summary_lines(entries: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
             why = "; ".join(reason_text(r) for r in entry["review_reasons"])
             first.append(f"{number}. {entry['name']}: {verdict_words(entry.get('verdict'))} ({why})")
     return totals, first
+
+
+def user_texts(entry: dict[str, Any]) -> list[str]:
+    """What a page prints that came from outside the project: the film's name, its messages."""
+    return [str(entry.get("name") or ""), str(entry.get("error") or ""), *map(str, entry.get("warnings") or [])]
 
 
 def reference_lines(reference: str) -> list[str]:
