@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import keras
@@ -24,21 +25,30 @@ from utils.core.engines import KerasEngine, LiteRTEngine, build_serving_model
 from utils.core.inference import calibrated_probabilities, to_model_input
 
 
+def saved_serving_model(keras_path: Path, saved_dir: str) -> tf.lite.TFLiteConverter:
+    """A converter for the bundle's serving graph (logits, features, class maps), exported to
+    saved_dir, which must outlive the converter."""
+    serving = build_serving_model(keras.saving.load_model(keras_path, compile=False))
+    serving.export(saved_dir, format="tf_saved_model", verbose=False)
+    return tf.lite.TFLiteConverter.from_saved_model(saved_dir)
+
+
+def representative_batches(images: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
+    """(N, S, S) uint8 images as the converter's calibration data, one image per batch."""
+    return lambda: ([to_model_input(image[None, ..., None])] for image in images)
+
+
 def convert(keras_path: Path, out_path: Path, int8: bool = False, representative: np.ndarray | None = None) -> Path:
     """float32 by default. int8=True quantizes (benchmarks.precision): weights only with
     activations quantized on the fly, or full integer when (N, S, S) uint8 representative
     images calibrate the activations."""
 
-    serving = build_serving_model(keras.saving.load_model(keras_path, compile=False))
     with tempfile.TemporaryDirectory() as tmp:
-        serving.export(tmp, format="tf_saved_model", verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        converter = saved_serving_model(keras_path, tmp)
         if int8:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if int8 and representative is not None:
-            converter.representative_dataset = lambda: (
-                [to_model_input(image[None, ..., None])] for image in representative
-            )
+            converter.representative_dataset = representative_batches(representative)
         out_path.write_bytes(converter.convert())
     return out_path
 
