@@ -106,3 +106,34 @@ def test_a_stopped_waiter_leaves_and_the_next_one_gets_the_slot():
 def test_a_queue_needs_a_slot():
     with pytest.raises(ValueError):
         WorkQueue(0)
+
+
+def test_a_waiter_hears_of_its_place_when_it_changes_not_every_poll(monkeypatch):
+    import ui.work_queue as work_queue
+
+    monkeypatch.setattr(work_queue, "WAIT_POLL_SECONDS", 0.02)
+    monkeypatch.setattr(work_queue, "WAIT_HEARTBEAT_SECONDS", 0.5)
+    queue, release_first, release_second = WorkQueue(1), threading.Event(), threading.Event()
+    heard: list[int] = []
+
+    def hold(release):
+        with queue.slot():
+            release.wait(5)
+
+    first = threading.Thread(target=hold, args=(release_first,))
+    first.start()
+    wait_until(lambda: queue.busy() == 1)
+    second = threading.Thread(target=hold, args=(release_second,))
+    second.start()
+    wait_until(lambda: queue.waiting() == 1)
+    third = threading.Thread(target=lambda: queue.slot(on_wait=heard.append).__enter__())
+    third.start()
+    time.sleep(0.3)  # about 15 polls: the place (1 ahead) is told once
+    assert heard == [1]
+    release_first.set()
+    wait_until(lambda: heard[-1] == 0)
+    time.sleep(0.7)  # past a heartbeat: told again, though unchanged
+    assert heard[:2] == [1, 0] and heard.count(0) >= 2 and len(heard) <= 4
+    release_second.set()
+    for thread in (first, second, third):
+        thread.join(5)
