@@ -103,11 +103,15 @@ def test_the_decoding_table_goes_into_the_model_card_once_before_the_int8_sectio
                      "max_crop_share_move": 0.0, "max_percentile_move": 0.0}}
     summary = {"candidate": "reduced", "precision": "float32", "passed": False,
                "forms": {"as stored": {"sets": sets, "auroc": {"test": {"reference": 0.9, "candidate": 0.9}},
-                                       "auroc_delta": {"test": 0.0}}}}
+                                       "auroc_delta": {"test": 0.0},
+                                       "passes": {"auroc_delta": True, "verdict_agreement": False,
+                                                  "flag_agreement": True}}}}
     card = tmp_path / "MODEL_CARD.md"
     card.write_text(f"# Model card\n\n## Data\n\ntext\n\n{CARD_NEXT}\n\nint8 table\n")
     write_card_section(card, summary)
     write_card_section(card, summary)  # a rerun replaces the section, it does not add a second
     text = card.read_text()
+    assert "Outcome: failed on the same verdict under each preset for >= 99% (as stored)." in text
+    assert "False" not in text and "True" not in text
     assert text.count(CARD_MARKER) == 1 and text.index("## Data") < text.index(CARD_MARKER) < text.index(CARD_NEXT)
     assert "failed, so serving does not use it" in text and text.endswith("int8 table\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from streamlit.runtime.forward_msg_queue import ForwardMsgQueue
@@ -22,7 +24,9 @@ def run_finished() -> ForwardMsg:
 
 
 class UnpatchedQueue(ForwardMsgQueue):
-    """Streamlit's queue as it ships (the fix is applied to subclasses in these tests only)."""
+    """Streamlit's queue as it ships, also when an app test in this process applied the fix."""
+
+    clear = inspect.unwrap(ForwardMsgQueue.clear)
 
 
 def pending_when_a_run_starts(queue_class) -> list[str]:

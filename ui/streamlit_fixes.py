@@ -11,6 +11,7 @@ never stale: keeping it is always right, and this module keeps it.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from streamlit.runtime.forward_msg_queue import ForwardMsgQueue
@@ -25,6 +26,7 @@ def keep_upload_answers(queue_class: Any = ForwardMsgQueue) -> None:
     if getattr(original, "keeps_upload_answers", False):
         return
 
+    @functools.wraps(original)
     def clear(self: Any, retain_lifecycle_msgs: bool = False, fragment_ids_this_run: list[str] | None = None) -> None:
         # flush() clears without retaining, after it has taken every message: nothing to keep then.
         kept = [m for m in self._queue if m.WhichOneof("type") in KEPT_ANSWERS] if retain_lifecycle_msgs else []
@@ -34,4 +36,3 @@ def keep_upload_answers(queue_class: Any = ForwardMsgQueue) -> None:
 
     clear.keeps_upload_answers = True  # type: ignore[attr-defined]
     queue_class.clear = clear
-

@@ -261,12 +261,12 @@ def outcome_sentence(summary: dict) -> str:
     failed = [
         f"{CRITERION_WORDS[criterion]} ({form})"
         for form, block in summary["forms"].items()
-        for criterion, ok in block["passes"].items()
+        for criterion, ok in block.get("passes", {}).items()
         if not ok
     ]
-    if not failed:
+    if summary.get("passed", not failed):
         return "Outcome: passed (" + "; ".join(CRITERION_WORDS.values()) + ")."
-    return "Outcome: failed on " + "; ".join(failed) + "."
+    return "Outcome: failed on " + "; ".join(failed) + "." if failed else "Outcome: failed."
 
 
 CARD_MARKER = "## Decoding: the equivalence check"
