@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 from fixtures.films import CHROMIUM, CHROMIUM_ARGS, free_port, jpeg_bytes, textured_radiograph, wait_healthy  # noqa: E402
 
-WIDTH, HEIGHT = 1400, 1100
+WIDTH, HEIGHT = 1400, 1650
 
 
 def start_app(port: int, log) -> subprocess.Popen:
