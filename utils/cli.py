@@ -25,7 +25,6 @@ are still predicted), 2 usage error.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +35,7 @@ from utils.adapters.inputs import expand_paths
 from utils.adapters.read_ahead import Request, predict_paths
 from utils.adapters.report import build_pdf
 from utils.adapters.writers import Outputs, review_summary
-from utils.core.bundle import METADATA_FILE, ModelBundleError, bundle_dir, load_bundle, serving_precision
+from utils.core.bundle import ModelBundleError, bundle_dir, load_bundle, read_metadata, serving_precision
 from utils.core.classifier import Classifier
 from utils.core.intended_use import POPULATIONS
 
@@ -51,8 +50,7 @@ def default_precision(model_dir: Path | None) -> str:
     """The engine every serving path runs (utils.core.bundle.serving_precision), so the CLI, the
     app, PACS and Ray give one film one verdict."""
     try:
-        metadata = json.loads((Path(model_dir or bundle_dir()) / METADATA_FILE).read_text())
-        return serving_precision(metadata)
+        return serving_precision(read_metadata(Path(model_dir or bundle_dir())))
     except (OSError, ValueError, ModelBundleError):
         return "float32"  # load_bundle reports what is wrong
 
@@ -60,9 +58,9 @@ def default_precision(model_dir: Path | None) -> str:
 def ships_int8(model_dir: Path | None) -> bool:
     """Whether the bundle has an int8 engine (one passed its model card's equivalence check)."""
     try:
-        return bool(json.loads((Path(model_dir or bundle_dir()) / METADATA_FILE).read_text()).get("runtime_int8"))
-    except (OSError, ValueError):
-        return False
+        return bool(read_metadata(Path(model_dir or bundle_dir())).get("runtime_int8"))
+    except (OSError, ValueError, ModelBundleError):
+        return False  # load_bundle reports what is wrong
 
 
 def load_classifier(model_dir: Path | None, precision: str = "float32"):

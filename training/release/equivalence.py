@@ -38,7 +38,7 @@ from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_cache_dir, defaul
 from training.features import build_image_cache
 from training.knee_check import knee_files
 from training.litert import convert
-from utils.core.bundle import DEFAULT_BUNDLE_DIR, load_bundle, sha256_of
+from utils.core.bundle import DEFAULT_BUNDLE_DIR, Bundle, load_bundle, sha256_of
 from utils.core.classifier import prepare_input
 from utils.core.engines import LiteRTEngine
 from utils.core.inference import calibrated_probabilities, decide, to_model_input
@@ -92,11 +92,12 @@ def load_sets(args) -> dict:
             "labels": np.array([CLASSES.index(r["label"]) for r in chosen]),
             "fracatlas": np.array([r["source"] == "fracatlas" for r in chosen]),
         }
-    train = [r for r in rows if r["split"] == "train"]
-    pick = np.random.default_rng(0).choice(len(train), args.representative, replace=False)
-    sets["representative"] = {
-        "images": build_image_cache([train[i] for i in sorted(pick)], args.data_dir, args.cache_dir)
-    }
+    if args.representative:  # training films that calibrate a full-integer engine
+        train = [r for r in rows if r["split"] == "train"]
+        pick = np.random.default_rng(0).choice(len(train), args.representative, replace=False)
+        sets["representative"] = {
+            "images": build_image_cache([train[i] for i in sorted(pick)], args.data_dir, args.cache_dir)
+        }
     knee = [prepare_input(str(p), p.read_bytes(), args.input_size) for p in knee_files(args.data_dir, args.knee_limit)]
     sets["knee"] = {"images": np.stack([p.model_input for p in knee if p.error is None and p.model_input is not None])}
     return sets
@@ -261,29 +262,43 @@ def write_bundle(bundle_dir: Path, candidate: Path, name: str, results: dict, ta
     )
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def set_parser(description: str, representative: int) -> argparse.ArgumentParser:
+    """The arguments of the bundle and the image sets load_sets reads, which every int8 check
+    and study shares; representative: how many training films calibrate (0: none)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--bundle-dir", type=Path, default=DEFAULT_BUNDLE_DIR)
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
-    parser.add_argument("--representative", type=int, default=100)
+    parser.add_argument("--representative", type=int, default=representative)
     parser.add_argument("--knee-limit", type=int)
-    parser.add_argument("--write", action="store_true", help="ship the fastest passing candidate in the bundle")
-    parser.add_argument("--out", type=Path, default=Path("artifacts/equivalence.json"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def bundle_to_convert(args: argparse.Namespace) -> tuple[Bundle, Path, Path]:
+    """(the bundle, its .keras file, its float32 LiteRT file); args gains the bundle's input size.
+    Exits with a sentence when either file is missing: a check converts one and compares with the other."""
     bundle = load_bundle(args.bundle_dir, load_keras=False)
     if bundle.model_path is None or bundle.litert_path is None:
         raise SystemExit(f"{args.bundle_dir} lacks its .keras or its LiteRT file: the check needs both")
     args.input_size = bundle.input_size
+    return bundle, bundle.model_path, bundle.litert_path
+
+
+def main(argv=None) -> dict:
+    parser = set_parser(__doc__.splitlines()[0], representative=100)
+    parser.add_argument("--write", action="store_true", help="ship the fastest passing candidate in the bundle")
+    parser.add_argument("--out", type=Path, default=Path("artifacts/equivalence.json"))
+    args = parser.parse_args(argv)
+    bundle, model_path, litert_path = bundle_to_convert(args)
     sets = load_sets(args)
-    results = {"float32 (shipped)": evaluate_engine(LiteRTEngine(bundle.litert_path), sets, bundle)}
+    results = {"float32 (shipped)": evaluate_engine(LiteRTEngine(litert_path), sets, bundle)}
     reference = results["float32 (shipped)"]
     with tempfile.TemporaryDirectory() as tmp:
         files = {
-            "int8 dynamic range": convert(bundle.model_path, Path(tmp) / "dynamic.tflite", int8=True),
+            "int8 dynamic range": convert(model_path, Path(tmp) / "dynamic.tflite", int8=True),
             "int8 full integer": convert(
-                bundle.model_path, Path(tmp) / "full.tflite", int8=True, representative=sets["representative"]["images"]
+                model_path, Path(tmp) / "full.tflite", int8=True, representative=sets["representative"]["images"]
             ),
         }
         for name, path in files.items():

@@ -27,11 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from training.data import DEFAULT_SPLIT_FILE, default_cache_dir, default_data_dir
 from training.litert import convert
-from training.release.equivalence import compare, decisions, engine_outputs, load_sets, median_ms
+from training.release.equivalence import (
+    bundle_to_convert,
+    compare,
+    decisions,
+    engine_outputs,
+    load_sets,
+    median_ms,
+    set_parser,
+)
 from training.studies.output import write_study
-from utils.core.bundle import DEFAULT_BUNDLE_DIR, load_bundle
 from utils.core.engines import LiteRTEngine
 from utils.core.inference import calibrated_probabilities, decide
 
@@ -136,29 +142,20 @@ def markdown(figures: dict) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle-dir", type=Path, default=DEFAULT_BUNDLE_DIR)
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
-    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    parser = set_parser(__doc__.splitlines()[0], representative=0)
     parser.add_argument("--quantile", type=float, default=1.0, help="of int8's validation error (1.0: its largest)")
-    parser.add_argument("--representative", type=int, default=1)  # load_sets draws calibration films; unused here
-    parser.add_argument("--knee-limit", type=int)
     parser.add_argument("--out", type=Path, default=Path("artifacts/int8_cascade.json"))
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    bundle = load_bundle(args.bundle_dir, load_keras=False)
-    if bundle.model_path is None or bundle.litert_path is None:
-        raise SystemExit(f"{args.bundle_dir} lacks its .keras or its LiteRT file: the study needs both")
-    args.input_size = bundle.input_size
+    bundle, model_path, litert_path = bundle_to_convert(args)
     sets = load_sets(args)
     with tempfile.TemporaryDirectory() as tmp:
         engines = {
-            "float32": LiteRTEngine(bundle.litert_path),
-            "int8": LiteRTEngine(convert(bundle.model_path, Path(tmp) / "dynamic.tflite", int8=True)),
+            "float32": LiteRTEngine(litert_path),
+            "int8": LiteRTEngine(convert(model_path, Path(tmp) / "dynamic.tflite", int8=True)),
         }
         times = {name: median_ms(engine, sets["test"]["images"], 1) for name, engine in engines.items()}
         started = time.perf_counter()

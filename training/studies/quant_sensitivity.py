@@ -28,12 +28,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from training.data import DEFAULT_SPLIT_FILE, default_cache_dir, default_data_dir
 from training.features import augment
 from training.litert import representative_batches, saved_serving_model
-from training.release.equivalence import evaluate_engine, load_sets, markdown, summary
+from training.release.equivalence import bundle_to_convert, evaluate_engine, load_sets, markdown, set_parser, summary
 from training.studies.output import write_study
-from utils.core.bundle import DEFAULT_BUNDLE_DIR, load_bundle
 from utils.core.engines import LiteRTEngine
 
 
@@ -78,20 +76,20 @@ def write_errors(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def build_candidates(args: argparse.Namespace, calibration: np.ndarray, out: Path) -> dict[str, Path]:
+def build_candidates(args: argparse.Namespace, model_path: Path, calibration: np.ndarray) -> dict[str, Path]:
     """One LiteRT file per --keep k: the k most sensitive tensors' ops in float, the rest int8."""
     files = {}
     with tempfile.TemporaryDirectory() as tmp:
-        converter = saved_serving_model(args.bundle.model_path, tmp)
+        converter = saved_serving_model(model_path, tmp)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative_batches(calibration)
         errors = layer_errors(debugger_for(converter, calibration[: args.debug_images]))
-        write_errors(errors, out / "layer_errors.csv")
+        write_errors(errors, args.out / "layer_errors.csv")
         print("most sensitive:", [(r["op_name"], round(r["rmse_over_scale"], 2)) for r in errors[:10]], flush=True)
         for k in args.keep:
             denylist = [r["tensor_name"] for r in errors[:k]]
             model = debugger_for(converter, calibration[:1], denylist).get_nondebug_quantized_model()
-            path = out / "candidates" / f"full_integer_float{k}.tflite"
+            path = args.out / "candidates" / f"full_integer_float{k}.tflite"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(model)
             files[f"int8 full integer, {k} ops float"] = path
@@ -100,32 +98,25 @@ def build_candidates(args: argparse.Namespace, calibration: np.ndarray, out: Pat
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle-dir", type=Path, default=DEFAULT_BUNDLE_DIR)
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
-    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT_FILE)
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
-    parser.add_argument("--representative", type=int, default=100)
+    parser = set_parser(__doc__.splitlines()[0], representative=100)
     parser.add_argument("--views", type=int, default=2)
     parser.add_argument("--debug-images", type=int, default=16)
     parser.add_argument("--keep", type=int, nargs="+", default=[0, 5, 15, 40])
-    parser.add_argument("--knee-limit", type=int)
     parser.add_argument("--out", type=Path, default=Path("artifacts/quant_sensitivity"))
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    args.bundle = load_bundle(args.bundle_dir, load_keras=False)
-    args.input_size = args.bundle.input_size
+    bundle, model_path, litert_path = bundle_to_convert(args)
     args.out.mkdir(parents=True, exist_ok=True)
     sets = load_sets(args)
     calibration = calibration_images(sets["representative"]["images"], args.views)
-    files = build_candidates(args, calibration, args.out)
-    results = {"float32 (shipped)": evaluate_engine(LiteRTEngine(args.bundle.litert_path), sets, args.bundle)}
+    files = build_candidates(args, model_path, calibration)
+    results = {"float32 (shipped)": evaluate_engine(LiteRTEngine(litert_path), sets, bundle)}
     n = {"test": len(sets["test"]["images"]), "knee": len(sets["knee"]["images"])}
     for name, path in files.items():
-        results[name] = evaluate_engine(LiteRTEngine(path), sets, args.bundle, results["float32 (shipped)"])
+        results[name] = evaluate_engine(LiteRTEngine(path), sets, bundle, results["float32 (shipped)"])
         write_study({k: summary(v) for k, v in results.items()}, args.out / "results.json", markdown(results, n))
     return results
 

@@ -503,10 +503,6 @@ class StudyOutcome:
     run: StudyRun | None = None
     error: str | None = None
 
-    @property
-    def ok(self) -> bool:
-        return self.run is not None and self.run.ok
-
 
 # (study UID, number of images) -> a context manager whose update(1) counts an image done
 # (tqdm fits); the job shows its progress through it.

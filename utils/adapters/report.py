@@ -81,6 +81,11 @@ def new_pdf(texts: list[str] = []) -> Any:  # noqa: B006  (read, never changed)
     return pdf
 
 
+def paragraph(pdf: Any, height: float, text: str) -> None:
+    """Text over the page's width, wrapped, with the next line at the left margin below it."""
+    pdf.multi_cell(0, height, text, new_x="LMARGIN", new_y="NEXT")
+
+
 def _png_image(array: np.ndarray):
     return Image.fromarray(array)
 
@@ -110,7 +115,7 @@ def build_pdf(
         ]
         lines[1:1] = reference_lines(reference)
         for line in lines:
-            pdf.multi_cell(0, 5, line, new_x="LMARGIN", new_y="NEXT")
+            paragraph(pdf, 5, line)
         top = pdf.get_y() + 4
         if entry.get("model_input") is not None:
             pdf.image(_png_image(entry["model_input"]), x=10, y=top, w=90)
@@ -122,15 +127,15 @@ def build_pdf(
         pdf.set_xy(10, top + 100)
         pdf.set_font(FONT, "B", 13)
         if entry.get("error"):
-            pdf.multi_cell(0, 7, f"Not classified: {entry['error']}", new_x="LMARGIN", new_y="NEXT")
+            paragraph(pdf, 7, f"Not classified: {entry['error']}")
         else:
             write_verdict(pdf, entry)
         pdf.set_font(FONT, "", 9)
         for warning in entry.get("warnings") or []:
-            pdf.multi_cell(0, 5, f"Note: {warning}", new_x="LMARGIN", new_y="NEXT")
+            paragraph(pdf, 5, f"Note: {warning}")
         pdf.set_xy(10, 270)
         pdf.set_font(FONT, "B", 9)
-        pdf.multi_cell(0, 5, DISCLAIMER, new_x="LMARGIN", new_y="NEXT")
+        paragraph(pdf, 5, DISCLAIMER)
     return bytes(pdf.output())
 
 
@@ -168,28 +173,20 @@ def write_summary(pdf: Any, entries: list[dict[str, Any]], metadata: dict, prese
     pdf.cell(0, 10, f"Bone X-ray Classifier report: {len(entries)} films", new_x="LMARGIN", new_y="NEXT")
     pdf.set_font(FONT, "", 10)
     for line in head:
-        pdf.multi_cell(0, 5, line, new_x="LMARGIN", new_y="NEXT")
-    pdf.multi_cell(
-        0, 5, f"Model: {metadata.get('name', '?')} v{metadata.get('version', '?')}", new_x="LMARGIN", new_y="NEXT"
-    )
-    pdf.multi_cell(0, 5, f"Decision preset: {preset_name.replace('_', ' ')}", new_x="LMARGIN", new_y="NEXT")
+        paragraph(pdf, 5, line)
+    paragraph(pdf, 5, f"Model: {metadata.get('name', '?')} v{metadata.get('version', '?')}")
+    paragraph(pdf, 5, f"Decision preset: {preset_name.replace('_', ' ')}")
     pdf.ln(3)
     pdf.set_font(FONT, "B", 12)
-    pdf.multi_cell(0, 7, "Verdicts: " + ", ".join(totals), new_x="LMARGIN", new_y="NEXT")
+    paragraph(pdf, 7, "Verdicts: " + ", ".join(totals))
     pdf.ln(2)
-    pdf.multi_cell(
-        0,
-        7,
-        f"Look at these first ({len(first)}):" if first else "No film needs review.",
-        new_x="LMARGIN",
-        new_y="NEXT",
-    )
+    paragraph(pdf, 7, f"Look at these first ({len(first)}):" if first else "No film needs review.")
     pdf.set_font(FONT, "", 9)
     for line in first:
-        pdf.multi_cell(0, 5, line, new_x="LMARGIN", new_y="NEXT")
+        paragraph(pdf, 5, line)
     pdf.ln(3)
     pdf.set_font(FONT, "B", 9)
-    pdf.multi_cell(0, 5, DISCLAIMER, new_x="LMARGIN", new_y="NEXT")
+    paragraph(pdf, 5, DISCLAIMER)
     pdf.set_auto_page_break(auto=False)
 
 
@@ -206,11 +203,11 @@ def verdict_heading(entry: dict[str, Any]) -> str:
 def write_verdict(pdf: Any, entry: dict[str, Any]) -> None:
     """The verdict line in its colour, the reasons a reader must decide, then the probabilities."""
     pdf.set_text_color(*verdict_style(entry["verdict"]).pdf_rgb)
-    pdf.multi_cell(0, 8, verdict_heading(entry), new_x="LMARGIN", new_y="NEXT")
+    paragraph(pdf, 8, verdict_heading(entry))
     pdf.set_text_color(0, 0, 0)
     pdf.set_font(FONT, "", 10)
     for reason in entry.get("review_reasons") or ():
-        pdf.multi_cell(0, 5, f"Needs review: {reason_text(reason)}.", new_x="LMARGIN", new_y="NEXT")
+        paragraph(pdf, 5, f"Needs review: {reason_text(reason)}.")
     pdf.set_font(FONT, "", 11)
     for cls in CLASSES:
         p = entry["probabilities"][cls]
