@@ -1,6 +1,7 @@
 """Lower-precision study: is there a faster model that keeps the bundled model's probabilities?
 
 Usage: python -m benchmarks.precision [--repeats 30] [--representative 100]
+    [--float-layers conv2d_1 ...] [--quantization-aware artifacts/qat/model.keras]
 
 For each candidate it prints the model-only latency (batch 1, median after warm-up) and the
 largest |p - p_float32| of the calibrated probabilities over the whole test split, against the
@@ -8,6 +9,8 @@ limit of 0.01 that the equivalence check sets. The reference is the bundle's flo
 within 2.2e-6 of Keras). Candidates, all converted here from model/ into a temporary folder:
 - LiteRT dynamic-range int8 (int8 weights, activations quantized on the fly);
 - LiteRT full int8 (activations calibrated on --representative training images);
+- LiteRT dynamic-range int8 with the --float-layers convolutions in float (a denylist), and the
+  same from --quantization-aware weights (training.quantization.distill --export);
 - OpenVINO with bfloat16 inference, when the openvino package is installed (not a
   dependency of the app: `pip install openvino` to include it).
 Needs ../shared/data (the test split's images); nothing is written to model/.
@@ -22,12 +25,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import openvino as ov
 
 from benchmarks.inference import median_seconds
 from training.data import default_data_dir, read_split
 from training.features import build_image_cache
 from training.litert import MAX_PROBABILITY_DIFFERENCE, convert
+from training.quantization.distill import EXPORT_RECORD
+from training.quantization.selective import DEFAULT_FLOAT_LAYERS, convert_selective
 from utils.core.bundle import load_bundle
 from utils.core.engines import LiteRTEngine
 from utils.core.inference import calibrated_probabilities, to_model_input
@@ -41,6 +45,8 @@ def litert_logits(path: Path):
 
 
 def openvino_logits(path: Path, precision: str):
+    import openvino as ov  # noqa: PLC0415  (optional: probed in main only when installed)
+
     compiled = ov.Core().compile_model(
         path, "CPU", {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
     )
@@ -74,6 +80,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--representative", type=int, default=100)
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "bone-xray")
+    parser.add_argument("--float-layers", nargs="*", default=list(DEFAULT_FLOAT_LAYERS))
+    parser.add_argument("--quantization-aware", type=Path)
     args = parser.parse_args(argv)
 
     bundle = load_bundle(load_keras=False)
@@ -111,6 +119,13 @@ def main(argv=None) -> dict:
             run = litert_logits(
                 convert(bundle.model_path, Path(tmp) / f"{len(results)}.tflite", int8=True, representative=images)
             )
+            results[name] = {"ms": median_ms(lambda run=run: run(one)), **agreement(run, reference, test, temperature)}
+        selective = {f"int8 dynamic, {len(args.float_layers)} conv float": (bundle.model_path, args.float_layers)}
+        if args.quantization_aware:
+            record = json.loads(args.quantization_aware.with_name(EXPORT_RECORD).read_text())
+            selective["int8 dynamic, quantization-aware"] = (args.quantization_aware, record["float_layers"])
+        for name, (keras_path, layers) in selective.items():
+            run = litert_logits(convert_selective(keras_path, Path(tmp) / f"{len(results)}.tflite", layers))
             results[name] = {"ms": median_ms(lambda run=run: run(one)), **agreement(run, reference, test, temperature)}
     try:
         import openvino  # noqa: F401, PLC0415  (an optional engine, probed when installed)

@@ -2,7 +2,9 @@
 
 import json
 
-from training.release.equivalence import CARD_MARKER, INT8_FILE, markdown, write_float32_only
+import numpy as np
+
+from training.release.equivalence import CARD_MARKER, INT8_FILE, judge, markdown, write_float32_only
 
 
 def engine_result(passed: bool | None) -> dict:
@@ -47,3 +49,41 @@ def test_no_passing_candidate_leaves_a_float32_bundle_whose_card_says_why(tmp_pa
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert card.count(CARD_MARKER) == 1 and "The old engine passed" not in card
     assert "No int8 candidate passed" in card and card.endswith("| the table |\n")
+
+
+def decisions_of(labels, uncertain, not_xray):
+    block = {"label": np.array(labels), "uncertain": np.array(uncertain)}
+    return {"not_xray": np.array(not_xray), "balanced": block, "fracture_sensitive": block}
+
+
+def test_the_criteria_are_judged_on_test_and_knees_and_the_other_checks_reported():
+    """A candidate that agrees on test and the knees passes however it does on the wrists, and
+    the wrists' agreement is still measured and shown."""
+    same = decisions_of(["healthy"] * 100, [False] * 100, [False] * 100)
+    wrists_differ = decisions_of(["fractured"] * 10 + ["healthy"] * 30, [True] * 40, [False] * 40)
+    wrists_float = decisions_of(["healthy"] * 40, [False] * 40, [False] * 40)
+    figures = {"binary_auroc_test": 0.89, "binary_auroc_test_fracatlas": 0.877, "ece_test": 0.04}
+    reference = {**figures, "decisions": {"test": same, "knee": same, "wrist": wrists_float}}
+    candidate = {**figures, "decisions": {"test": same, "knee": same, "wrist": wrists_differ}}
+    judge(candidate, reference, ["balanced", "fracture_sensitive"])
+    assert candidate["passed"]
+    assert candidate["agreement"]["wrist"]["verdict_agreement"]["balanced"] == 0.75
+    assert candidate["agreement"]["wrist"]["uncertain_agreement"]["balanced"] == 0.0
+    # Every wrist asks for review under the candidate: none is a confident change.
+    assert candidate["agreement"]["wrist"]["confident_change"]["balanced"] == 0.0
+    candidate["decisions"]["knee"] = decisions_of(["fractured"] * 2 + ["healthy"] * 98, [False] * 100, [False] * 100)
+    judge(candidate, reference, ["balanced", "fracture_sensitive"])
+    assert not candidate["passes"]["verdict_agreement"] and candidate["passes"]["flag_agreement"]
+    assert candidate["agreement"]["knee"]["confident_change"]["balanced"] == 0.02
+
+
+def test_the_table_reports_the_other_checks_beside_the_criteria():
+    results = {"float32 (shipped)": engine_result(None), "int8": engine_result(True)}
+    for name, result in results.items():
+        result["binary_auroc_val"], result["offsource"] = 0.88, {"offsource_auroc": 0.71}
+    block = results["int8"]["agreement"]["test"]
+    results["int8"]["agreement"].update(wrist=block, hbfmid=block)
+    table = markdown(results, {"test": 782, "knee": 1000, "wrist": 42, "hbfmid": 87})
+    assert "wrist_check (42 films) and hbfmid_check (87 films)" in table
+    row = next(line for line in table.splitlines() if line.startswith("| int8 | 0.8800"))
+    assert row == "| int8 | 0.8800 | 0.7100 | 98.3% / 99.0% | 97.0% | 98.3% / 99.0% | 97.0% | - | - |"

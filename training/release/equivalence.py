@@ -1,10 +1,13 @@
 """Is a faster engine as good as float32 on the clinical question? The equivalence check.
 
 Usage: python -m training.release.equivalence [--bundle-dir model] [--write]
+    [--quantization-aware artifacts/qat/model.keras]
 
 Candidates, converted from the bundle's .keras file: LiteRT int8 dynamic range (int8 weights,
 activations quantized on the fly) and LiteRT full integer (activations calibrated on
---representative training-split images). Each is compared with the bundle's float32 LiteRT
+--representative training-split images); with --quantization-aware, also int8 dynamic range
+from that file (the bundle's model fine-tuned by training.quantization.distill to answer in int8
+as the float32 engine does). Each is compared with the bundle's float32 LiteRT
 engine on the test split and on the unseen-source knee check (../shared/data/knee_oai/,
 measured only), through the serving arithmetic (temperature, presets, feature guard):
 
@@ -14,6 +17,9 @@ measured only), through the serving arithmetic (temperature, presets, feature gu
   shared one misses it;
 - the uncertain and not-an-X-ray (feature guard) flags agreeing for >= 98 % of images (the
   guard's pixel screen runs before the model, so it cannot differ and is left out).
+
+The agreement on wrist_check and hbfmid_check, the validation AUROC and the off-source AUROC
+are reported beside them (measured only, not judged).
 
 It also times each engine (batch 1 and batch 8, median). --write copies the fastest passing
 candidate into the bundle as serving_int8.tflite and records the figures in metadata.json
@@ -27,6 +33,7 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +45,10 @@ from training.data import CLASSES, DEFAULT_SPLIT_FILE, default_cache_dir, defaul
 from training.features import build_image_cache
 from training.knee_check import knee_files
 from training.litert import convert
+from training.offsource import check_images, offsource_aurocs
+from training.quantization.distill import EXPORT_RECORD
+from training.quantization.selective import DEFAULT_FLOAT_LAYERS, convert_selective
+from training.release.machine import describe_machine
 from utils.core.bundle import DEFAULT_BUNDLE_DIR, Bundle, load_bundle, sha256_of
 from utils.core.classifier import prepare_input
 from utils.core.engines import LiteRTEngine
@@ -45,6 +56,7 @@ from utils.core.inference import calibrated_probabilities, decide, to_model_inpu
 
 CRITERIA = {"auroc_delta": 0.005, "verdict_agreement": 0.99, "ece": 0.05, "flag_agreement": 0.98}
 INT8_FILE = "serving_int8.tflite"
+QUANTIZATION_AWARE = "int8 dynamic range, quantization-aware"
 
 
 def engine_outputs(engine, inputs: np.ndarray, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -75,10 +87,23 @@ def compare(reference: dict, candidate: dict, presets: list[str]) -> dict:
     """Agreement of a candidate's decisions with the reference's on one image set."""
     verdict = {name: float((reference[name]["label"] == candidate[name]["label"]).mean()) for name in presets}
     uncertain = {name: float((reference[name]["uncertain"] == candidate[name]["uncertain"]).mean()) for name in presets}
+    # A confident answer the reference did not give: the candidate is sure where the reference
+    # either said something else or asked for review. The other disagreements ask for a review
+    # the reference did not ask for, which costs a reader's look but misleads no one.
+    confident_change = {
+        name: float(
+            (
+                ~candidate[name]["uncertain"]
+                & (reference[name]["uncertain"] | (reference[name]["label"] != candidate[name]["label"]))
+            ).mean()
+        )
+        for name in presets
+    }
     return {
         "verdict_agreement": verdict,
         "uncertain_agreement": uncertain,
         "not_xray_agreement": float((reference["not_xray"] == candidate["not_xray"]).mean()),
+        "confident_change": confident_change,
     }
 
 
@@ -100,6 +125,10 @@ def load_sets(args) -> dict:
         }
     knee = [prepare_input(str(p), p.read_bytes(), args.input_size) for p in knee_files(args.data_dir, args.knee_limit)]
     sets["knee"] = {"images": np.stack([p.model_input for p in knee if p.error is None and p.model_input is not None])}
+    checks = check_images(args.data_dir, args.cache_dir, size=args.input_size)
+    for name, folder in (("wrist", "wrist_check"), ("hbfmid", "hbfmid_check")):
+        if folder in checks:  # measured only, like the knees
+            sets[name] = {"images": checks[folder]["images"], "labels": checks[folder]["labels"]}
     return sets
 
 
@@ -115,15 +144,19 @@ def median_ms(engine, inputs: np.ndarray, batch: int, repeats: int = 20) -> floa
     return float(np.median(times) * 1e3 / batch)
 
 
+JUDGED = ("test", "knee")  # the sets the criteria are judged on
+REPORTED = ("wrist", "hbfmid")  # the other unseen-source checks: agreement reported, not judged
+
+
 def evaluate_engine(engine, sets: dict, bundle, reference: dict | None = None) -> dict:
-    metadata, guard = bundle.metadata, bundle.guard
     result: dict[str, Any] = {
         "timing_ms_per_image": {
             "batch_1": median_ms(engine, sets["test"]["images"], 1),
             "batch_8": median_ms(engine, sets["test"]["images"], 8),
         }
     }
-    outputs = {name: engine_outputs(engine, sets[name]["images"]) for name in ("val", "test", "knee")}
+    names = ["val", *JUDGED, *(name for name in REPORTED if name in sets)]
+    outputs = {name: engine_outputs(engine, sets[name]["images"]) for name in names}
     temperature = bundle.temperature
     test = sets["test"]
     ece = expected_calibration_error(calibrated_probabilities(outputs["test"][0], temperature), test["labels"])
@@ -133,37 +166,66 @@ def evaluate_engine(engine, sets: dict, bundle, reference: dict | None = None) -
     result["own_temperature"] = temperature != bundle.temperature
     probs = {name: calibrated_probabilities(outputs[name][0], temperature) for name in outputs}
     result["ece_test"] = expected_calibration_error(probs["test"], test["labels"])
+    result["binary_auroc_val"] = binary_auroc(sets["val"]["labels"], probs["val"])
     result["binary_auroc_test"] = binary_auroc(test["labels"], probs["test"])
     result["binary_auroc_test_fracatlas"] = binary_auroc(
         test["labels"][test["fracatlas"]], probs["test"][test["fracatlas"]]
     )
+    if "hbfmid" in probs:
+        result["offsource"] = offsource_figures(probs, sets)
     result["decisions"] = {
-        name: decisions(probs[name], guard.distance(outputs[name][1]), metadata, guard.threshold)
-        for name in ("test", "knee")
+        name: decisions(probs[name], bundle.guard.distance(outputs[name][1]), bundle.metadata, bundle.guard.threshold)
+        for name in names
+        if name != "val"
     }
     if reference is not None:
-        presets = list(metadata["presets"])
-        result["agreement"] = {
-            name: compare(reference["decisions"][name], result["decisions"][name], presets) for name in ("test", "knee")
-        }
-        result["auroc_delta"] = {
-            "overall": abs(result["binary_auroc_test"] - reference["binary_auroc_test"]),
-            "fracatlas": abs(result["binary_auroc_test_fracatlas"] - reference["binary_auroc_test_fracatlas"]),
-        }
-        agreements = result["agreement"]
-        result["passes"] = {
-            "auroc_delta": max(result["auroc_delta"].values()) <= CRITERIA["auroc_delta"],
-            "verdict_agreement": min(v for a in agreements.values() for v in a["verdict_agreement"].values())
-            >= CRITERIA["verdict_agreement"],
-            "ece": result["ece_test"] <= CRITERIA["ece"],
-            "flag_agreement": min(
-                [v for a in agreements.values() for v in a["uncertain_agreement"].values()]
-                + [a["not_xray_agreement"] for a in agreements.values()]
-            )
-            >= CRITERIA["flag_agreement"],
-        }
-        result["passed"] = all(result["passes"].values())
+        judge(result, reference, list(bundle.metadata["presets"]))
     return result
+
+
+def offsource_figures(probs: dict, sets: dict) -> dict:
+    """The off-source AUROC: hbfmid_check's fractures against the knees and the wrists."""
+    p_fracture = {"knee_oai": 1.0 - probs["knee"][:, 0], "hbfmid_check": 1.0 - probs["hbfmid"][:, 0]}
+    labels = {"knee_oai": ["healthy"] * len(probs["knee"]), "hbfmid_check": sets["hbfmid"]["labels"]}
+    if "wrist" in probs:
+        p_fracture["wrist_check"], labels["wrist_check"] = 1.0 - probs["wrist"][:, 0], sets["wrist"]["labels"]
+    return offsource_aurocs(p_fracture, labels)
+
+
+def judge(result: dict, reference: dict, presets: list[str]) -> None:
+    """Agreement with the reference on every set, and the criteria on the judged ones."""
+    result["agreement"] = {
+        name: compare(reference["decisions"][name], result["decisions"][name], presets) for name in result["decisions"]
+    }
+    result["auroc_delta"] = {
+        "overall": abs(result["binary_auroc_test"] - reference["binary_auroc_test"]),
+        "fracatlas": abs(result["binary_auroc_test_fracatlas"] - reference["binary_auroc_test_fracatlas"]),
+    }
+    judged = [result["agreement"][name] for name in JUDGED]
+    result["passes"] = {
+        "auroc_delta": max(result["auroc_delta"].values()) <= CRITERIA["auroc_delta"],
+        "verdict_agreement": min(v for a in judged for v in a["verdict_agreement"].values())
+        >= CRITERIA["verdict_agreement"],
+        "ece": result["ece_test"] <= CRITERIA["ece"],
+        "flag_agreement": min(
+            [v for a in judged for v in a["uncertain_agreement"].values()] + [a["not_xray_agreement"] for a in judged]
+        )
+        >= CRITERIA["flag_agreement"],
+    }
+    result["passed"] = all(result["passes"].values())
+
+
+def verdict_pair(block: dict) -> str:
+    return " / ".join(f"{v:.1%}" for v in block["verdict_agreement"].values())
+
+
+def flag_floor(block: dict) -> str:
+    return f"{min(list(block['uncertain_agreement'].values()) + [block['not_xray_agreement']]):.1%}"
+
+
+def confident_changes(block: dict) -> str:
+    changes = block.get("confident_change")
+    return f"{max(changes.values()):.1%}" if changes else "-"
 
 
 def markdown(results: dict, n: dict) -> str:
@@ -180,13 +242,6 @@ def markdown(results: dict, n: dict) -> str:
     ]
     for name, r in results.items():
         a = r.get("agreement")
-
-        def pair(block):
-            return " / ".join(f"{v:.1%}" for v in block["verdict_agreement"].values())
-
-        def flags(block):
-            return f"{min(list(block['uncertain_agreement'].values()) + [block['not_xray_agreement']]):.1%}"
-
         if a:  # the reference row has nothing to pass
             failed = ", ".join(k for k, v in r["passes"].items() if not v)
             verdict = "yes" if r["passed"] else "no: " + failed
@@ -194,11 +249,39 @@ def markdown(results: dict, n: dict) -> str:
             f"| {name} | {r['timing_ms_per_image']['batch_1']:.1f} | {r['timing_ms_per_image']['batch_8']:.1f} | "
             f"{r['binary_auroc_test']:.4f} | {r['binary_auroc_test_fracatlas']:.4f} | {r['ece_test']:.3f} | "
             f"{r['temperature']:.3f}{' (own)' if r['own_temperature'] else ''} | "
-            f"{pair(a['test']) if a else '-'} | {pair(a['knee']) if a else '-'} | "
-            f"{flags(a['test']) if a else '-'} | {flags(a['knee']) if a else '-'} | "
+            f"{verdict_pair(a['test']) if a else '-'} | {verdict_pair(a['knee']) if a else '-'} | "
+            f"{flag_floor(a['test']) if a else '-'} | {flag_floor(a['knee']) if a else '-'} | "
             f"{verdict if a else 'reference'} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + checks_markdown(results, n)) + "\n"
+
+
+def checks_markdown(results: dict, n: dict) -> list[str]:
+    """The other unseen-source checks (reported, not judged) and each engine's AUROCs."""
+    if not all("offsource" in r for r in results.values()):
+        return []
+    lines = [
+        "",
+        f"Reported beside the criteria, not judged: agreement on wrist_check ({n.get('wrist', 0)} films) and "
+        f"hbfmid_check ({n.get('hbfmid', 0)} films), the validation AUROC and the off-source AUROC "
+        "(the worst of hbfmid_check's fractures against the knees and the wrists). A confident change: "
+        "the candidate gives a confident answer that float32 did not give (another verdict, or float32 "
+        "asked for review), under the preset where that happens most.",
+        "",
+        "| engine | validation AUROC | off-source AUROC | same verdict, wrists | flags agree, wrists | "
+        "same verdict, hbfmid | flags agree, hbfmid | confident changes, test | confident changes, knee |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        a = r.get("agreement")
+        cells = [verdict_pair(a[s]) + " | " + flag_floor(a[s]) if a and s in a else "- | -" for s in REPORTED]
+        cells += [confident_changes(a[s]) if a and s in a else "-" for s in JUDGED]
+        lines.append(
+            f"| {name} | {r['binary_auroc_val']:.4f} | {r['offsource']['offsource_auroc']:.4f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
 
 
 def summary(result: dict) -> dict:
@@ -225,6 +308,7 @@ def record_check(bundle_dir: Path, key: str, entry: dict, results: dict, stale: 
     metadata[key] = {
         **entry,
         "criteria": CRITERIA,
+        "machine": describe_machine(),  # where the timings were taken
         "equivalence": {k: summary(v) for k, v in results.items()},
         "command": "python -m training.release.equivalence --write",
     }
@@ -243,22 +327,31 @@ def write_float32_only(bundle_dir: Path, results: dict, table: str) -> None:
     )
 
 
-def write_bundle(bundle_dir: Path, candidate: Path, name: str, results: dict, table: str) -> None:
+def write_bundle(bundle_dir: Path, candidate: Candidate, name: str, results: dict, table: str) -> None:
+    """Ship the candidate as the bundle's int8 engine, with what it is and how it was made."""
     target = bundle_dir / INT8_FILE
-    shutil.copyfile(candidate, target)
+    shutil.copyfile(candidate.path, target)
     engine = {
         "file": INT8_FILE,
         "sha256": sha256_of(target),
+        "candidate": name,
         "format": f"LiteRT flatbuffer, {name}",
         "engine": "ai-edge-litert (XNNPACK); --precision int8 in the CLI and Ray",
         "temperature": results[name]["temperature"],
+        # Convolutions kept in float beyond the converter's default (which keeps weight tensors
+        # under 1,024 elements in float: the first convolution, the fracture map, the dense heads).
+        "denylist": list(candidate.denylist),
+        **({"made_by": candidate.made_by} if candidate.made_by else {}),
     }
     record_check(bundle_dir, "runtime_int8", engine, results, stale="int8_check")
+    kept = ", ".join(f"`{layer}`" for layer in candidate.denylist) or "none"
     write_card_section(
         bundle_dir,
         f"`{INT8_FILE}` ({name}) passed and is the default engine of every serving path "
         "(app, CLI, PACS, Ray) on this bundle; `BONE_XRAY_PRECISION=float32` or `--precision float32` chooses "
-        "the float32 one.\n\n" + table,
+        f"the float32 one. Convolutions kept in float (the denylist): {kept}; the converter also keeps "
+        "weight tensors under 1,024 elements in float (the first convolution, the fracture map's 1 x 1 head, "
+        "the dense heads).\n\n" + table,
     )
 
 
@@ -285,33 +378,69 @@ def bundle_to_convert(args: argparse.Namespace) -> tuple[Bundle, Path, Path]:
     return bundle, bundle.model_path, bundle.litert_path
 
 
+@dataclass(frozen=True)
+class Candidate:
+    path: Path
+    denylist: tuple[str, ...] = ()  # convolutions kept in float
+    made_by: dict | None = None  # how its weights were made, when not the bundle's own
+
+
+def in_float(layers) -> str:
+    """A denylist in a candidate's name: the layer itself when one, else how many."""
+    return f"{layers[0]} in float" if len(layers) == 1 else f"{len(layers)} convolutions in float"
+
+
+def candidates(args: argparse.Namespace, model_path: Path, sets: dict, tmp: Path) -> dict[str, Candidate]:
+    """Every engine to judge, converted into tmp: the converter's two int8 modes, dynamic range
+    with --float-layers kept in float, and the quantization-aware weights when given."""
+    found = {
+        "int8 dynamic range": Candidate(convert(model_path, tmp / "dynamic.tflite", int8=True)),
+        "int8 full integer": Candidate(
+            convert(model_path, tmp / "full.tflite", int8=True, representative=sets["representative"]["images"])
+        ),
+    }
+    if args.float_layers:
+        path = convert_selective(model_path, tmp / "selective.tflite", args.float_layers)
+        found[f"int8 dynamic range, {in_float(args.float_layers)}"] = Candidate(path, tuple(args.float_layers))
+    if args.quantization_aware:
+        made_by = json.loads(args.quantization_aware.with_name(EXPORT_RECORD).read_text())
+        layers = tuple(made_by["float_layers"])
+        path = convert_selective(args.quantization_aware, tmp / "qat.tflite", layers)
+        name = f"{QUANTIZATION_AWARE}{', ' + in_float(layers) if layers else ''}"
+        found[name] = Candidate(path, layers, made_by)
+    return found
+
+
 def main(argv=None) -> dict:
     parser = set_parser(__doc__.splitlines()[0], representative=100)
     parser.add_argument("--write", action="store_true", help="ship the fastest passing candidate in the bundle")
     parser.add_argument("--out", type=Path, default=Path("artifacts/equivalence.json"))
+    parser.add_argument(
+        "--float-layers", nargs="*", default=list(DEFAULT_FLOAT_LAYERS), help="a dynamic-range candidate's denylist"
+    )
+    parser.add_argument(
+        "--quantization-aware",
+        type=Path,
+        help="also judge this .keras file (training.quantization.distill --export) as int8 dynamic range",
+    )
     args = parser.parse_args(argv)
     bundle, model_path, litert_path = bundle_to_convert(args)
     sets = load_sets(args)
     results = {"float32 (shipped)": evaluate_engine(LiteRTEngine(litert_path), sets, bundle)}
     reference = results["float32 (shipped)"]
     with tempfile.TemporaryDirectory() as tmp:
-        files = {
-            "int8 dynamic range": convert(model_path, Path(tmp) / "dynamic.tflite", int8=True),
-            "int8 full integer": convert(
-                model_path, Path(tmp) / "full.tflite", int8=True, representative=sets["representative"]["images"]
-            ),
-        }
-        for name, path in files.items():
-            results[name] = evaluate_engine(LiteRTEngine(path), sets, bundle, reference)
+        found = candidates(args, model_path, sets, Path(tmp))
+        for name, candidate in found.items():
+            results[name] = evaluate_engine(LiteRTEngine(candidate.path), sets, bundle, reference)
             print(name, json.dumps(summary(results[name]), default=float))
-        table = markdown(results, {"test": len(sets["test"]["images"]), "knee": len(sets["knee"]["images"])})
+        table = markdown(results, {name: len(sets[name]["images"]) for name in (*JUDGED, *REPORTED) if name in sets})
         print(table)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({k: summary(v) for k, v in results.items()}, indent=1, default=float))
-        passing = [n for n in files if results[n]["passed"]]
+        passing = [n for n in found if results[n]["passed"]]
         if args.write and passing:
             best = min(passing, key=lambda n: results[n]["timing_ms_per_image"]["batch_8"])
-            write_bundle(args.bundle_dir, files[best], best, results, table)
+            write_bundle(args.bundle_dir, found[best], best, results, table)
             print(f"wrote {best} to {args.bundle_dir / INT8_FILE}")
         elif args.write:
             write_float32_only(args.bundle_dir, results, table)
