@@ -81,13 +81,8 @@ keep_upload_answers()  # once per process (idempotent): no upload is lost while 
 def get_classifier(directory: str) -> Classifier:
     bundle = load_bundle(Path(directory))
     classifier = Classifier(bundle, precision=serving_precision(bundle.metadata))
-    warm = classifier.warm_up()  # here, once per server, not in the first person's wait
     # One line per process: the browser load test counts these to prove the model is shared.
-    print(
-        f"bone-xray: model {classifier.bundle.metadata['sha256'][:12]} loaded "
-        f"({classifier.engine.name}, {classifier.precision}; warmed in {warm:.2f} s)",
-        flush=True,
-    )
+    print(f"bone-xray: model {classifier.bundle.metadata['sha256'][:12]} loaded ({classifier.engine.name})", flush=True)
     # Streamlit runs a full garbage collection after every script run (runner.postScriptGC),
     # and it walked every object the server and the model had loaded: 0.1-0.4 s per rerun,
     # holding the GIL, so the verdict waited for it. The objects alive now stay alive for the

@@ -105,19 +105,3 @@ def test_altered_int8_file_fails(bundle_dir, tmp_path):
     with pytest.raises(ModelBundleError, match="int8 LiteRT file"):
         load_bundle(copy)
 
-
-def test_warm_up_runs_the_served_engine_once_on_a_blank_film(bundle_dir):
-    """The app warms the engine when it loads it, so the first person does not wait for the
-    engine's setup; the warm-up is one forward pass of the served engine on a blank film."""
-    bundle = load_bundle(bundle_dir, load_keras=False)
-    served = Classifier(bundle).engine
-    calls = []
-
-    def recording_engine(x):
-        calls.append(x)
-        return served(x)
-
-    recording_engine.outputs = served.outputs  # type: ignore[attr-defined]
-    seconds = Classifier(bundle, engine=recording_engine).warm_up()
-    assert seconds > 0 and len(calls) == 1
-    assert calls[0].shape == (1, bundle.input_size, bundle.input_size, 3) and not calls[0].any()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -206,14 +205,6 @@ class Classifier:
         else:
             out["heatmaps"] = np.stack([normalise_class_maps(m) for m in out["class_maps"]])
         return out
-
-    def warm_up(self) -> float:
-        """One forward pass on a blank film, so that the first person's verdict does not pay for
-        the engine's setup (LiteRT's XNNPACK packs its weights on the first call). Seconds taken."""
-        start = time.perf_counter()
-        size = self.bundle.input_size
-        self.forward(np.zeros((1, size, size, 1), np.uint8))
-        return time.perf_counter() - start
 
     @property
     def heatmap_kind(self) -> str:
