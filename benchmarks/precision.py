@@ -30,7 +30,7 @@ from benchmarks.inference import median_seconds
 from training.data import default_data_dir, read_split
 from training.features import build_image_cache
 from training.litert import MAX_PROBABILITY_DIFFERENCE, convert
-from training.quantization.distill import EXPORT_RECORD
+from training.quantization.distill import read_export
 from training.quantization.selective import DEFAULT_FLOAT_LAYERS, convert_selective
 from utils.core.bundle import load_bundle
 from utils.core.engines import LiteRTEngine
@@ -122,8 +122,8 @@ def main(argv=None) -> dict:
             results[name] = {"ms": median_ms(lambda run=run: run(one)), **agreement(run, reference, test, temperature)}
         selective = {f"int8 dynamic, {len(args.float_layers)} conv float": (bundle.model_path, args.float_layers)}
         if args.quantization_aware:
-            record = json.loads(args.quantization_aware.with_name(EXPORT_RECORD).read_text())
-            selective["int8 dynamic, quantization-aware"] = (args.quantization_aware, record["float_layers"])
+            layers = read_export(args.quantization_aware)["float_layers"]
+            selective["int8 dynamic, quantization-aware"] = (args.quantization_aware, layers)
         for name, (keras_path, layers) in selective.items():
             run = litert_logits(convert_selective(keras_path, Path(tmp) / f"{len(results)}.tflite", layers))
             results[name] = {"ms": median_ms(lambda run=run: run(one)), **agreement(run, reference, test, temperature)}

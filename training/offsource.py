@@ -41,12 +41,16 @@ def _preprocess_file(path: str, size: int = INPUT_SIZE) -> np.ndarray:
 
 
 def check_images(
-    data_dir: Path, cache_dir: Path, limit_per_source: int | None = None, size: int = INPUT_SIZE
+    data_dir: Path,
+    cache_dir: Path,
+    limit_per_source: int | None = None,
+    size: int = INPUT_SIZE,
+    folders: tuple[str, ...] = CHECK_FOLDERS,
 ) -> dict[str, dict]:
-    """{folder: {"images": (N, S, S) uint8, "labels": [...], "paths": [...]}} for the checks
-    that exist; cached by the files' sha256 and the preprocessing."""
+    """{folder: {"images": (N, S, S) uint8, "labels": [...], "paths": [...]}} for those of
+    `folders` that exist; cached by the files' sha256 and the preprocessing."""
     out = {}
-    for folder in CHECK_FOLDERS:
+    for folder in folders:
         rows = check_rows(data_dir, folder)[:limit_per_source]
         if not rows:
             continue

@@ -77,7 +77,7 @@ def targets_of(model: keras.Model) -> keras.Model:
 
 def freeze_batch_norm(model: keras.Model) -> None:
     for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization) or not layer.trainable_weights:
+        if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
     model.get_layer("logits").trainable = False  # the fixed composition of the two stages
 
@@ -231,11 +231,16 @@ def export(args: argparse.Namespace) -> Path:
         "steps_run": state["step"],
         "validation_error_at_start": state["start"],
         "validation_error_chosen": {k: v for k, v in state["best"].items() if k != "step"},
-        "learning_rate": state.get("learning_rate", args.lr),
-        "batch": state.get("batch", args.batch),
+        "learning_rate": state["learning_rate"],
+        "batch": state["batch"],
     }
     (args.out / EXPORT_RECORD).write_text(json.dumps(record, indent=1))
     return path
+
+
+def read_export(keras_path: Path) -> dict:
+    """What `export` recorded beside an exported .keras file (its float layers, how it was made)."""
+    return json.loads(keras_path.with_name(EXPORT_RECORD).read_text())
 
 
 def main(argv=None) -> None:

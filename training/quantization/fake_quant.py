@@ -13,7 +13,7 @@ so the per-channel rounding of the folded kernel is the same rounding.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import keras
@@ -67,27 +67,26 @@ def is_quantized(layer: Any) -> bool:
     return isinstance(layer, keras.layers.Conv2D) and math.prod(layer.kernel.shape) >= MIN_QUANTIZED_ELEMENTS
 
 
+def clone_with(model: keras.Model, kind_of: Callable[[Any], type[keras.layers.Layer]]) -> keras.Model:
+    """The model rebuilt with each layer as kind_of(layer) (same config), its weights copied."""
+    twin = keras.models.clone_model(model, clone_function=lambda layer: kind_of(layer).from_config(layer.get_config()))
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 def fake_quantized_clone(model: keras.Model, float_layers: Collection[str] = ()) -> keras.Model:
     """The model with every int8 convolution simulated (those named in float_layers stay
     float, as training.quantization.selective keeps them), its weights copied from `model`."""
 
-    def clone(layer):
-        if is_quantized(layer) and layer.name not in float_layers:
-            return FakeQuantConv2D.from_config(layer.get_config())
-        return layer.__class__.from_config(layer.get_config())
+    def kind_of(layer: Any) -> type[keras.layers.Layer]:
+        simulated = is_quantized(layer) and layer.name not in float_layers
+        return FakeQuantConv2D if simulated else layer.__class__
 
-    twin = keras.models.clone_model(model, clone_function=clone)
-    twin.set_weights(model.get_weights())
-    return twin
+    return clone_with(model, kind_of)
 
 
 def plain_clone(model: keras.Model) -> keras.Model:
     """The model with each FakeQuantConv2D a plain Conv2D again (what is saved and converted)."""
-
-    def clone(layer):
-        kind = keras.layers.Conv2D if isinstance(layer, FakeQuantConv2D) else layer.__class__
-        return kind.from_config(layer.get_config())
-
-    twin = keras.models.clone_model(model, clone_function=clone)
-    twin.set_weights(model.get_weights())
-    return twin
+    return clone_with(
+        model, lambda layer: keras.layers.Conv2D if isinstance(layer, FakeQuantConv2D) else layer.__class__
+    )

@@ -46,7 +46,7 @@ from training.features import build_image_cache
 from training.knee_check import knee_files
 from training.litert import convert
 from training.offsource import check_images, offsource_aurocs
-from training.quantization.distill import EXPORT_RECORD
+from training.quantization.distill import read_export
 from training.quantization.selective import DEFAULT_FLOAT_LAYERS, convert_selective
 from training.release.machine import describe_machine
 from utils.core.bundle import DEFAULT_BUNDLE_DIR, Bundle, load_bundle, sha256_of
@@ -125,8 +125,9 @@ def load_sets(args) -> dict:
         }
     knee = [prepare_input(str(p), p.read_bytes(), args.input_size) for p in knee_files(args.data_dir, args.knee_limit)]
     sets["knee"] = {"images": np.stack([p.model_input for p in knee if p.error is None and p.model_input is not None])}
-    checks = check_images(args.data_dir, args.cache_dir, size=args.input_size)
-    for name, folder in (("wrist", "wrist_check"), ("hbfmid", "hbfmid_check")):
+    reported = {"wrist": "wrist_check", "hbfmid": "hbfmid_check"}
+    checks = check_images(args.data_dir, args.cache_dir, size=args.input_size, folders=tuple(reported.values()))
+    for name, folder in reported.items():
         if folder in checks:  # measured only, like the knees
             sets[name] = {"images": checks[folder]["images"], "labels": checks[folder]["labels"]}
     return sets
@@ -403,7 +404,7 @@ def candidates(args: argparse.Namespace, model_path: Path, sets: dict, tmp: Path
         path = convert_selective(model_path, tmp / "selective.tflite", args.float_layers)
         found[f"int8 dynamic range, {in_float(args.float_layers)}"] = Candidate(path, tuple(args.float_layers))
     if args.quantization_aware:
-        made_by = json.loads(args.quantization_aware.with_name(EXPORT_RECORD).read_text())
+        made_by = read_export(args.quantization_aware)
         layers = tuple(made_by["float_layers"])
         path = convert_selective(args.quantization_aware, tmp / "qat.tflite", layers)
         name = f"{QUANTIZATION_AWARE}{', ' + in_float(layers) if layers else ''}"
