@@ -1,12 +1,12 @@
 """Is a faster engine as good as float32 on the clinical question? The equivalence check.
 
 Usage: python -m training.release.equivalence [--bundle-dir model] [--write]
-    [--quantization-aware artifacts/qat/model.keras]
+    [--quantization-aware artifacts/qat/model.keras ...]
 
 Candidates, converted from the bundle's .keras file: LiteRT int8 dynamic range (int8 weights,
 activations quantized on the fly) and LiteRT full integer (activations calibrated on
 --representative training-split images); with --quantization-aware, also int8 dynamic range
-from that file (the bundle's model fine-tuned by training.quantization.distill to answer in int8
+from each file given (the bundle's model fine-tuned by training.quantization.distill to answer in int8
 as the float32 engine does). Each is compared with the bundle's float32 LiteRT
 engine on the test split and on the unseen-source knee check (../shared/data/knee_oai/,
 measured only), through the serving arithmetic (temperature, presets, feature guard):
@@ -403,12 +403,13 @@ def candidates(args: argparse.Namespace, model_path: Path, sets: dict, tmp: Path
     if args.float_layers:
         path = convert_selective(model_path, tmp / "selective.tflite", args.float_layers)
         found[f"int8 dynamic range, {in_float(args.float_layers)}"] = Candidate(path, tuple(args.float_layers))
-    if args.quantization_aware:
-        made_by = read_export(args.quantization_aware)
+    for index, keras_path in enumerate(args.quantization_aware or ()):
+        made_by = read_export(keras_path)
         layers = tuple(made_by["float_layers"])
-        path = convert_selective(args.quantization_aware, tmp / "qat.tflite", layers)
         name = f"{QUANTIZATION_AWARE}{', ' + in_float(layers) if layers else ''}"
-        found[name] = Candidate(path, layers, made_by)
+        if name in found:
+            raise SystemExit(f"{keras_path}: another quantization-aware candidate keeps the same layers in float")
+        found[name] = Candidate(convert_selective(keras_path, tmp / f"qat_{index}.tflite", layers), layers, made_by)
     return found
 
 
@@ -422,7 +423,8 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--quantization-aware",
         type=Path,
-        help="also judge this .keras file (training.quantization.distill --export) as int8 dynamic range",
+        nargs="*",
+        help="also judge these .keras files (training.quantization.distill --export) as int8 dynamic range",
     )
     args = parser.parse_args(argv)
     bundle, model_path, litert_path = bundle_to_convert(args)
