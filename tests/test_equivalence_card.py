@@ -87,3 +87,31 @@ def test_the_table_reports_the_other_checks_beside_the_criteria():
     assert "wrist_check (42 films) and hbfmid_check (87 films)" in table
     row = next(line for line in table.splitlines() if line.startswith("| int8 | 0.8800"))
     assert row == "| int8 | 0.8800 | 0.7100 | 98.3% / 99.0% | 97.0% | 98.3% / 99.0% | 97.0% | - | - |"
+
+
+def test_quantization_aware_weights_also_answer_to_the_model_shipping_rule():
+    """New weights that agree with float32 ship only when they beat it on validation and on the
+    unseen-source check; the bundle's own weights, converted, need only agree."""
+    same = decisions_of(["healthy"] * 100, [False] * 100, [False] * 100)
+    figures = {"binary_auroc_test": 0.89, "binary_auroc_test_fracatlas": 0.877, "ece_test": 0.04}
+    reference = {**figures, "binary_auroc_val": 0.8789, "offsource": {"offsource_auroc": 0.4977}}
+    reference["decisions"] = {"test": same, "knee": same}
+
+    def candidate(val_auroc, offsource_auroc):
+        return {
+            **figures,
+            "binary_auroc_val": val_auroc,
+            "offsource": {"offsource_auroc": offsource_auroc},
+            "decisions": {"test": same, "knee": same},
+        }
+
+    converted = candidate(0.8787, 0.4977)
+    judge(converted, reference, ["balanced", "fracture_sensitive"])
+    assert converted["passed"] and "model_shipping_rule" not in converted["passes"]
+    for val_auroc, offsource_auroc, ships in [(0.8787, 0.4997, False), (0.8790, 0.4977, False), (0.8790, 0.4980, True)]:
+        retrained = candidate(val_auroc, offsource_auroc)
+        judge(retrained, reference, ["balanced", "fracture_sensitive"], own_weights=True)
+        assert retrained["passes"]["model_shipping_rule"] is ships and retrained["passed"] is ships
+    without_check = {k: v for k, v in candidate(0.8790, 0.4980).items() if k != "offsource"}
+    judge(without_check, reference, ["balanced", "fracture_sensitive"], own_weights=True)
+    assert not without_check["passed"]

@@ -19,7 +19,9 @@ measured only), through the serving arithmetic (temperature, presets, feature gu
   guard's pixel screen runs before the model, so it cannot differ and is left out).
 
 The agreement on wrist_check and hbfmid_check, the validation AUROC and the off-source AUROC
-are reported beside them (measured only, not judged).
+are reported beside them (measured only, not judged). A quantization-aware candidate's
+weights are a new model, so it also answers to the model-shipping rule: its validation AUROC and
+its off-source AUROC above float32's.
 
 It also times each engine (batch 1 and batch 8, median). --write copies the fastest passing
 candidate into the bundle as serving_int8.tflite and records the figures in metadata.json
@@ -149,7 +151,7 @@ JUDGED = ("test", "knee")  # the sets the criteria are judged on
 REPORTED = ("wrist", "hbfmid")  # the other unseen-source checks: agreement reported, not judged
 
 
-def evaluate_engine(engine, sets: dict, bundle, reference: dict | None = None) -> dict:
+def evaluate_engine(engine, sets: dict, bundle, reference: dict | None = None, own_weights: bool = False) -> dict:
     result: dict[str, Any] = {
         "timing_ms_per_image": {
             "batch_1": median_ms(engine, sets["test"]["images"], 1),
@@ -180,7 +182,7 @@ def evaluate_engine(engine, sets: dict, bundle, reference: dict | None = None) -
         if name != "val"
     }
     if reference is not None:
-        judge(result, reference, list(bundle.metadata["presets"]))
+        judge(result, reference, list(bundle.metadata["presets"]), own_weights)
     return result
 
 
@@ -193,8 +195,20 @@ def offsource_figures(probs: dict, sets: dict) -> dict:
     return offsource_aurocs(p_fracture, labels)
 
 
-def judge(result: dict, reference: dict, presets: list[str]) -> None:
-    """Agreement with the reference on every set, and the criteria on the judged ones."""
+def beats_reference(result: dict, reference: dict) -> bool:
+    """The model-shipping rule: new weights ship only when they beat the shipped model on
+    validation and on the unseen-source check (here its AUROCs; without the check, never)."""
+    if "offsource" not in result or "offsource" not in reference:
+        return False
+    return (
+        result["binary_auroc_val"] > reference["binary_auroc_val"]
+        and result["offsource"]["offsource_auroc"] > reference["offsource"]["offsource_auroc"]
+    )
+
+
+def judge(result: dict, reference: dict, presets: list[str], own_weights: bool = False) -> None:
+    """Agreement with the reference on every set, and the criteria on the judged ones; a
+    candidate with weights of its own (quantization-aware) also answers to the shipping rule."""
     result["agreement"] = {
         name: compare(reference["decisions"][name], result["decisions"][name], presets) for name in result["decisions"]
     }
@@ -213,6 +227,8 @@ def judge(result: dict, reference: dict, presets: list[str]) -> None:
         )
         >= CRITERIA["flag_agreement"],
     }
+    if own_weights:
+        result["passes"]["model_shipping_rule"] = beats_reference(result, reference)
     result["passed"] = all(result["passes"].values())
 
 
@@ -434,7 +450,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         found = candidates(args, model_path, sets, Path(tmp))
         for name, candidate in found.items():
-            results[name] = evaluate_engine(LiteRTEngine(candidate.path), sets, bundle, reference)
+            own_weights = candidate.made_by is not None
+            results[name] = evaluate_engine(LiteRTEngine(candidate.path), sets, bundle, reference, own_weights)
             print(name, json.dumps(summary(results[name]), default=float))
         table = markdown(results, {name: len(sets[name]["images"]) for name in (*JUDGED, *REPORTED) if name in sets})
         print(table)
