@@ -9,6 +9,7 @@ films that look like it, so no single healthy source may carry the figure.
 from __future__ import annotations
 
 import csv
+from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def check_images(
             images = np.load(path)["images"]
         else:
             with Pool(2) as pool:
-                images = np.stack(pool.map(_preprocess_file, [r["file"] for r in rows], chunksize=16))
+                files = [r["file"] for r in rows]
+                images = np.stack(pool.map(partial(_preprocess_file, size=size), files, chunksize=16))
             cache_dir.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(path, images=images)
         out[folder] = {"images": images, "labels": [r["label"] for r in rows], "paths": [r["path"] for r in rows]}
